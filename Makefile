@@ -90,9 +90,17 @@ $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py 
 	$(PY) scripts/split_requests.py $< --answers $(B)/answers \
 	  --max-requests $(MAX_REQUESTS) --max-bytes $(MAX_BYTES) -o $@
 
+# Only the goals that need the chunk list build it (`make status` must not split anything).
+# A plain include: if the split fails, make stops there with the split's error.
 CHUNK_IDS :=
-ifneq ($(filter caption report gallery cancel $(B)/%,$(MAKECMDGOALS)),)
--include $(B)/chunks.mk
+ifneq ($(filter caption report gallery $(B)/%,$(MAKECMDGOALS)),)
+ifeq ($(wildcard $(INPUT)),)
+$(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
+endif
+ifeq ($(wildcard $(CONFIG)),)
+$(error CONFIG=$(CONFIG) does not exist; set CONFIG=path/to/config.yaml)
+endif
+include $(B)/chunks.mk
 endif
 RESULTS := $(CHUNK_IDS:%=$(B)/results_%.jsonl)
 

@@ -364,7 +364,7 @@ def parse_step(path: Path, name: str, raw: dict[str, Any], default_model: Any) -
         elif key not in BODY_KEYS:
             raise UserError(
                 f"{where}: unknown key '{key}'; put extra request parameters under 'body:' "
-                f"(known keys: {', '.join(sorted(STEP_KEYS | BODY_KEYS))})"
+                f"(known keys: {', '.join(sorted(set(STEP_KEYS) | BODY_KEYS))})"
             )
     if kind not in {"plain", "question"}:
         raise UserError(f"{where}: 'kind' must be 'plain' or 'question', not '{kind}'")
