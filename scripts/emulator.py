@@ -22,6 +22,22 @@ Design notes
   published OpenAPI schema types them as non-nullable (``type: string``/``integer``) and
   every returned object must validate against it.  The real API sends explicit ``null``s;
   ``--explicit-nulls`` reproduces that.  The SDK yields ``None`` in both cases.
+
+Admin API (no auth, never subject to HTTP faults)
+-------------------------------------------------
+* ``GET /_emulator/faults`` -> current runtime settings; ``POST /_emulator/faults`` with a JSON
+  object merges: ``request_error_rate``, ``http_error_rate``, ``http_error_kinds`` (subset of
+  ``["429", "500", "drop", "drop_after"]``), ``validating_seconds``, ``processing_seconds``,
+  ``finalizing_seconds``, ``token_limit``, ``expire``, ``fail``, ``seed``.  Timing, ``expire``,
+  ``fail``, ``request_error_rate`` and ``seed`` are captured into a batch when it is created.
+* ``GET /_emulator/stats`` -> ``{files_created, batches_created, requests_processed,
+  http_faults_injected, calls: {"GET /v1/batches/{id}": n, ...}}``;
+  ``POST /_emulator/reset_stats`` zeroes ``calls``.  ``GET /_emulator/health`` -> ok.
+
+Deterministic answers: any message text containing ``EMULATOR_ERROR:<code>`` fails the request
+(``context_length_exceeded`` -> 400, ``500`` -> 500, ``429`` -> 429, other codes -> 400).
+Prompt tokens = ceil(text chars / 4) + 4 per message + 85 per image_url part;
+completion tokens = ceil(len(content) / 4).
 """
 
 from __future__ import annotations
@@ -303,7 +319,8 @@ def example_for_schema(schema: Any, root: Any, name: str, h8: str, depth: int = 
             value = math.floor(high)
         return value
     if typ == "boolean":
-        return True
+        # About three in four are true, by the request's hash: a filter step keeps most records.
+        return int(h8[-1], 16) % 4 != 0
     if typ == "null":
         return None
     text = f"emulated {h8} {name}"
@@ -852,7 +869,10 @@ class Emulator:
             target = n // 2 if st["expire"] else n
             ps = float(st["processing_seconds"])
             started = b["_t"].get("in_progress", now)
-            frac = 1.0 if ps <= 0 else max(0.0, min(1.0, (now - started) / ps))
+            if ps <= 0 or now >= started + ps:
+                frac = 1.0
+            else:
+                frac = max(0.0, min(1.0, (now - started) / ps))
             k = min(target, int(math.floor(target * frac)))
         return k, flags[:k].count("s")
 
@@ -1820,6 +1840,7 @@ class Handler(BaseHTTPRequestHandler):
                 code="invalid_value",
             )
         with self.emu.lock:
+            self.emu.advance_all(time.time())
             return Response(
                 200,
                 self.emu.list_files(
@@ -1833,6 +1854,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def h_get_file(self, query: dict[str, list[str]], file_id: str) -> Response:
         with self.emu.lock:
+            self.emu.advance_all(time.time())
             return Response(200, self.emu.file_view(self.emu.get_file(file_id, time.time())))
 
     def h_delete_file(self, query: dict[str, list[str]], file_id: str) -> Response:
@@ -2031,7 +2053,7 @@ def _validate_output_expires_after(value: Any) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="Local emulator of the OpenAI Files + Batches API.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--state-dir", required=True, type=Path)
