@@ -28,8 +28,11 @@ Admin API (no auth, never subject to HTTP faults)
 * ``GET /_emulator/faults`` -> current runtime settings; ``POST /_emulator/faults`` with a JSON
   object merges: ``request_error_rate``, ``http_error_rate``, ``http_error_kinds`` (subset of
   ``["429", "500", "drop", "drop_after"]``), ``validating_seconds``, ``processing_seconds``,
-  ``finalizing_seconds``, ``token_limit``, ``expire``, ``fail``, ``seed``.  Timing, ``expire``,
-  ``fail``, ``request_error_rate`` and ``seed`` are captured into a batch when it is created.
+  ``finalizing_seconds``, ``token_limit``, ``expire``, ``fail``, ``seed``, ``response_delay``
+  (``{"POST /v1/batches": seconds, ...}``: perform the call, then wait that long before
+  answering, so a test can kill a client between the server's change and the client's record of
+  it).  Timing, ``expire``, ``fail``, ``request_error_rate`` and ``seed`` are captured into a
+  batch when it is created.
 * ``GET /_emulator/stats`` -> ``{files_created, batches_created, requests_processed,
   http_faults_injected, calls: {"GET /v1/batches/{id}": n, ...}}``;
   ``POST /_emulator/reset_stats`` zeroes ``calls``.  ``GET /_emulator/health`` -> ok.
@@ -534,6 +537,7 @@ class Emulator:
             "expire": config.expire,
             "fail": config.fail,
             "seed": config.seed,
+            "response_delay": {},
         }
         self.rng = random.Random(config.seed)
         self.stats: dict[str, Any] = {
@@ -642,6 +646,8 @@ class Emulator:
                 if value is not None and not isinstance(value, str):
                     raise ApiError(400, "'fail' must be null or an error code string.", param=key)
                 clean[key] = value or None
+            elif key == "response_delay":
+                clean[key] = _response_delay(value)
             elif key == "seed":
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise ApiError(400, "'seed' must be an integer.", param=key)
@@ -1589,6 +1595,10 @@ class Handler(BaseHTTPRequestHandler):
             if handler is None:
                 raise ApiError(404, f"Invalid URL ({method} {parts.path})")
             resp = handler(query=query, **params)
+            with self.emu.lock:
+                delay = float(self.emu.settings["response_delay"].get(f"{method} {template}", 0))
+            if delay > 0:
+                time.sleep(delay)  # the call has taken effect; only the answer is late
             if fault == "drop_after":
                 self._drain()
                 self.close_connection = True
@@ -1965,6 +1975,22 @@ class Handler(BaseHTTPRequestHandler):
         with emu.lock:
             emu.stats["requests_processed"] += 1
         return Response(status, payload)
+
+
+def _response_delay(value: Any) -> dict[str, float]:
+    """Validate the ``response_delay`` setting: ``{"METHOD /v1/route": seconds >= 0}``."""
+    message = "'response_delay' must map routes such as 'POST /v1/batches' to seconds >= 0."
+    if not isinstance(value, dict):
+        raise ApiError(400, message, param="response_delay")
+    clean: dict[str, float] = {}
+    for route, seconds in value.items():
+        method, _, path = str(route).partition(" ")
+        if method not in ("GET", "POST", "DELETE") or not path.startswith("/v1/"):
+            raise ApiError(400, message, param="response_delay")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            raise ApiError(400, message, param="response_delay")
+        clean[route] = float(seconds)
+    return clean
 
 
 def _validate_metadata(metadata: Any) -> None:

@@ -102,6 +102,7 @@ class Fetcher:
         self.client = make_client(self.config)
         self.out = args.output.parent
         self.nnn = chunk_name(args.chunk)
+        self.alone = 0  # token-limit failures with nothing else in flight
 
     def budget(self, model: str) -> int | None:
         return self.args.token_budget or self.config.token_budget(model)
@@ -132,17 +133,20 @@ class Fetcher:
             return batch
 
     def after_token_limit(self, batch: Any, chunk: Path, attempt: int) -> Any:
+        """Recreate a batch that failed on the enqueued-token limit, once others have drained."""
         info = chunk_info(chunk)
         count, _ = in_flight_tokens(self.client, info.model, exclude=batch.id)
-        if count == 0 and batch.created_at < time.time() - 1 and attempt >= 0:
-            # Nothing else holds tokens: this chunk alone is over the organisation's limit.
-            tries = getattr(self, "_lonely", 0) + 1
-            self._lonely = tries
-            if tries > 3:
+        if count == 0:
+            # Nothing of ours holds tokens: this chunk alone may be over the limit (or another
+            # client's batches are). Try a few times before saying so.
+            self.alone += 1
+            if self.alone > 3:
                 raise UserError(
-                    f"{chunk.name} (~{info.tokens} tokens) alone exceeds the enqueued-token "
-                    "limit; lower MAX_REQUESTS so chunks are smaller, then rerun make"
+                    f"{chunk.name} (~{info.tokens} tokens) keeps failing on the enqueued-token "
+                    "limit with nothing else of ours in flight; lower MAX_REQUESTS so chunks are "
+                    "smaller, or wait for other batches on the account, then rerun make"
                 )
+            time.sleep(next_poll(batch))
         note(f"{chunk.name}: enqueued-token limit reached; waiting for {count} batch(es) to drain")
         while count:
             time.sleep(next_poll(batch))
