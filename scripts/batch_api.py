@@ -53,9 +53,16 @@ def recent_batches(client: Any, horizon: float = ADOPT_HORIZON) -> Iterator[Any]
         yield batch
 
 
-def find_batch(client: Any, sha: str, attempt: int) -> Any | None:
-    """The newest batch made from this input file and attempt that did not fail."""
-    for batch in recent_batches(client):
+def find_batch(client: Any, sha: str, attempt: int, since: float | None = None) -> Any | None:
+    """The newest batch made from this input file and attempt that did not fail.
+
+    `since`: the input file's mtime. Its batch is not older than the file (chunks keep their
+    mtime while their bytes stay the same), so the scan stops a day before it (slack for clock
+    skew, and for a build directory deleted and rebuilt within a day) instead of reading the
+    account's whole history for every chunk.
+    """
+    horizon = ADOPT_HORIZON if since is None else min(ADOPT_HORIZON, time.time() - since + 86400)
+    for batch in recent_batches(client, horizon):
         meta = batch.metadata or {}
         if (
             meta.get(META_CHUNK) == sha
@@ -155,11 +162,12 @@ def submit(
     lock_dir: Path | None = None,
 ) -> Any:
     """The batch for this chunk and attempt: an existing one we made, else a new one."""
-    existing = find_batch(client, chunk.sha, attempt)
+    since = chunk.path.stat().st_mtime
+    existing = find_batch(client, chunk.sha, attempt, since)
     if existing is not None:
         return existing
     with token_room(client, chunk, budget, lock_dir):
-        existing = find_batch(client, chunk.sha, attempt)
+        existing = find_batch(client, chunk.sha, attempt, since)
         if existing is not None:
             return existing
         label = f"{step}_{chunk.path.stem}"[:80]
@@ -180,7 +188,7 @@ def submit(
                 completion_window="24h",
                 metadata=metadata,
             ),
-            lambda: find_batch(client, chunk.sha, attempt),
+            lambda: find_batch(client, chunk.sha, attempt, since),
             f"creating the batch for {chunk.path.name}",
         )
     return batch

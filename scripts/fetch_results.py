@@ -222,24 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
 
     rows = Fetcher(args).fetch()
-    write_jsonl(args.output, rows)
-    keep_answers(args.output, args.answers, sha256_file(args.chunk))
+    write_results(rows, args.output, args.answers, sha256_file(args.chunk))
     bad = sum(r["outcome"] != "succeeded" for r in rows)
     note(f"{args.output}: {len(rows) - bad} succeeded, {bad} failed")
     return 0
 
 
-def keep_answers(results: Path, answers: Path, sha: str) -> None:
-    """Hard-link the results into answers/ (a copy where links fail): a cache that outlives
-    re-splits, keyed by the chunk's content, so paid-for answers are never lost."""
-    answers.mkdir(parents=True, exist_ok=True)
-    target = answers / f"{sha[:32]}.jsonl"
-    tmp = answers / f".{target.name}.{os.getpid()}.tmp"
+def write_results(rows: list[dict[str, Any]], results: Path, answers: Path, sha: str) -> None:
+    """Write the rows into answers/ first (a cache keyed by the chunk's content, which outlives
+    re-splits), then hard-link them to results_NNN.jsonl (a copy where links fail). In that
+    order, a crash between the two leaves the results file missing, so make refetches."""
+    kept = answers / f"{sha[:32]}.jsonl"
+    write_jsonl(kept, rows)
+    tmp = results.parent / f".{results.name}.{os.getpid()}.tmp"
     try:
-        os.link(results, tmp)
+        os.link(kept, tmp)
     except OSError:
-        write_jsonl(tmp, iter_jsonl(results))
-    os.replace(tmp, target)
+        write_jsonl(tmp, rows)
+    os.replace(tmp, results)
 
 
 if __name__ == "__main__":
