@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -257,7 +258,16 @@ class Progress:
         if sys.stderr.isatty() and not parallel:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=label, unit="req", file=sys.stderr, leave=True)
+            # A terminal that reports no size (some ptys) would otherwise get an empty bar.
+            size = shutil.get_terminal_size()
+            self.bar = tqdm(
+                desc=label,
+                unit="req",
+                file=sys.stderr,
+                leave=True,
+                ncols=min(size.columns, 120),
+                nrows=max(size.lines, 10),
+            )
         self.last_line = ""
         self.last_time = 0.0
 
