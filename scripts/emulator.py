@@ -27,12 +27,13 @@ Admin API (no auth, never subject to HTTP faults)
 -------------------------------------------------
 * ``GET /_emulator/faults`` -> current runtime settings; ``POST /_emulator/faults`` with a JSON
   object merges: ``request_error_rate``, ``http_error_rate``, ``http_error_kinds`` (subset of
-  ``["429", "500", "drop", "drop_after"]``), ``validating_seconds``, ``processing_seconds``,
-  ``finalizing_seconds``, ``token_limit``, ``expire``, ``fail``, ``seed``, ``response_delay``
-  (``{"POST /v1/batches": seconds, ...}``: perform the call, then wait that long before
-  answering, so a test can kill a client between the server's change and the client's record of
-  it).  Timing, ``expire``, ``fail``, ``request_error_rate`` and ``seed`` are captured into a
-  batch when it is created.
+  ``["429", "500", "drop", "drop_after"]``), ``http_error_routes`` (faults only on these
+  routes, e.g. ``["POST /v1/batches"]``; empty: all), ``validating_seconds``,
+  ``processing_seconds``, ``finalizing_seconds``, ``token_limit``, ``expire``, ``fail``,
+  ``seed``, ``response_delay`` (``{"POST /v1/batches": seconds, ...}``: perform the call, then
+  wait that long before answering, so a test can kill a client between the server's change and
+  the client's record of it).  Timing, ``expire``, ``fail``, ``request_error_rate`` and
+  ``seed`` are captured into a batch when it is created.
 * ``GET /_emulator/stats`` -> ``{files_created, batches_created, requests_processed,
   http_faults_injected, calls: {"GET /v1/batches/{id}": n, ...}}``;
   ``POST /_emulator/reset_stats`` zeroes ``calls``.  ``GET /_emulator/health`` -> ok.
@@ -538,6 +539,7 @@ class Emulator:
             "fail": config.fail,
             "seed": config.seed,
             "response_delay": {},
+            "http_error_routes": [],
         }
         self.rng = random.Random(config.seed)
         self.stats: dict[str, Any] = {
@@ -607,7 +609,10 @@ class Emulator:
         calls = self.stats["calls"]
         calls[key] = calls.get(key, 0) + 1
 
-    def pick_http_fault(self) -> str | None:
+    def pick_http_fault(self, route: str) -> str | None:
+        routes = self.settings["http_error_routes"]
+        if routes and route not in routes:
+            return None
         rate = float(self.settings["http_error_rate"])
         kinds = list(self.settings["http_error_kinds"]) or DEFAULT_HTTP_FAULT_KINDS
         if rate <= 0 or self.rng.random() >= rate:
@@ -646,6 +651,12 @@ class Emulator:
                 if value is not None and not isinstance(value, str):
                     raise ApiError(400, "'fail' must be null or an error code string.", param=key)
                 clean[key] = value or None
+            elif key == "http_error_routes":
+                if not isinstance(value, list) or not all(_is_route(v) for v in value):
+                    raise ApiError(
+                        400, "'http_error_routes' must list routes like 'POST /v1/batches'."
+                    )
+                clean[key] = list(value)
             elif key == "response_delay":
                 clean[key] = _response_delay(value)
             elif key == "seed":
@@ -1572,7 +1583,7 @@ class Handler(BaseHTTPRequestHandler):
             handler, params, template = self._match(method, path)
             with self.emu.lock:
                 self.emu.count_call(f"{method} {template}")
-                fault = self.emu.pick_http_fault()
+                fault = self.emu.pick_http_fault(f"{method} {template}")
             if fault == "drop":
                 self._drain()
                 self.close_connection = True
@@ -1977,6 +1988,12 @@ class Handler(BaseHTTPRequestHandler):
         return Response(status, payload)
 
 
+def _is_route(value: Any) -> bool:
+    """A route as stats count it: ``"POST /v1/batches"``, ``"GET /v1/batches/{id}"``."""
+    method, _, path = str(value).partition(" ")
+    return isinstance(value, str) and method in ("GET", "POST", "DELETE") and path.startswith("/v1")
+
+
 def _response_delay(value: Any) -> dict[str, float]:
     """Validate the ``response_delay`` setting: ``{"METHOD /v1/route": seconds >= 0}``."""
     message = "'response_delay' must map routes such as 'POST /v1/batches' to seconds >= 0."
@@ -1984,8 +2001,7 @@ def _response_delay(value: Any) -> dict[str, float]:
         raise ApiError(400, message, param="response_delay")
     clean: dict[str, float] = {}
     for route, seconds in value.items():
-        method, _, path = str(route).partition(" ")
-        if method not in ("GET", "POST", "DELETE") or not path.startswith("/v1/"):
+        if not _is_route(route):
             raise ApiError(400, message, param="response_delay")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
             raise ApiError(400, message, param="response_delay")

@@ -112,8 +112,10 @@ def remove_stale(out: Path, keep: set[str]) -> None:
     for chunk in out.glob("chunk_*.jsonl"):
         cid = chunk.stem.split("_", 1)[1]
         if cid not in keep:
-            for name in (f"chunk_{cid}.jsonl", f"batch_{cid}.id", f"results_{cid}.jsonl"):
-                (out / name).unlink(missing_ok=True)
+            for name in ("chunk_{}.jsonl", "batch_{}.id", "batch_{}.cancelled", "results_{}.jsonl"):
+                (out / name.format(cid)).unlink(missing_ok=True)
+            for retry in out.glob(f"retry_{cid}_*"):
+                retry.unlink()
 
 
 if __name__ == "__main__":

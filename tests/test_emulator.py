@@ -736,6 +736,50 @@ def test_http_faults_are_retried(emu: Emu) -> None:
     assert emu.admin("GET", "/_emulator/stats")["batches_created"] == 2
 
 
+def test_response_delay_and_http_error_routes(emu: Emu) -> None:
+    client = emu.client(max_retries=0)
+    f = upload(client, [req_line("a", "x")])
+    emu.admin("POST", "/_emulator/faults", {"response_delay": {"POST /v1/batches": 2}})
+    answered = threading.Event()
+    created: list[Any] = []
+
+    def create() -> None:
+        created.append(
+            client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        )
+        answered.set()
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    while emu.admin("GET", "/_emulator/stats")["batches_created"] < 1:
+        time.sleep(0.02)
+    listed = [b.id for b in client.batches.list()]  # other routes are not delayed
+    seen_before_answer = not answered.is_set()
+    thread.join(30)
+    assert seen_before_answer and [b.id for b in created] == listed
+    assert emu.admin("GET", "/_emulator/faults")["response_delay"] == {"POST /v1/batches": 2.0}
+    for bad in ({"POST /v1/batches": -1}, {"/v1/batches": 1}, ["POST /v1/files"]):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            emu.admin("POST", "/_emulator/faults", {"response_delay": bad})
+        assert exc.value.code == 400
+    emu.admin("POST", "/_emulator/faults", {"response_delay": {}})
+    # http_error_routes: faults on the listed routes only.
+    emu.admin(
+        "POST",
+        "/_emulator/faults",
+        {
+            "http_error_rate": 1.0,
+            "http_error_kinds": ["500"],
+            "http_error_routes": ["POST /v1/files"],
+        },
+    )
+    assert client.batches.retrieve(listed[0]).id == listed[0]
+    with pytest.raises(openai.InternalServerError):
+        upload(client, [req_line("b", "y")])
+
+
 def test_admin_rejects_bad_settings(emu: Emu) -> None:
     for body in ({"nope": 1}, {"http_error_rate": 2}, {"http_error_kinds": ["x"]}):
         with pytest.raises(urllib.error.HTTPError) as exc:
