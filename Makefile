@@ -60,6 +60,8 @@ VENV_OK := $(VENV)/.installed
 MERGED := $(B)/merged.$(if $(filter %.jsonl,$(INPUT)),jsonl,json)
 # Quote a value for the shell (DATA_KEY may be a jq expression with spaces and quotes).
 q = '$(subst ','\'',$(1))'
+# Phony, or the bare .SECONDARY: would let make skip it, and the stamps would never update.
+.PHONY: FORCE
 FORCE:
 
 # ----------------------------------------------------------------------------- environment

@@ -35,11 +35,16 @@ def row(batch: dict[str, Any]) -> str:
     )
 
 
+def last_batches(client: Any, limit: int) -> list[Any]:
+    """The last `limit` batches on the account, newest first."""
+    return list(itertools.islice(client.batches.list(limit=min(limit, 100)), limit))
+
+
 def status(client: Any, limit: int, filter_: str) -> int:
     program = compile_jq(filter_, "FILTER")
     print(f"{'batch':<40} {'status':<12} {'done+failed/all':>14}  {'created':<19}  step")
     shown = 0
-    for batch in itertools.islice(client.batches.list(limit=min(limit, 100)), limit):
+    for batch in last_batches(client, limit):
         for out in program.input_value(batch.model_dump(mode="json")):
             if isinstance(out, dict) and "id" in out and "status" in out:
                 print(row(out))

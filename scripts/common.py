@@ -410,15 +410,18 @@ def normalise_response_format(name: str, value: dict[str, Any] | None) -> dict[s
 # --------------------------------------------------------------------------- the API client
 
 
-def make_client(config: Config | None = None, max_retries: int = 5) -> Any:
-    """The OpenAI client. The key comes from OPENAI_API_KEY (environment, then .env), else the
-    config's api_key (with a warning); the base URL from OPENAI_BASE_URL, else the config."""
+def make_client(
+    config: Config | None = None, max_retries: int = 5, api_key: str | None = None
+) -> Any:
+    """The OpenAI client. The key is `api_key` if given, else OPENAI_API_KEY (environment, then
+    .env), else the config's api_key (with a warning); the base URL comes from OPENAI_BASE_URL,
+    else the config."""
     import openai
     from dotenv import load_dotenv
 
     load_dotenv(override=False)
     data = config.data if config else {}
-    key = os.environ.get("OPENAI_API_KEY")
+    key = api_key or os.environ.get("OPENAI_API_KEY")
     if not key and data.get("api_key"):
         note(
             f"warning: using the api_key from {config.path if config else 'the config'}; "

@@ -118,6 +118,14 @@ def test_response_key_override(emulator: Emulator, tmp_path: Path) -> None:
     assert not any("article_filter" in r for r in merged)
 
 
+def test_a_changed_variable_is_used_on_a_rerun(emulator: Emulator, tmp_path: Path) -> None:
+    env, build, out = emulator.env(), tmp_path / "build", tmp_path / "out.json"
+    for key in ("first", "second"):
+        make("caption", env=env, BUILD=build, RESPONSE_KEY=key, OUTPUT=out)
+    assert all("second" in r and "first" not in r for r in read_json(out) if "caption" in r)
+    assert len(emulator.batches()) == 1  # the response key changes no request
+
+
 # ----------------------------------------------------------------------------- user mistakes
 
 

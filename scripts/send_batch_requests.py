@@ -1,0 +1,140 @@
+"""The original send_batch_requests.py command line, running `make caption` for one step.
+
+    python scripts/send_batch_requests.py -i data/my.json -s caption -c configs/my.yaml
+
+Runs `make caption INPUT=... CONFIG=... STEP=... DATA_KEY=... RESPONSE_KEY=... OUTPUT=...` in the
+project root and writes the output file (default: the input file) when the step is done. The
+make variables (never the key) are kept in BUILD/last_run.json, written before make starts and
+marked completed or failed when it ends, so scripts/recover_batch_requests.py can resume an
+interrupted run. Rerunning resumes too: nothing paid for is sent twice. Exits with make's code.
+BUILD (the build root, default build/) is read from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from common import UserError, load_config, note, run, write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = "caption"
+
+
+def build_root() -> Path:
+    build = Path(os.environ.get("BUILD") or "build")
+    return build if build.is_absolute() else ROOT / build
+
+
+def state_path() -> Path:
+    return build_root() / "last_run.json"
+
+
+def save_state(variables: dict[str, str], status: str, code: int | None = None) -> None:
+    state = {"target": TARGET, "variables": variables, "status": status, "exit_code": code}
+    state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_text(state_path(), json.dumps(state, indent=1, ensure_ascii=False) + "\n")
+
+
+def load_state() -> dict[str, Any]:
+    path = state_path()
+    if not path.exists():
+        raise UserError(
+            f"no run to recover: {path} does not exist; start one with "
+            "scripts/send_batch_requests.py -i INPUT -s STEP -c CONFIG"
+        )
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state.get("variables"), dict):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{path} is damaged; rerun scripts/send_batch_requests.py instead")
+    return state
+
+
+@contextlib.contextmanager
+def run_lock() -> Iterator[None]:
+    """One run per build root at a time: recover must not race a run still going."""
+    lock_dir = build_root() / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / "last_run.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"a send or recover run is still going in {build_root()}; wait for it to end"
+            )
+        yield
+
+
+def run_make(variables: dict[str, str]) -> int:
+    """Run the step through make, recording the run; returns make's exit code."""
+    with run_lock():
+        save_state(variables, "running")
+        args = ["make", "--no-print-directory", TARGET, *(f"{k}={v}" for k, v in variables.items())]
+        proc = subprocess.Popen(args, cwd=ROOT)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # make got the same SIGINT: let it stop cleanly
+            proc.wait()
+            note("interrupted: run scripts/recover_batch_requests.py to resume")
+            return 130
+        save_state(variables, "completed" if code == 0 else "failed", code)
+    if code != 0:
+        note(
+            f"error: make {TARGET} exited {code} (see above); fix the cause, then run "
+            "scripts/recover_batch_requests.py to resume (nothing paid for is sent twice)"
+        )
+    return code
+
+
+def absolute(path: str, what: str) -> str:
+    full = Path(path).expanduser().resolve()
+    if any(c.isspace() for c in str(full)) or any(c in str(full) for c in "$#:;%"):
+        raise UserError(f"{what} path {full} has spaces or $#:;% in it, which make cannot take")
+    return str(full)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-i", "--input_file", required=True, help="the dataset (.json or .jsonl)")
+    parser.add_argument("-s", "--step", required=True, help="the config step to run")
+    parser.add_argument("-c", "--config", required=True, help="the YAML config")
+    parser.add_argument("-o", "--output_file", help="where to write the result (default: input)")
+    parser.add_argument("-r", "--response_key", help="default: the step's response_key")
+    parser.add_argument("-d", "--data_key", default="image_path", help="field or jq expression")
+    args = parser.parse_args(argv)
+
+    if not Path(args.input_file).is_file():
+        raise UserError(f"input file {args.input_file} does not exist")
+    config = load_config(Path(args.config))
+    step = config.step(args.step)
+    top = config.data.get("response_key")
+    response_key = args.response_key or step.response_key or (top if isinstance(top, str) else "")
+    if not response_key:
+        raise UserError(
+            f"no response key for step '{step.name}': pass -r KEY or add response_key: to the step"
+        )
+    variables = {
+        "INPUT": absolute(args.input_file, "input"),
+        "CONFIG": absolute(args.config, "config"),
+        "STEP": args.step,
+        "DATA_KEY": args.data_key,
+        "RESPONSE_KEY": response_key,
+        "OUTPUT": absolute(args.output_file or args.input_file, "output"),
+        "BUILD": str(build_root()),
+    }
+    return run_make(variables)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
