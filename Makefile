@@ -95,7 +95,7 @@ $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py 
 # Only the goals that need the chunk list build it (`make status` must not split anything).
 # A plain include: if the split fails, make stops there with the split's error.
 CHUNK_IDS :=
-ifneq ($(filter caption report gallery $(B)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter caption $(B)/%,$(MAKECMDGOALS)),)
 ifeq ($(wildcard $(INPUT)),)
 $(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
 endif
@@ -158,18 +158,20 @@ pipeline: | $(VENV_OK)
 ## plan          what STEP would send and cost, without calling the API
 plan: | $(VENV_OK)
 	$(PY) scripts/plan.py --input $(INPUT) --config $(CONFIG) --step $(STEP) \
-	  --data-key $(call q,$(DATA_KEY)) --max-requests $(MAX_REQUESTS) --max-bytes $(MAX_BYTES)
+	  --data-key $(call q,$(DATA_KEY)) --max-requests $(MAX_REQUESTS) --max-bytes $(MAX_BYTES) \
+	  --answers $(B)/answers
 
 .PHONY: report
-## report        per-chunk and total successes, failures, tokens, cost and time (report.json)
-report: $(MERGED)
+## report        per chunk and in total: successes, failures, tokens, cost, time (submits nothing)
+report: | $(VENV_OK)
 	$(PY) scripts/report.py --dir $(B) --config $(CONFIG) -o $(B)/report.json
 
 .PHONY: gallery
-## gallery       a static gallery.html of images beside their responses
-gallery: $(MERGED)
+## gallery       a static gallery.html of images beside their responses (after make caption)
+gallery: | $(VENV_OK)
 	$(PY) scripts/gallery.py --dir $(B) --merged $(MERGED) --config $(CONFIG) --step $(STEP) \
-	  --response-key $(call q,$(RESPONSE_KEY)) -o $(B)/gallery.html
+	  --response-key $(call q,$(RESPONSE_KEY)) --input $(INPUT) --data-key $(call q,$(DATA_KEY)) \
+	  -o $(B)/gallery.html
 
 .PHONY: status
 ## status        the last LIMIT batches on the account (FILTER: jq over each batch)

@@ -76,6 +76,10 @@ META_TOKENS = "br_est_tokens"
 META_MODEL = "br_model"
 
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
 class UserError(Exception):
     """A mistake the user can fix: reported as one line, never a traceback."""
 
@@ -128,6 +132,7 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; build files are as shareable as any
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f

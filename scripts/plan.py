@@ -1,0 +1,303 @@
+"""What a step would send and cost, before anything is sent: `make plan STEP=...`.
+
+Reads INPUT and the step of CONFIG and builds the requests exactly as make_requests.py would,
+then splits them exactly as split_requests.py would, all in memory: nothing is written (not
+even build/), no API is called and no key is needed. Prints the records, the requests, the
+records skipped (by missing field) or not selected by `where:`, the chunks and bytes, the
+estimated input tokens (text and images), an upper bound on output tokens when the step sets
+max_tokens, and the cost at the batch prices of the config's `prices:` table (USD per million
+tokens). With --answers, requests already answered by an earlier run are left out, as the split
+does. Rerunning it only prints the same plan again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    Config,
+    UserError,
+    dumps,
+    estimate_tokens,
+    iter_records,
+    load_config,
+    request_hash,
+    run,
+)
+from make_requests import build_requests
+from split_requests import API_MAX_REQUESTS, answered_hashes, chunks
+
+IMAGE_TOKENS = 85  # estimate_tokens' figure per image (a low-detail image)
+
+
+@dataclass
+class ModelTotals:
+    requests: int = 0
+    text_tokens: int = 0
+    image_tokens: int = 0
+    images: int = 0
+    max_output_tokens: int | None = 0  # None: some request has no max_tokens
+
+
+@dataclass
+class Plan:
+    records: int = 0
+    requests: int = 0
+    reused: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skipped_records: int = 0
+    not_selected: int = 0
+    chunk_sizes: list[tuple[int, int]] = field(default_factory=list)  # (requests, bytes)
+    models: dict[str, ModelTotals] = field(default_factory=dict)
+
+
+def image_count(body: dict[str, Any]) -> int:
+    return sum(
+        1
+        for message in body.get("messages") or []
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    )
+
+
+def output_cap(body: dict[str, Any]) -> int | None:
+    """The most output tokens a request may produce, if the body caps it."""
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(cap) * int(body.get("n") or 1) if cap else None
+
+
+def make_plan(
+    input_path: Path,
+    config: Config,
+    step_name: str,
+    data_key: str,
+    max_requests: int,
+    max_bytes: int,
+    answers: Path | None = None,
+) -> Plan:
+    step = config.step(step_name)
+    done = answered_hashes(answers) if answers else set()
+    plan = Plan()
+
+    def counted() -> Iterator[dict[str, Any]]:
+        for record in iter_records(input_path):
+            plan.records += 1
+            yield record
+
+    def lines() -> Iterator[str]:
+        for built in build_requests(counted(), step, data_key):
+            if built.request is None:
+                plan.skipped_records += 1
+                plan.skipped.update(built.missing)
+                continue
+            request = built.request
+            if done and bytes.fromhex(request_hash(request))[:16] in done:
+                plan.reused += 1
+                continue
+            plan.requests += 1
+            body = request["body"]
+            totals = plan.models.setdefault(str(body.get("model")), ModelTotals())
+            tokens, images = estimate_tokens(body), image_count(body)
+            totals.requests += 1
+            totals.images += images
+            totals.image_tokens += IMAGE_TOKENS * images
+            totals.text_tokens += tokens - IMAGE_TOKENS * images
+            cap = output_cap(body)
+            if cap is None or totals.max_output_tokens is None:
+                totals.max_output_tokens = None
+            else:
+                totals.max_output_tokens += cap
+            yield dumps(request) + "\n"
+
+    for chunk in chunks(lines(), max_requests, max_bytes):
+        plan.chunk_sizes.append((len(chunk), sum(len(line.encode()) for line in chunk)))
+    plan.not_selected = plan.records - plan.requests - plan.reused - plan.skipped_records
+    return plan
+
+
+def price_of(config: Config, model: str) -> dict[str, float] | None:
+    """The model's batch prices (USD per 1M tokens), checked; None when the table lacks it."""
+    price = config.price(model)
+    if price is None:
+        return None
+    if not isinstance(price, dict) or not all(
+        isinstance(price.get(k), (int, float)) for k in ("input", "output")
+    ):
+        raise UserError(
+            f"{config.path}: prices: {model} must be a mapping like "
+            "{input: 0.075, cached_input: 0.0375, output: 0.30} (USD per million tokens)"
+        )
+    return {
+        "input": float(price["input"]),
+        "cached_input": float(price.get("cached_input", price["input"])),
+        "output": float(price["output"]),
+    }
+
+
+def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
+    """The plan as data (what --json prints)."""
+    models: dict[str, Any] = {}
+    for model, t in plan.models.items():
+        price = price_of(config, model)
+        input_tokens = t.text_tokens + t.image_tokens
+        entry: dict[str, Any] = {
+            "requests": t.requests,
+            "input_tokens": input_tokens,
+            "text_tokens": t.text_tokens,
+            "image_tokens": t.image_tokens,
+            "images": t.images,
+            "max_output_tokens": t.max_output_tokens,
+            "price": price,
+            "input_cost": None,
+            "max_output_cost": None,
+        }
+        if price is not None:
+            entry["input_cost"] = input_tokens * price["input"] / 1e6
+            if t.max_output_tokens is not None:
+                entry["max_output_cost"] = t.max_output_tokens * price["output"] / 1e6
+        models[model] = entry
+    return {
+        "step": step_name,
+        "records": plan.records,
+        "requests": plan.requests,
+        "reused_answers": plan.reused,
+        "skipped": plan.skipped_records,
+        "skipped_by_field": dict(sorted(plan.skipped.items())),
+        "not_selected": plan.not_selected,
+        "chunks": len(plan.chunk_sizes),
+        "bytes": sum(b for _, b in plan.chunk_sizes),
+        "largest_chunk": {
+            "requests": max((n for n, _ in plan.chunk_sizes), default=0),
+            "bytes": max((b for _, b in plan.chunk_sizes), default=0),
+        },
+        "models": models,
+    }
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def usd(x: float) -> str:
+    if x >= 1 or x == 0:
+        return f"${x:,.2f}"
+    return f"${x:.4f}" if x >= 0.01 else f"${x:.6f}"
+
+
+def render(s: dict[str, Any], config: Config) -> str:
+    out = [f"plan for step '{s['step']}' (nothing is sent; estimates only)"]
+    row = "  {:<30} {}".format
+    out.append(row("records in the input", f"{s['records']:,}"))
+    if s["not_selected"]:
+        out.append(row("not selected by where:", f"{s['not_selected']:,}"))
+    skipped = ", ".join(f"{n} missing {f}" for f, n in s["skipped_by_field"].items())
+    out.append(
+        row(
+            "skipped (missing fields)", f"{s['skipped']:,}" + (f" ({skipped})" * bool(s["skipped"]))
+        )
+    )
+    if s["reused_answers"]:
+        out.append(row("already answered (reused)", f"{s['reused_answers']:,}"))
+    out.append(row("requests to send", f"{s['requests']:,}"))
+    big = s["largest_chunk"]
+    out.append(
+        row("chunks (batches)", f"{s['chunks']:,}")
+        + (
+            f" (largest: {big['requests']:,} requests, {human_bytes(big['bytes'])})"
+            * bool(s["chunks"])
+        )
+    )
+    out.append(row("bytes to upload", f"{s['bytes']:,} ({human_bytes(s['bytes'])})"))
+    total_in = total_out = 0.0
+    priced = True
+    for model, m in s["models"].items():
+        out.append(f"model {model}: {m['requests']:,} requests")
+        out.append(
+            row(
+                "estimated input tokens",
+                f"{m['input_tokens']:,} (text {m['text_tokens']:,}, images {m['image_tokens']:,}"
+                f" for {m['images']:,} image(s) at {IMAGE_TOKENS} each)",
+            )
+        )
+        if m["max_output_tokens"] is not None:
+            out.append(row("output tokens, at most", f"{m['max_output_tokens']:,} (max_tokens)"))
+        price = m["price"]
+        if price is None:
+            priced = False
+            out.append(
+                f"  no price for model {model} in the config's prices: (add it to estimate cost)"
+            )
+            continue
+        out.append(row("input cost (batch prices)", usd(m["input_cost"])))
+        total_in += m["input_cost"]
+        if m["max_output_cost"] is not None:
+            out.append(row("output cost, at most", usd(m["max_output_cost"])))
+            total_out += m["max_output_cost"]
+        else:
+            priced = False
+            out.append("  output cost: unknown (the step sets no max_tokens to bound it)")
+    if not s["models"]:
+        out.append("nothing to send: no cost")
+    elif priced:
+        out.append(row("total cost, at most", usd(total_in + total_out)))
+    images = any(m["images"] for m in s["models"].values())
+    if images:
+        out.append(
+            f"note: images are counted at {IMAGE_TOKENS} tokens (detail: low); high or auto detail "
+            "can cost several hundred more each."
+        )
+    out.append(
+        "note: token counts are estimates (a token per 4 characters); prices come from "
+        f"{config.path}; check them against https://openai.com/api/pricing"
+    )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input", required=True, type=Path, help="dataset (.json list or .jsonl)")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--step", required=True)
+    parser.add_argument("--data-key", default="image_path", help="field or jq expression")
+    parser.add_argument("--max-requests", type=int, default=1000)
+    parser.add_argument("--max-bytes", type=int, default=180_000_000)
+    parser.add_argument(
+        "--answers", type=Path, default=None, help="answers/ of earlier runs: leave those out"
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_args(argv)
+    if not 1 <= args.max_requests <= API_MAX_REQUESTS:
+        raise UserError(f"MAX_REQUESTS must be 1 to {API_MAX_REQUESTS}, not {args.max_requests}")
+    if args.max_bytes < 1:
+        raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
+
+    config = load_config(args.config)
+    plan = make_plan(
+        args.input,
+        config,
+        args.step,
+        args.data_key,
+        args.max_requests,
+        args.max_bytes,
+        args.answers,
+    )
+    s = summary(plan, config, args.step)
+    print(json.dumps(s, indent=2) if args.json else render(s, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
