@@ -89,8 +89,6 @@ class UserError(Exception):
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call a script's main, turning expected failures into one line on stderr."""
-    import openai
-
     try:
         return main(argv)
     except UserError as e:
@@ -99,20 +97,32 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted: rerun the same make command to resume.", file=sys.stderr)
         return 130
-    except openai.AuthenticationError:
-        print(
-            "error: the API rejected the key (401). Set a valid key: export OPENAI_API_KEY=... "
-            "or put OPENAI_API_KEY=... in .env.",
-            file=sys.stderr,
-        )
-        return 2
-    except openai.APIConnectionError as e:
-        print(
-            f"error: cannot reach the API ({type(e).__name__}); check OPENAI_BASE_URL or the "
-            "network, then rerun make to resume.",
-            file=sys.stderr,
-        )
-        return 3
+    except Exception as e:
+        # openai is only imported by scripts that call the API; small ones stay fast.
+        openai = sys.modules.get("openai")
+        if openai is None:
+            raise
+        if isinstance(e, openai.AuthenticationError):
+            print(
+                "error: the API rejected the key (401). Set a valid key: export "
+                "OPENAI_API_KEY=... or put OPENAI_API_KEY=... in .env.",
+                file=sys.stderr,
+            )
+            return 2
+        if isinstance(e, openai.APIConnectionError):
+            print(
+                f"error: cannot reach the API ({type(e).__name__}); check OPENAI_BASE_URL or "
+                "the network, then rerun make to resume.",
+                file=sys.stderr,
+            )
+            return 3
+        if isinstance(e, openai.APIStatusError):
+            print(
+                f"error: the API answered {e.status_code} ({e.message}); rerun make to resume.",
+                file=sys.stderr,
+            )
+            return 3
+        raise
 
 
 def note(message: str) -> None:
