@@ -125,6 +125,14 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         raise
 
 
+def step_arguments(parser: Any) -> None:
+    """The arguments every per-step script takes, named as the Makefile's variables."""
+    parser.add_argument("--input", required=True, type=Path, help="dataset (.json list or .jsonl)")
+    parser.add_argument("--config", required=True, type=Path, help="the YAML config")
+    parser.add_argument("--step", required=True, help="the config's step")
+    parser.add_argument("--data-key", default="image_path", help="field or jq expression")
+
+
 def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

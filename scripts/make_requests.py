@@ -29,6 +29,7 @@ from common import (
     load_config,
     note,
     run,
+    step_arguments,
     write_jsonl,
 )
 
@@ -219,10 +220,7 @@ def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, type=Path, help="dataset (.json list or .jsonl)")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--step", required=True)
-    parser.add_argument("--data-key", default="image_path", help="field or jq expression")
+    step_arguments(parser)
     parser.add_argument("-o", "--output", required=True, type=Path, help="requests.jsonl")
     parser.add_argument("--skipped", required=True, type=Path, help="skipped.jsonl")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ from common import (
     note,
     request_hash,
     run,
+    step_arguments,
     write_jsonl,
 )
 from make_requests import compile_jq, custom_id_of, key_function
@@ -161,12 +162,9 @@ def batched(records: Iterator[dict[str, Any]]) -> Iterator[list[tuple[int, dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, type=Path)
+    step_arguments(parser)
     parser.add_argument("--requests", required=True, type=Path, help="requests.jsonl")
     parser.add_argument("--answers", required=True, type=Path, help="answers/ directory")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--step", required=True)
-    parser.add_argument("--data-key", default="image_path")
     parser.add_argument("--response-key", default="", help="default: the step's response_key")
     parser.add_argument("--errors", required=True, type=Path, help="errors.jsonl")
     parser.add_argument("-o", "--output", required=True, type=Path, help="merged.json(l)")

@@ -30,9 +30,10 @@ from common import (
     load_config,
     request_hash,
     run,
+    step_arguments,
 )
 from make_requests import build_requests
-from split_requests import API_MAX_REQUESTS, answered_hashes, chunks
+from split_requests import API_MAX_REQUESTS, DEFAULT_MAX_BYTES, answered_hashes, chunks
 
 IMAGE_TOKENS = 85  # estimate_tokens' figure per image (a low-detail image)
 
@@ -268,12 +269,9 @@ def render(s: dict[str, Any], config: Config) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, type=Path, help="dataset (.json list or .jsonl)")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--step", required=True)
-    parser.add_argument("--data-key", default="image_path", help="field or jq expression")
+    step_arguments(parser)
     parser.add_argument("--max-requests", type=int, default=1000)
-    parser.add_argument("--max-bytes", type=int, default=180_000_000)
+    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     parser.add_argument(
         "--answers", type=Path, default=None, help="answers/ of earlier runs: leave those out"
     )
