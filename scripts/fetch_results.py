@@ -239,6 +239,7 @@ def write_results(rows: list[dict[str, Any]], results: Path, answers: Path, sha:
         os.link(kept, tmp)
     except OSError:
         write_jsonl(tmp, rows)
+    os.utime(tmp)  # the answers may be older, identical bytes; make must see a fresh target
     os.replace(tmp, results)
 
 

@@ -205,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                         errors.append(error_row(cid, index, code, message, row))
                     writer.write(record)
             writer.close()
+            # errors.jsonl goes first: once merged.json is committed (as this block ends) make
+            # takes the step as done, so a kill between the two must not lose the error list.
+            write_jsonl(args.errors, errors)
     finally:
         answers.close()
-    write_jsonl(args.errors, errors)
     summarise(args.output, answered, errors, args.errors)
     return 0
 
