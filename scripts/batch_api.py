@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import openai
 from common import (
     ENDPOINT,
     IN_FLIGHT,
@@ -90,6 +89,8 @@ def in_flight_tokens(client: Any, model: str, exclude: str | None = None) -> tup
 
 def once(create: Callable[[], T], find: Callable[[], T | None], what: str, tries: int = 8) -> T:
     """Call `create` until it succeeds, checking with `find` after every unclear failure."""
+    import openai
+
     delay = 1.0
     for n in range(tries):
         try:

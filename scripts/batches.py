@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import openai
 from batch_api import IN_FLIGHT
 from common import UserError, load_config, make_client, run
 from make_requests import compile_jq
@@ -59,6 +58,8 @@ def status(client: Any, limit: int, filter_: str) -> int:
 def check(client: Any, batch_id: str) -> int:
     if not batch_id:
         raise UserError("no batch id: make check BATCH=batch_...")
+    import openai
+
     try:
         batch = client.batches.retrieve(batch_id)
     except openai.NotFoundError:

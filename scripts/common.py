@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -78,6 +79,15 @@ META_MODEL = "br_model"
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    """Ctrl+C, even while a script is still importing: one line, no traceback."""
+    print("interrupted: rerun the same make command to resume.", file=sys.stderr)
+    sys.exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted)
 
 
 class UserError(Exception):
