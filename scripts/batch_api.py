@@ -301,11 +301,26 @@ def eta(elapsed: float, done: int, total: int) -> float | None:
     return elapsed * (total - done) / done
 
 
-def wait(client: Any, batch_id: str, label: str) -> Any:
+def wait(client: Any, batch_id: str, label: str, patience: int = 10) -> Any:
+    """Poll until the batch ends. A wait can last hours: a network blip that outlasts the
+    SDK's own retries is waited out too, up to `patience` failed polls in a row."""
+    import openai
+
+    transient = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
     progress = Progress(label)
+    failures = 0
     try:
         while True:
-            batch = client.batches.retrieve(batch_id)
+            try:
+                batch = client.batches.retrieve(batch_id)
+            except transient as e:
+                failures += 1
+                if failures >= patience:
+                    raise
+                note(f"{label}: {type(e).__name__} while polling; trying again ({failures})")
+                time.sleep(min(2.0**failures, 60.0))
+                continue
+            failures = 0
             progress.update(batch)
             if batch.status in TERMINAL:
                 return batch
