@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from common import (
@@ -73,14 +74,22 @@ def find_batch(client: Any, sha: str, attempt: int, since: float | None = None) 
     return None
 
 
-def in_flight_tokens(client: Any, model: str, exclude: str | None = None) -> tuple[int, int]:
-    """(batches, estimated tokens) of our batches for `model` still holding enqueued tokens."""
+def in_flight(client: Any, model: str, exclude: str | None = None) -> tuple[int, int, float]:
+    """(batches, estimated tokens, oldest created_at) of our in-flight batches for `model`."""
     count = tokens = 0
+    oldest = time.time()
     for batch in recent_batches(client, horizon=86400 + 3600):
         meta = batch.metadata or {}
         if batch.status in IN_FLIGHT and meta.get(META_MODEL) == model and batch.id != exclude:
             count += 1
             tokens += int(meta.get(META_TOKENS) or 0)
+            oldest = min(oldest, batch.created_at)
+    return count, tokens, oldest
+
+
+def in_flight_tokens(client: Any, model: str, exclude: str | None = None) -> tuple[int, int]:
+    """(batches, estimated tokens) of our batches for `model` still holding enqueued tokens."""
+    count, tokens, _ = in_flight(client, model, exclude)
     return count, tokens
 
 
@@ -211,22 +220,24 @@ def token_room(
         return
     lock_dir.mkdir(parents=True, exist_ok=True)
     lock_path = lock_dir / f"tokens-{chunk.model.replace('/', '_')}.lock"
-    delay, said = 0.25, False
-    while True:
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            count, tokens = in_flight_tokens(client, chunk.model)
+    said = False
+    with open(lock_path, "a") as lock:
+        # Waiters queue on the lock and the kernel wakes them in turn: a newcomer never
+        # overtakes a job that has waited longer, and only the holder polls the server.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        while True:
+            count, tokens, oldest = in_flight(client, chunk.model)
             if count == 0 or tokens + chunk.tokens <= budget:
                 yield
                 return
-        if not said:
-            note(
-                f"{chunk.path.name}: waiting for token budget ({tokens} in flight + "
-                f"{chunk.tokens} > {budget} for {chunk.model})"
-            )
-            said = True
-        time.sleep(delay)
-        delay = min(delay * 1.5, poll_max())
+            if not said:
+                note(
+                    f"{chunk.path.name}: waiting for token budget ({tokens} in flight + "
+                    f"{chunk.tokens} > {budget} for {chunk.model})"
+                )
+                said = True
+            # Room comes back when a batch ends: poll as one would for the oldest in flight.
+            time.sleep(next_poll(SimpleNamespace(created_at=oldest)))
 
 
 # --------------------------------------------------------------------------- waiting

@@ -158,14 +158,15 @@ class Fetcher:
         )
 
     def fetch(self) -> list[dict[str, Any]]:
-        requests = {r["custom_id"]: r for r in iter_jsonl(self.args.chunk)}
+        # Only custom_id -> hash stays in memory (in chunk order); a retry re-reads the chunk.
+        hashes = {r["custom_id"]: request_hash(r) for r in iter_jsonl(self.args.chunk)}
         rows: dict[str, dict[str, Any]] = {}
         id_file, chunk = self.args.batch_id, self.args.chunk
         batch_id = id_file.read_text().strip()
         if not batch_id:
             raise UserError(f"{id_file} is empty; delete it and rerun make to resubmit")
         batch = self.client.batches.retrieve(batch_id)
-        attempt, wanted = 0, set(requests)
+        attempt, wanted = 0, set(hashes)
         while True:
             batch = self.settle(batch, id_file, chunk, attempt)
             for cid, row in collect(self.client, batch, wanted).items():
@@ -176,7 +177,7 @@ class Fetcher:
                 break
             attempt += 1
             chunk = self.out / f"retry_{self.nnn}_{attempt}.jsonl"
-            write_jsonl(chunk, (r for cid, r in requests.items() if cid in wanted))
+            write_jsonl(chunk, (r for r in iter_jsonl(self.args.chunk) if r["custom_id"] in wanted))
             id_file = chunk.with_suffix(".id")
             note(f"{chunk.name}: retrying {len(wanted)} request(s), attempt {attempt + 1}")
             info = chunk_info(chunk)
@@ -189,10 +190,7 @@ class Fetcher:
                 self.args.lock_dir,
             )
             write_text(id_file, batch.id + "\n")
-        return [
-            {"custom_id": cid, "hash": request_hash(request), **rows[cid]}
-            for cid, request in requests.items()
-        ]
+        return [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in hashes.items()]
 
 
 def validation_message(batch: Any, errors: list[Any], chunk: Path) -> str:
