@@ -470,11 +470,6 @@ def make_client(
     return openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries)
 
 
-def list_batches(client: Any) -> Iterator[Any]:
-    """Every batch on the account, newest first, following the cursor."""
-    yield from client.batches.list(limit=100)
-
-
 def chunk_name(path: Path) -> str:
     """`chunk_007.jsonl` -> `007`."""
     return Path(path).stem.split("_", 1)[-1]
