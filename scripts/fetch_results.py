@@ -121,9 +121,11 @@ class Fetcher:
                 write_text(id_file, batch.id + "\n")
                 continue
             if batch.status == "cancelled":
+                # One line per acknowledged batch: the chunk's first batch and its retries.
                 ack = self.out / f"batch_{self.nnn}.cancelled"
-                if not ack.exists() or batch.id not in ack.read_text():
-                    write_text(ack, batch.id + "\n")
+                told = ack.read_text().split() if ack.exists() else []
+                if batch.id not in told:
+                    write_text(ack, "".join(f"{b}\n" for b in [*told, batch.id]))
                     counts = batch.request_counts
                     done = counts.completed if counts else 0
                     raise UserError(
@@ -165,7 +167,16 @@ class Fetcher:
         batch_id = id_file.read_text().strip()
         if not batch_id:
             raise UserError(f"{id_file} is empty; delete it and rerun make to resubmit")
-        batch = self.client.batches.retrieve(batch_id)
+        import openai
+
+        try:
+            batch = self.client.batches.retrieve(batch_id)
+        except openai.NotFoundError:
+            raise UserError(
+                f"{id_file} names {batch_id}, which this server does not have (another "
+                "OPENAI_BASE_URL or account?); point at the right one, or delete the file to "
+                "resubmit"
+            )
         attempt, wanted = 0, set(hashes)
         while True:
             batch = self.settle(batch, id_file, chunk, attempt)

@@ -272,3 +272,17 @@ def test_cancel_stops_the_run_and_a_rerun_sends_the_rest(tmp_path: Path) -> None
         assert statuses == ["cancelled", "completed"]
     finally:
         emu.stop()
+
+
+def test_a_batch_id_the_server_does_not_know_is_one_line(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    env, build = emulator.env(), tmp_path / "build"
+    make("caption", env=env, BUILD=build, STEP="caption")
+    b = build_dir(tmp_path, "caption")
+    (b / "results_001.jsonl").unlink()
+    (b / "batch_001.id").write_text("batch_from_another_server\n")
+    result = make("caption", env=env, check=False, BUILD=build, STEP="caption")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "names batch_from_another_server, which this server does not have" in result.stderr
+    assert len(emulator.batches()) == 1  # nothing resubmitted behind the user's back
