@@ -178,7 +178,8 @@ def submit(
     if existing is not None:
         return existing
     with token_room(client, chunk, budget, lock_dir):
-        existing = find_batch(client, chunk.sha, attempt, since)
+        # While we waited for the budget, a parallel job with the same chunk may have made it.
+        existing = find_batch(client, chunk.sha, attempt, since) if budget else None
         if existing is not None:
             return existing
         label = f"{step}_{chunk.path.stem}"[:80]
