@@ -83,7 +83,7 @@ $(B)/split.params: FORCE | $(VENV_OK)
 $(B)/merge.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $@ $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
 
-$(B)/requests.jsonl: $(INPUT) $(CONFIG) $(B)/requests.params scripts/make_requests.py scripts/common.py | $(VENV_OK)
+$(B)/requests.jsonl: $(INPUT) $(CONFIG) $(B)/requests.params scripts/make_requests.py scripts/config.py scripts/records.py | $(VENV_OK)
 	$(PY) scripts/make_requests.py --input $(INPUT) --config $(CONFIG) --step $(STEP) \
 	  --data-key $(call q,$(DATA_KEY)) -o $@ --skipped $(B)/skipped.jsonl
 

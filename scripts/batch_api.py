@@ -22,20 +22,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from common import (
-    ENDPOINT,
-    IN_FLIGHT,
-    META_CHUNK,
-    META_MODEL,
-    META_STEP,
-    META_TOKENS,
-    UserError,
-    estimate_tokens,
-    iter_jsonl,
-    note,
-    sha256_file,
-)
+from cli import UserError, note
+from config import ENDPOINT
+from files import sha256_file
+from records import iter_jsonl
+from tokens import estimate_tokens
 
+# Statuses in which a batch still holds enqueued tokens.
+IN_FLIGHT = {"validating", "in_progress", "finalizing", "cancelling"}
+# Metadata keys that identify our batches (deterministic, so a rerun can find them).
+META_STEP = "br_step"
+META_CHUNK = "br_chunk_sha256"
+META_TOKENS = "br_est_tokens"
+META_MODEL = "br_model"
 META_ATTEMPT = "br_attempt"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 ADOPT_HORIZON = 29 * 86400  # output files live 30 days; older batches are no use to adopt

@@ -25,10 +25,14 @@ from typing import Any
 
 from batch_api import chunk_info, submit
 from batches import last_batches
-from common import Config, Step, UserError, dumps, load_config, make_client, note, write_text
+from cli import UserError, note
+from client import make_client
+from config import Config, Step, load_config
 from fetch_results import outcome
+from files import write_text
 from make_requests import build_requests, custom_id_of
 from merge_results import Merger
+from records import dumps
 from split_requests import DEFAULT_MAX_BYTES, chunks
 
 MAX_PER_FILE = 1000  # the original's chunk size

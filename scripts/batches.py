@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from batch_api import IN_FLIGHT
-from common import UserError, load_config, make_client, run
+from cli import UserError, run
+from client import make_client
+from config import load_config
 from make_requests import compile_jq
 
 

@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from batch_api import chunk_info, next_poll
-from common import UserError, note, run
+from cli import UserError, note, run
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = "caption"

@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from batch_api import chunk_info, file_lines, in_flight_tokens, next_poll, submit, wait
-from common import (
-    UserError,
-    chunk_name,
-    iter_jsonl,
-    load_config,
-    make_client,
-    note,
-    request_hash,
-    run,
-    sha256_file,
-    write_jsonl,
-    write_text,
-)
+from cli import UserError, note, run
+from client import make_client
+from config import load_config
+from files import chunk_name, sha256_file, write_jsonl, write_text
+from records import iter_jsonl, request_hash
 
 RETRYABLE_STATUS = {408, 409, 429}
 

@@ -27,8 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import Step, UserError, dumps, iter_jsonl, iter_records, load_config, run, write_text
+from cli import UserError, run
+from config import Step, load_config
+from files import write_text
 from make_requests import RequestBuilder, custom_id_of, jq_first, key_function
+from records import dumps, iter_jsonl, iter_records
 
 LOCAL_IMAGE_FIELDS = ("image_path",)
 MAX_FIELD_CHARS = 4000

@@ -19,19 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import jq
-from common import (
-    ENDPOINT,
-    Step,
-    UserError,
-    atomic_output,
-    dumps,
-    iter_records,
-    load_config,
-    note,
-    run,
-    step_arguments,
-    write_jsonl,
-)
+from cli import UserError, note, run, step_arguments
+from config import ENDPOINT, Step, load_config
+from files import atomic_output, write_jsonl
+from records import dumps, iter_records
 
 MAX_CONSECUTIVE_MISSING = 5  # the original tool's rule: five in a row means the prompt is wrong
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")

@@ -23,23 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from common import (
-    RecordWriter,
-    Step,
-    UserError,
-    atomic_output,
-    dumps,
-    is_jsonl,
-    iter_jsonl,
-    iter_records,
-    load_config,
-    note,
-    request_hash,
-    run,
-    step_arguments,
-    write_jsonl,
-)
+from cli import UserError, note, run, step_arguments
+from config import Step, load_config
+from files import atomic_output, write_jsonl
 from make_requests import compile_jq, custom_id_of, key_function
+from records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records, request_hash
 
 QA = re.compile(
     r"(?:Q(?:uestion)?\s*[:.]\s*)(?P<q>.+?)\s*A(?:nswer)?\s*[:.]\s*(?P<a>.+)", re.S | re.I

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import UserError, load_config, run
+from cli import UserError, run
+from config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

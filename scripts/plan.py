@@ -21,19 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Config,
-    UserError,
-    dumps,
-    estimate_tokens,
-    iter_records,
-    load_config,
-    request_hash,
-    run,
-    step_arguments,
-)
+from cli import UserError, run, step_arguments
+from config import Config, load_config
 from make_requests import build_requests
+from records import dumps, iter_records, request_hash
 from split_requests import API_MAX_REQUESTS, DEFAULT_MAX_BYTES, answered_hashes, chunks
+from tokens import estimate_tokens
 
 IMAGE_TOKENS = 85  # estimate_tokens' figure per image (a low-detail image)
 

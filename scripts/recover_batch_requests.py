@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import run
+from cli import run
 from send_batch_requests import TARGET, load_state, run_make, state_path
 
 

@@ -21,17 +21,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Config,
-    UserError,
-    iter_jsonl,
-    load_config,
-    make_client,
-    note,
-    run,
-    write_text,
-)
+from cli import UserError, note, run
+from client import make_client
+from config import Config, load_config
+from files import write_text
 from plan import price_of, usd
+from records import iter_jsonl
 
 END_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 TOKENS = ("input", "cached", "output")

@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import UserError, load_config, note, run, write_text
+from cli import UserError, note, run
+from config import load_config
+from files import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "caption"

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from common import iter_records, run
+from cli import run
+from records import iter_records
 
 
 def main(argv: list[str] | None = None) -> int:

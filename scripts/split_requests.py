@@ -19,7 +19,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import UserError, commit, iter_jsonl, note, request_hash, run, write_text
+from cli import UserError, note, run
+from files import commit, write_text
+from records import iter_jsonl, request_hash
 
 API_MAX_REQUESTS = 50_000
 DEFAULT_MAX_BYTES = 180_000_000  # the API's limit is 209,715,200 bytes (200 MiB)

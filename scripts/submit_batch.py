@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 
 from batch_api import chunk_info, submit
-from common import load_config, make_client, note, run, write_text
+from cli import note, run
+from client import make_client
+from config import load_config
+from files import write_text
 
 
 def main(argv: list[str] | None = None) -> int:

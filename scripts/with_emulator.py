@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import UserError, run
+from cli import UserError, run
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,7 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import UserError, atomic_output, run
+from cli import UserError, run
+from files import atomic_output
 
 
 def main(argv: list[str] | None = None) -> int:

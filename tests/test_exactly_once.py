@@ -451,7 +451,7 @@ def test_ctrl_c_during_the_wait_says_how_to_resume(project: Project, clean: Clea
     log = next(project.root.glob("make-*.log")).read_text()
     assert "interrupted: rerun the same make command to resume." in log
     # A script still importing its modules when the signal lands prints a KeyboardInterrupt
-    # traceback instead (the import runs before common.run); counted, not asserted.
+    # traceback instead (the import runs before cli.run); counted, not asserted.
     tracebacks = log.count("Traceback")
     TALLY["ctrl-c tracebacks"] += tracebacks
     print(f"\n[exactly-once] ctrl-c: resume hint shown, {tracebacks} traceback(s) from imports")

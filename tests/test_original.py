@@ -24,7 +24,7 @@ from batch_requests import (
     split_jsonl_list,
     view_batches,
 )
-from common import UserError
+from cli import UserError
 from conftest import PYTHON, ROOT, TEST_KEY, Emulator, read_json, write_json
 
 CONFIG = {

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from common import load_config
+from config import load_config
 from conftest import ROOT, Emulator, make, read_json, write_json
 from merge_results import Merger
 

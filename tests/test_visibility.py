@@ -23,8 +23,9 @@ import make_requests
 import plan
 import pytest
 import report
-from common import estimate_tokens, run
+from cli import run
 from conftest import ROOT, Emulator, make, read_json, write_json
+from tokens import estimate_tokens
 
 EXAMPLE = read_json(ROOT / "data" / "example.json")
 CONFIG = ROOT / "configs" / "example.yaml"

@@ -1,0 +1,36 @@
+"""The OpenAI client: the key and base URL, from the environment, .env or the config."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cli import UserError, note
+from config import Config
+
+
+def make_client(
+    config: Config | None = None, max_retries: int = 5, api_key: str | None = None
+) -> Any:
+    """The OpenAI client. The key is `api_key` if given, else OPENAI_API_KEY (environment, then
+    .env), else the config's api_key (with a warning); the base URL comes from OPENAI_BASE_URL,
+    else the config."""
+    import openai
+    from dotenv import load_dotenv
+
+    load_dotenv(override=False)
+    data = config.data if config else {}
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key and data.get("api_key"):
+        note(
+            f"warning: using the api_key from {config.path if config else 'the config'}; "
+            "prefer OPENAI_API_KEY in the environment or .env, and keep keys out of configs"
+        )
+        key = str(data["api_key"])
+    base_url = os.environ.get("OPENAI_BASE_URL") or data.get("base_url")
+    if not key:
+        raise UserError(
+            "OPENAI_API_KEY is not set: export OPENAI_API_KEY=sk-... (or put it in .env); "
+            "to try the tool without a key, run 'make demo'"
+        )
+    return openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries)

@@ -1,0 +1,87 @@
+"""Build files appear whole or not at all, and are rewritten only when their bytes change."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from records import dumps
+
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write `path` whole or not at all, and leave it untouched if the bytes did not change.
+
+    The temporary file sits beside the target with a unique name, so parallel make jobs
+    never share one; it is fsynced before `os.replace`, and unlinked on any failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; build files are as shareable as any
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        commit(Path(tmp), path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def commit(tmp: Path, path: Path) -> bool:
+    """Move a finished, fsynced temporary file onto `path` unless the bytes are the same."""
+    if path.exists() and same_bytes(tmp, path):
+        os.unlink(tmp)
+        return False
+    os.replace(tmp, path)
+    return True
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as f:
+        f.write(text)
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> int:
+    n = 0
+    with atomic_output(path) as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+            n += 1
+    return n
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunk_name(path: Path) -> str:
+    """`chunk_007.jsonl` -> `007`."""
+    return Path(path).stem.split("_", 1)[-1]
