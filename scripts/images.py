@@ -462,7 +462,9 @@ class LocalImages:
         """The image for a field's value; ImageSkip(reason) if it cannot be sent."""
         if is_url(value):
             scheme = value.split(":", 1)[0].lower()
-            if scheme not in ("http", "https", "data"):
+            if scheme == "data":
+                return self.inline(value)
+            if scheme not in ("http", "https"):
                 raise ImageSkip(
                     f"{self.field}: unsupported URL scheme '{scheme}' in {value[:80]}; use "
                     "http(s)://, a data: URL or a local path"
@@ -482,6 +484,25 @@ class LocalImages:
             raise ImageSkip(f"{self.field}: {value}: {e}")
         self.remember(path, stat, None, found)
         return found
+
+    def inline(self, url: str) -> Resolved:
+        """A data URL from the dataset, sent as is once its bytes are checked like a file's."""
+        data = decode_data_url(url)
+        if data is None:
+            raise ImageSkip(f"{self.field}: {url[:40]}...: not a base64 data URL")
+        try:
+            mime, width, height = check_bytes(data)
+        except ImageSkip as e:
+            raise ImageSkip(f"{self.field}: data URL: {e}")
+        declared = url[5 : url.index(";")].lower() if ";" in url[:100] else ""
+        if declared != mime:
+            raise ImageSkip(
+                f"{self.field}: data URL says '{declared}' but its bytes are {mime}; fix the type"
+            )
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ImageSkip(f"{self.field}: data URL: {self.too_big(len(data), False)}")
+        sha = hashlib.sha256(data).hexdigest()
+        return Resolved(url, False, sha, mime, len(data), width, height)
 
     def load(self, path: Path) -> Resolved:
         """Read, check and (if asked) resize one file."""

@@ -103,6 +103,14 @@ def test_local_images_are_sniffed_from_their_bytes_and_the_rest_skipped(pictures
     )
     remote = "https://example.org/a.jpg"
     assert resolve(local, remote) == images.Resolved(url=remote)
+    # A data URL in the dataset is sent as it is, once its bytes are checked like a file's.
+    jpeg = (pictures / "img" / "really-a-jpeg.png").read_bytes()
+    inline = images.data_url("image/jpeg", jpeg)
+    assert resolve(local, inline).url == inline  # type: ignore[union-attr]
+    assert resolve(local, images.data_url("image/png", jpeg)) == (
+        "image_path: data URL says 'image/png' but its bytes are image/jpeg; fix the type"
+    )
+    assert resolve(local, "data:image/png;base64,@@@").endswith("not a base64 data URL")
     local.close()
 
 
