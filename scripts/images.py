@@ -417,6 +417,18 @@ def part_tokens(part: dict[str, Any]) -> int:
     return image_tokens(*(size or ASSUMED_REMOTE_SIZE), detail)
 
 
+def body_images(body: dict[str, Any]) -> tuple[int, int]:
+    """(number of image parts, their estimated tokens) of a chat-completions body."""
+    count = tokens = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                count += 1
+                tokens += part_tokens(part)
+    return count, tokens
+
+
 # ----------------------------------------------------------------------------- local images
 
 

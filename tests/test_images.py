@@ -205,15 +205,17 @@ def test_the_stamp_changes_when_an_indexed_image_does(pictures: Path) -> None:
     assert images.stamp(cache, failed) == second
 
 
-def test_oversized_images_are_skipped_unless_resizing_brings_them_under(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    save(tmp_path / "big.png", (800, 800), "PNG")
+def test_oversized_images_are_skipped_unless_resizing_brings_them_under(tmp_path: Path) -> None:
+    noise = Image.frombytes("RGB", (2700, 2700), os.urandom(2700 * 2700 * 3))
+    noise.save(tmp_path / "big.png", "PNG", compress_level=1)  # noise: about 21.9 MB
     size = (tmp_path / "big.png").stat().st_size
-    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", size - 1)  # a limit we can reach in a test
-    assert "over the API's" in resolve(LocalImages(tmp_path, ImageOptions()), "big.png")
-    shrunk = LocalImages(tmp_path, ImageOptions(max_side=200), tmp_path / "c").resolve("big.png")
-    assert shrunk.nbytes is not None and shrunk.nbytes < size
+    assert size > images.MAX_IMAGE_BYTES
+    assert resolve(LocalImages(tmp_path, ImageOptions()), "big.png") == (
+        f"image: big.png: {size / 1e6:.1f} MB, over the API's 20 MB image limit; "
+        "set image_max_side to shrink it"
+    )
+    shrunk = LocalImages(tmp_path, ImageOptions(max_side=1000), tmp_path / "c").resolve("big.png")
+    assert shrunk.nbytes is not None and shrunk.nbytes < images.MAX_IMAGE_BYTES
 
 
 def test_image_tokens_follow_the_published_rules(pictures: Path) -> None:
