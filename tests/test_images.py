@@ -234,6 +234,8 @@ def test_image_tokens_follow_the_published_rules(pictures: Path) -> None:
     assert (
         images.part_tokens({**remote, "image_url": {**remote["image_url"], "detail": "low"}}) == 85
     )
+    content = [{"type": "text", "text": "x"}, part, remote]
+    assert images.body_images({"messages": [{"role": "user", "content": content}]}) == (2, 1870)
 
 
 # ----------------------------------------------------------------------------- preflight
