@@ -458,17 +458,25 @@ class LocalImages:
         self.read_only = read_only
         self.referenced: set[str] = set()
         self.run_id = uuid.uuid4().hex
-        self.db: sqlite3.Connection | None = None
-        index = self.cache_dir / "index.sqlite" if self.cache_dir else None
-        if index is not None and (index.exists() or not read_only):
-            index.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(f"file:{index}{'?mode=ro' if read_only else ''}", uri=True)
-            if not read_only:
-                self.db.execute(
-                    "CREATE TABLE IF NOT EXISTS images (path TEXT, options TEXT, stat TEXT, "
-                    "reason TEXT, sha TEXT, mime TEXT, nbytes INT, width INT, height INT, "
-                    "file TEXT, run TEXT, PRIMARY KEY (path, options))"
-                )
+        self._db: sqlite3.Connection | None = None
+        self.opened = False  # the index is opened (and created) at the first local file
+
+    @property
+    def db(self) -> sqlite3.Connection | None:
+        if not self.opened:
+            self.opened = True
+            index = self.cache_dir / "index.sqlite" if self.cache_dir else None
+            if index is not None and (index.exists() or not self.read_only):
+                index.parent.mkdir(parents=True, exist_ok=True)
+                mode = "?mode=ro" if self.read_only else ""
+                self._db = sqlite3.connect(f"file:{index}{mode}", uri=True)
+                if not self.read_only:
+                    self._db.execute(
+                        "CREATE TABLE IF NOT EXISTS images (path TEXT, options TEXT, stat TEXT, "
+                        "reason TEXT, sha TEXT, mime TEXT, nbytes INT, width INT, height INT, "
+                        "file TEXT, run TEXT, PRIMARY KEY (path, options))"
+                    )
+        return self._db
 
     def resolve(self, value: str) -> Resolved:
         """The image for a field's value; ImageSkip(reason) if it cannot be sent."""
@@ -614,15 +622,16 @@ class LocalImages:
 
     def close(self, complete: bool = True) -> None:
         """Commit the index; after a complete build, forget what this build did not use."""
-        if self.db is None:
-            return
-        if not self.read_only:
-            if complete:
-                self.db.execute("DELETE FROM images WHERE run != ?", (self.run_id,))
-                self.prune()
-            self.db.commit()
-        self.db.close()
-        self.db = None
+        if complete and not self.read_only and self.cache_dir and self.cache_dir.is_dir():
+            db = self.db  # opened even if no local file came: the old entries go
+            if db is not None:
+                db.execute("DELETE FROM images WHERE run != ?", (self.run_id,))
+            self.prune()
+        if self._db is not None:
+            if not self.read_only:
+                self._db.commit()
+            self._db.close()
+        self._db, self.opened = None, True
 
     def prune(self) -> None:
         """Remove cached resized files no request refers to any more."""
