@@ -7,6 +7,8 @@ while a script still imports, says how to resume.
 
 from __future__ import annotations
 
+import argparse
+import errno
 import signal
 import sys
 from collections.abc import Callable
@@ -27,6 +29,54 @@ class UserError(Exception):
     """A mistake the user can fix: reported as one line, never a traceback."""
 
 
+# Where the API key came from, set by client.make_client, so a 401 names the right place:
+# "argument", "environment", ".env" (with the file in KEY_FILE) or "config" (the config's path).
+KEY_SOURCE: str | None = None
+KEY_FILE: str | None = None
+
+# Errors of the disk, not of the program: one line naming the path.
+DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full; free some space",
+    errno.EDQUOT: "the disk quota is exceeded; free some space",
+    errno.EROFS: "the file system is read-only; set BUILD to a writable directory",
+    errno.EACCES: "permission denied; make it writable or set BUILD to a directory you own",
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one line for a bad argument (`MAX_REQUESTS=abc`), not usage and a line."""
+
+    def error(self, message: str) -> Any:  # argparse declares NoReturn
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def key_advice() -> str:
+    """What to do about a rejected key, naming where the key came from (never the key)."""
+    if KEY_SOURCE == "config":
+        return (
+            f"the api_key in {KEY_FILE} was rejected (401); fix it there, or delete it and set "
+            "OPENAI_API_KEY in the environment or .env"
+        )
+    if KEY_SOURCE == ".env":
+        return f"the OPENAI_API_KEY in {KEY_FILE} was rejected (401); put a valid key there"
+    if KEY_SOURCE == "argument":
+        return "the api_key passed to the function was rejected (401); pass a valid key"
+    return (
+        "the OPENAI_API_KEY in the environment was rejected (401); export a valid key: "
+        "export OPENAI_API_KEY=..."
+    )
+
+
+def disk_error(e: OSError) -> str | None:
+    """One line for a full, read-only or unwritable disk; None for other errors."""
+    advice = DISK_ERRNOS.get(e.errno or 0)
+    if advice is None:
+        return None
+    where = e.filename if e.filename is not None else "a file"
+    return f"cannot write {where}: {e.strerror}; {advice}"
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call a script's main, turning expected failures into one line on stderr."""
     try:
@@ -37,17 +87,26 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted: rerun the same make command to resume.", file=sys.stderr)
         return 130
+    except OSError as e:
+        line = disk_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     except Exception as e:
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is not None and isinstance(e, sqlite3.OperationalError):
+            # A temporary index (merge, digests) on a full or read-only disk.
+            text = str(e)
+            if any(w in text for w in ("full", "readonly", "read-only", "disk I/O", "unable")):
+                print(f"error: a temporary index failed: {text}; free disk space", file=sys.stderr)
+                return 2
         # openai is only imported by scripts that call the API; small ones stay fast.
         openai = sys.modules.get("openai")
         if openai is None:
             raise
         if isinstance(e, openai.AuthenticationError):
-            print(
-                "error: the API rejected the key (401). Set a valid key: export "
-                "OPENAI_API_KEY=... or put OPENAI_API_KEY=... in .env.",
-                file=sys.stderr,
-            )
+            print(f"error: {key_advice()}", file=sys.stderr)
             return 2
         if isinstance(e, openai.APIConnectionError):
             print(

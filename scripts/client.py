@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import cli
 from cli import UserError, note
 from config import Config
 
@@ -16,12 +17,22 @@ def make_client(
     .env), else the config's api_key (with a warning); the base URL comes from OPENAI_BASE_URL,
     else the config."""
     import openai
-    from dotenv import load_dotenv
+    from dotenv import find_dotenv, load_dotenv
 
-    load_dotenv(override=False)
+    from_environment = bool(os.environ.get("OPENAI_API_KEY"))
+    dotenv = find_dotenv()  # searched upwards from scripts/, as load_dotenv() does
+    load_dotenv(dotenv, override=False)
     data = config.data if config else {}
     key = api_key or os.environ.get("OPENAI_API_KEY")
+    # Remembered for cli.run, so a 401 names where the key came from (never the key).
+    if api_key:
+        cli.KEY_SOURCE, cli.KEY_FILE = "argument", None
+    elif from_environment:
+        cli.KEY_SOURCE, cli.KEY_FILE = "environment", None
+    elif key:
+        cli.KEY_SOURCE, cli.KEY_FILE = ".env", dotenv
     if not key and data.get("api_key"):
+        cli.KEY_SOURCE, cli.KEY_FILE = "config", str(config.path if config else "the config")
         note(
             f"warning: using the api_key from {config.path if config else 'the config'}; "
             "prefer OPENAI_API_KEY in the environment or .env, and keep keys out of configs"

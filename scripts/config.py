@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jq
 import yaml
 from cli import UserError
+from records import decode_utf8
+from tokens import context_window
 
 # Config keys that are not steps.
 TOP_LEVEL_KEYS = {
@@ -19,7 +22,9 @@ TOP_LEVEL_KEYS = {
     "token_budget",
     "pipeline",
     "max_requests",
+    "context_windows",
 }
+IMAGE_DETAILS = ("auto", "low", "high")
 # Keys a step may hold besides chat-completions body parameters.
 STEP_KEYS = {
     "system": str,
@@ -74,6 +79,7 @@ class Step:
     kind: str = "plain"  # "question": the original tool's dialogue rounds
     templates: dict[str, str] = field(default_factory=dict)  # question: dialog_history, ...
     body: dict[str, Any] = field(default_factory=dict)
+    context_window: int | None = None  # the model's, in tokens (tokens.py, or the config's)
 
     @property
     def schema(self) -> dict[str, Any] | None:
@@ -100,11 +106,15 @@ class Config:
             raise UserError(
                 f"{self.path} has no step '{name}'; steps there: {', '.join(self.steps) or 'none'}"
             )
-        return parse_step(self.path, name, raw, self.data.get("model"))
+        return parse_step(self.path, name, raw, self.data.get("model"), self.context_windows())
 
     def price(self, model: str) -> dict[str, float] | None:
         prices = self.data.get("prices") or {}
         return prices.get(model)
+
+    def context_windows(self) -> dict[str, int]:
+        """The config's `context_windows: {model: tokens}` (checked by load_config)."""
+        return dict(self.data.get("context_windows") or {})
 
     def token_budget(self, model: str) -> int | None:
         budget = self.data.get("token_budget")
@@ -118,7 +128,7 @@ def load_config(path: Path) -> Config:
     if not path.exists():
         raise UserError(f"config file {path} does not exist; set CONFIG=path/to/config.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(decode_utf8(path, path.read_bytes()))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -127,10 +137,50 @@ def load_config(path: Path) -> Config:
         raise UserError(f"{path} must be a YAML mapping with 'model' and one mapping per step")
     if "model" in data and not isinstance(data["model"], str):
         raise UserError(f"{path}: 'model' must be a string such as gpt-4o-mini")
+    windows = data.get("context_windows")
+    if windows is not None and not (
+        isinstance(windows, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for k, v in windows.items()
+        )
+    ):
+        raise UserError(
+            f"{path}: 'context_windows' must map model names to token counts, "
+            "like {gpt-4o-mini: 128000}"
+        )
     return Config(path, data)
 
 
-def parse_step(path: Path, name: str, raw: dict[str, Any], default_model: Any) -> Step:
+def compile_jq(expression: str, what: str) -> Any:
+    """A compiled jq program; an invalid expression is one line naming what it is for."""
+    try:
+        return jq.compile(expression)
+    except ValueError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{what} '{expression}' is not a valid jq expression: {first}")
+
+
+def response_key_of(step: Step, override: str | None = None) -> str:
+    """Where each answer goes: RESPONSE_KEY if given, else the step's response_key."""
+    key = override or step.response_key
+    if not key:
+        raise UserError(
+            f"no response key for step '{step.name}': set RESPONSE_KEY=... or add "
+            "response_key: to the step in the config"
+        )
+    return key
+
+
+def parse_step(
+    path: Path,
+    name: str,
+    raw: dict[str, Any],
+    default_model: Any,
+    context_windows: dict[str, int] | None = None,
+) -> Step:
+    """A step checked whole: types, known keys, jq that compiles, a valid JSON schema, enumerated
+    values. Every script parses steps here, so a mistake is found before anything is paid."""
     where = f"{path}: step '{name}'"
     kind = raw.get("kind") or ("question" if name == "question" else "plain")
     for key, value in raw.items():
@@ -156,6 +206,17 @@ def parse_step(path: Path, name: str, raw: dict[str, Any], default_model: Any) -
     model = raw.get("model", default_model)
     if not isinstance(model, str) or not model:
         raise UserError(f"{path}: no model; add model: gpt-4o-mini at the top or in step '{name}'")
+    detail = raw.get("image_detail")
+    if detail is not None and detail not in IMAGE_DETAILS:
+        raise UserError(
+            f"{where}: image_detail '{detail}' is not one of auto, low or high; "
+            "use low (85 tokens an image) or remove it"
+        )
+    for key in ("where", "extract"):
+        if raw.get(key) is not None:
+            compile_jq(raw[key], f"{where}: {key}:")
+    response_format = normalise_response_format(name, raw.get("response_format"))
+    check_response_format(where, response_format)
     body = {k: raw[k] for k in BODY_KEYS if k in raw}
     body.update(raw.get("body") or {})
     if body.get("stream"):
@@ -171,10 +232,11 @@ def parse_step(path: Path, name: str, raw: dict[str, Any], default_model: Any) -
         response_key=raw.get("response_key"),
         where=raw.get("where"),
         extract=raw.get("extract"),
-        response_format=normalise_response_format(name, raw.get("response_format")),
+        response_format=response_format,
         kind=kind,
         templates={k: raw[k] for k in ("dialog_history", "context", "image_url") if k in raw},
         body=body,
+        context_window=context_window(model, context_windows),
     )
 
 
@@ -184,3 +246,28 @@ def normalise_response_format(name: str, value: dict[str, Any] | None) -> dict[s
         return value
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
     return {"type": "json_schema", "json_schema": {"name": safe, "schema": value, "strict": True}}
+
+
+def check_response_format(where: str, value: dict[str, Any] | None) -> None:
+    """OpenAI's response_format with a valid JSON schema, or one line saying what is wrong."""
+    if value is None or value.get("type") in {"json_object", "text"}:
+        return
+    spec = value.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise UserError(
+            f"{where}: response_format: json_schema needs a 'schema' mapping "
+            "(or give the bare JSON schema as response_format)"
+        )
+    import jsonschema  # only for steps with structured output: the import is slow
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        at = "/".join(map(str, e.absolute_path)) or "the top level"
+        message = " ".join(e.message.split())
+        message = message if len(message) <= 200 else message[:200] + " ..."
+        raise UserError(
+            f"{where}: response_format is not a valid JSON schema (at {at}: {message}); "
+            "see https://json-schema.org/understanding-json-schema"
+        )

@@ -8,33 +8,31 @@ same bytes leaves both files untouched, so nothing downstream is rebuilt or rese
 
 from __future__ import annotations
 
-import argparse
-import hashlib
+import itertools
 import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import jq
-from cli import UserError, note, run, step_arguments
-from config import ENDPOINT, Step, load_config
+from cli import ArgumentParser, UserError, note, run, step_arguments
+from config import ENDPOINT, Step, compile_jq, load_config, response_key_of
+from digests import DigestSet
 from files import atomic_output, write_jsonl
 from records import dumps, iter_records
+from tokens import estimate_tokens
+
+__all__ = ["RequestBuilder", "build_requests", "compile_jq", "custom_id_of", "key_function"]
 
 MAX_CONSECUTIVE_MISSING = 5  # the original tool's rule: five in a row means the prompt is wrong
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
 QUESTION_DEFAULTS = {"dialog_history": "", "cleaned_caption": ""}
-
-
-def compile_jq(expression: str, what: str) -> Any:
-    try:
-        return jq.compile(expression)
-    except ValueError as e:
-        first = str(e).splitlines()[0]
-        raise UserError(f"{what} '{expression}' is not a valid jq expression: {first}")
+# The Batch API's limit for a whole input file (FACTS.md: 200 MB); one request over it can
+# never be sent.
+MAX_FILE_BYTES = 200 * 1024 * 1024
 
 
 def jq_first(program: Any, record: dict[str, Any]) -> Any:
@@ -44,11 +42,33 @@ def jq_first(program: Any, record: dict[str, Any]) -> Any:
         return None
 
 
+class DataKeyError(UserError):
+    """A DATA_KEY jq expression that gives several values for one record."""
+
+    def __init__(self, data_key: str, n: int) -> None:
+        super().__init__(
+            f"DATA_KEY '{data_key}' gives {n} values for a record; it must give one value "
+            "per record (e.g. '.tags[0]' or '.tags | join(\",\")')"
+        )
+        self.data_key, self.n = data_key, n
+
+
 def key_function(data_key: str) -> Callable[[dict[str, Any]], Any]:
     """A plain field name, or a jq expression when it starts with '.' (`.title + " " + .year`)."""
     if data_key.startswith("."):
         program = compile_jq(data_key, "DATA_KEY")
-        return lambda record: jq_first(program, record)
+
+        def key(record: dict[str, Any]) -> Any:
+            try:
+                values = list(itertools.islice(program.input_value(record), 3))
+            except ValueError:
+                return None
+            if len(values) > 1:
+                n = len(values) if len(values) < 3 else sum(1 for _ in program.input_value(record))
+                raise DataKeyError(data_key, n)
+            return values[0] if values else None
+
+        return key
     return lambda record: record.get(data_key)
 
 
@@ -64,6 +84,9 @@ class Template:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        rest = PLACEHOLDER.sub("", text)
+        # A brace left after the placeholders is sent as it is: almost always a typo.
+        self.unclosed = "{" in rest or "}" in rest
         self.fields: dict[str, Any] = {}
         for m in PLACEHOLDER.finditer(text):
             name = m.group(1)
@@ -103,28 +126,59 @@ class Built:
     request: dict[str, Any] | None  # None: skipped
     missing: list[str]
 
+    @cached_property
+    def line(self) -> str:
+        """The request as its line in requests.jsonl (serialised once)."""
+        return dumps(self.request) + "\n"
+
 
 class RequestBuilder:
     """Turns records into Batch API request lines for one step."""
 
     def __init__(self, step: Step, data_key: str) -> None:
         self.step = step
+        self.data_key = data_key
         self.key = key_function(data_key)
         self.where = compile_jq(step.where, f"step '{step.name}' where:") if step.where else None
+        self.where_errors = 0
+        self.first_where_error: tuple[int, str] | None = None  # (record index, jq's message)
+        named: list[tuple[str, Template]]
         if step.kind == "question":
-            self.parts = [
-                Template(step.templates["context"]),
-                Template(step.templates["dialog_history"]),
+            named = [
+                ("context", Template(step.templates["context"])),
+                ("dialog_history", Template(step.templates["dialog_history"])),
             ]
             if step.user:
-                self.parts.append(Template(step.user))
+                named.append(("user", Template(step.user)))
             self.image: Template | None = Template(step.templates["image_url"])
         else:
-            self.parts = [Template(step.user or "")]
+            named = [("user", Template(step.user or ""))]
             self.image = Template("{" + step.image_key + "}") if step.is_multimodal else None
+        self.parts = [template for _, template in named]
+        self.warnings = [
+            f"warning: step '{step.name}' {what}: a '{{' with no closing '}}' is sent as "
+            f"literal text ({template.text.strip()[:60]!r}); close the placeholder, or write "
+            "{{ and }} for literal braces"
+            for what, template in named
+            if template.unclosed
+        ]
 
-    def selected(self, record: dict[str, Any]) -> bool:
-        return self.where is None or jq_first(self.where, record) is True
+    def selected(self, record: dict[str, Any], index: int = -1) -> bool:
+        """`where:` with jq's truthiness: anything but false and null (or no output) selects.
+
+        A jq error on a record is counted (with the first record's index) and the record is
+        left out; build_requests then stops with an error before anything is written or paid.
+        """
+        if self.where is None:
+            return True
+        try:
+            value = next(iter(self.where.input_value(record)), None)
+        except ValueError as e:
+            self.where_errors += 1
+            if self.first_where_error is None:
+                self.first_where_error = (index, str(e).splitlines()[0])
+            return False
+        return value is not None and value is not False
 
     def build(self, index: int, record: dict[str, Any]) -> Built:
         # The question step allows blank fields, as the original tool did.
@@ -164,36 +218,115 @@ class RequestBuilder:
         return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
 
 
+class Oversized:
+    """Requests over the model's context window (a warning) or the per-file limit (an error)."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.count = 0
+        self.largest: tuple[int, str] = (0, "")  # (estimated tokens, custom_id)
+
+    def check(self, built: Built) -> None:
+        line = built.line
+        if len(line) * 4 > MAX_FILE_BYTES and len(line.encode()) > MAX_FILE_BYTES:
+            raise UserError(
+                f"the request for '{built.custom_id}' (record {built.index}) is "
+                f"{len(line.encode()) / 1e6:,.0f} MB, over the Batch API's 200 MB limit for a "
+                "whole input file; shorten that record or leave it out"
+            )
+        window = self.step.context_window
+        if window is None:
+            return
+        assert built.request is not None
+        tokens = estimate_tokens(built.request["body"])
+        if tokens > window:
+            self.count += 1
+            self.largest = max(self.largest, (tokens, built.custom_id or ""))
+
+    def warning(self) -> str | None:
+        if not self.count:
+            return None
+        tokens, cid = self.largest
+        return (
+            f"warning: {self.count} request(s) of step '{self.step.name}' exceed the context "
+            f"window of {self.step.model} ({self.step.context_window:,} tokens; estimated, the "
+            f"largest is '{cid}' at about {tokens:,}); they would fail with "
+            "context_length_exceeded: shorten those records, or set context_windows: in the "
+            "config if the model's window is larger"
+        )
+
+
 def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str) -> Iterator[Built]:
-    """Every selected record, built or skipped, after checking data keys and the missing rule."""
+    """Every selected record, built or skipped, after checking data keys and the missing rule.
+
+    Also warns about unclosed placeholders, requests over the context window and a `where:`
+    that selects nothing; stops (UserError) on `where:` errors, a request over the file limit,
+    missing or duplicate data keys.
+    """
     builder = RequestBuilder(step, data_key)
-    seen: set[bytes] = set()
-    duplicates: dict[str, int] = {}
+    for warning in builder.warnings:
+        note(warning)
+    oversized = Oversized(step)
+    duplicates: dict[str, int] = {}  # the first few duplicated keys, with their counts
+    repeated = 0  # every record whose key came before
     no_key: list[int] = []
     streak: list[Built] = []
-    for index, record in enumerate(records):
-        if not builder.selected(record):
-            continue
-        built = builder.build(index, record)
-        if built.custom_id is None:
-            no_key.append(index)
-        else:
-            digest = hashlib.blake2b(built.custom_id.encode(), digest_size=16).digest()
-            if digest in seen:
-                duplicates[built.custom_id] = duplicates.get(built.custom_id, 1) + 1
-            seen.add(digest)
-        if built.request is None:
-            streak.append(built)
-            if len(streak) >= MAX_CONSECUTIVE_MISSING:
-                fields = sorted({f for b in streak for f in b.missing})
+    total = selected = 0
+
+    def count(found: list[Any]) -> None:
+        nonlocal repeated
+        for key in found:
+            repeated += 1
+            if key in duplicates or len(duplicates) < 5:
+                duplicates[key] = duplicates.get(key, 1) + 1
+
+    with DigestSet() as seen:
+        for index, record in enumerate(records):
+            total += 1
+            if not builder.selected(record, index):
+                continue
+            selected += 1
+            try:
+                built = builder.build(index, record)
+            except DataKeyError as e:
                 raise UserError(
-                    f"{MAX_CONSECUTIVE_MISSING} consecutive records (index {streak[0].index} to "
-                    f"{built.index}) lack the prompt field(s) {', '.join(fields)} of step "
-                    f"'{step.name}'; check the placeholders in the config against the dataset"
-                )
-        else:
-            streak = []
-        yield built
+                    f"DATA_KEY '{e.data_key}' gives {e.n} values for record {index}; it must "
+                    "give one value per record (e.g. '.tags[0]' or '.tags | join(\",\")')"
+                ) from None
+            if built.custom_id is None:
+                no_key.append(index)
+            else:
+                count(seen.add(built.custom_id))
+            if built.request is None:
+                streak.append(built)
+                if len(streak) >= MAX_CONSECUTIVE_MISSING:
+                    fields = sorted({f for b in streak for f in b.missing})
+                    raise UserError(
+                        f"{MAX_CONSECUTIVE_MISSING} consecutive records (index "
+                        f"{streak[0].index} to {built.index}) lack the prompt field(s) "
+                        f"{', '.join(fields)} of step '{step.name}'; check the placeholders in "
+                        "the config against the dataset"
+                    )
+            else:
+                streak = []
+                oversized.check(built)
+            yield built
+        count(seen.flush())
+    if builder.first_where_error is not None:
+        index, message = builder.first_where_error
+        raise UserError(
+            f"step '{step.name}' where: '{step.where}' failed on {builder.where_errors} of "
+            f"{total} records (first: record {index}: {message}); fix the expression (jq's "
+            "'?' or '// false' skip a record instead); nothing was written"
+        )
+    if step.where and total and not selected:
+        note(
+            f"warning: step '{step.name}' where: '{step.where}' selects 0 of {total} records; "
+            "nothing will be sent (check the expression against the data)"
+        )
+    warning = oversized.warning()
+    if warning:
+        note(warning)
     if no_key:
         shown = ", ".join(map(str, no_key[:5])) + (" ..." if len(no_key) > 5 else "")
         raise UserError(
@@ -201,22 +334,27 @@ def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str)
             "field every record has (a string or number), or a jq expression like '.title'"
         )
     if duplicates:
-        shown = ", ".join(f"'{k}' x{n}" for k, n in list(duplicates.items())[:5])
+        shown = ", ".join(f"'{k}' x{n}" for k, n in duplicates.items())
+        others = repeated - sum(n - 1 for n in duplicates.values())
         raise UserError(
             f"the data key is not unique: {shown}"
-            + (f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else "")
+            + (f" and {others} more repeat(s)" if others else "")
             + "; set DATA_KEY to a unique field (or a jq expression) or deduplicate the input"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     step_arguments(parser)
     parser.add_argument("-o", "--output", required=True, type=Path, help="requests.jsonl")
     parser.add_argument("--skipped", required=True, type=Path, help="skipped.jsonl")
+    parser.add_argument(
+        "--response-key", default="", help="RESPONSE_KEY (default: the step's response_key)"
+    )
     args = parser.parse_args(argv)
 
     step = load_config(args.config).step(args.step)
+    response_key_of(step, args.response_key)  # merge will need one: say so before paying
     skipped: list[dict[str, Any]] = []
     n = 0
     with atomic_output(args.output) as f:
@@ -226,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"index": built.index, "custom_id": built.custom_id, "missing": built.missing}
                 )
             else:
-                f.write(dumps(built.request) + "\n")
+                f.write(built.line)
                 n += 1
     write_jsonl(args.skipped, skipped)
     note(

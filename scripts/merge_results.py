@@ -11,7 +11,6 @@ are listed in errors.jsonl. The index lives in a temporary SQLite file, so memor
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sqlite3
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from cli import UserError, note, run, step_arguments
-from config import Step, load_config
+from cli import ArgumentParser, note, run, step_arguments
+from config import Step, compile_jq, load_config, response_key_of
 from files import atomic_output, write_jsonl
-from make_requests import compile_jq, custom_id_of, key_function
+from make_requests import custom_id_of, key_function
 from records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records, request_hash
 
 QA = re.compile(
@@ -105,7 +104,13 @@ class Merger:
                 where = "/".join(map(str, error.absolute_path)) or "the top level"
                 raise ValueError("schema_mismatch", f"at {where}: {error.message}")
         if self.extract is not None:
-            out = list(self.extract.input_value(value))
+            try:
+                out = list(self.extract.input_value(value))
+            except ValueError as e:  # a jq error on this response: keep which expression
+                message = str(e).splitlines()[0]
+                raise ValueError(
+                    "extract_failed", f"extract '{self.step.extract}' failed: {message}"
+                ) from None
             if not out:
                 raise ValueError("extract_empty", f"extract '{self.step.extract}' gave nothing")
             value = out[0]
@@ -149,7 +154,7 @@ def batched(records: Iterator[dict[str, Any]]) -> Iterator[list[tuple[int, dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     step_arguments(parser)
     parser.add_argument("--requests", required=True, type=Path, help="requests.jsonl")
     parser.add_argument("--answers", required=True, type=Path, help="answers/ directory")
@@ -159,12 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     step = load_config(args.config).step(args.step)
-    response_key = args.response_key or step.response_key
-    if not response_key:
-        raise UserError(
-            f"no response key for step '{step.name}': set RESPONSE_KEY=... or add "
-            "response_key: to the step in the config"
-        )
+    response_key = response_key_of(step, args.response_key)
     merger = Merger(step, args.data_key, response_key)
     answers = Answers(args.output.parent, args.requests, args.answers)
     errors: list[dict[str, Any]] = []

@@ -12,7 +12,6 @@ does. Rerunning it only prints the same plan again.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -21,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, run, step_arguments
-from config import Config, load_config
+from cli import ArgumentParser, UserError, run, step_arguments
+from config import Config, load_config, response_key_of
 from make_requests import build_requests
-from records import dumps, iter_records, request_hash
+from records import iter_records, request_hash
 from split_requests import API_MAX_REQUESTS, DEFAULT_MAX_BYTES, answered_hashes, chunks
 from tokens import estimate_tokens
 
@@ -76,8 +75,11 @@ def make_plan(
     max_requests: int,
     max_bytes: int,
     answers: Path | None = None,
+    response_key: str | None = None,
 ) -> Plan:
+    """The plan; raises the same UserError make_requests.py would, for the same mistakes."""
     step = config.step(step_name)
+    response_key_of(step, response_key)
     done = answered_hashes(answers) if answers else set()
     plan = Plan()
 
@@ -109,7 +111,7 @@ def make_plan(
                 totals.max_output_tokens = None
             else:
                 totals.max_output_tokens += cap
-            yield dumps(request) + "\n"
+            yield built.line
 
     for chunk in chunks(lines(), max_requests, max_bytes):
         plan.chunk_sizes.append((len(chunk), sum(len(line.encode()) for line in chunk)))
@@ -261,8 +263,11 @@ def render(s: dict[str, Any], config: Config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     step_arguments(parser)
+    parser.add_argument(
+        "--response-key", default="", help="RESPONSE_KEY (default: the step's response_key)"
+    )
     parser.add_argument("--max-requests", type=int, default=1000)
     parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     parser.add_argument(
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_requests,
         args.max_bytes,
         args.answers,
+        args.response_key,
     )
     s = summary(plan, config, args.step)
     print(json.dumps(s, indent=2) if args.json else render(s, config))

@@ -21,3 +21,37 @@ def estimate_tokens(body: dict[str, Any]) -> int:
             elif part.get("type") == "image_url":
                 images += 1
     return math.ceil(chars / 4) + 4 * len(messages) + 85 * images
+
+
+# Context windows (tokens) of known models, for the plan's and make_requests' warning. A model
+# matches its exact name, else the longest name it starts with (gpt-4o-mini-2024-07-18 ->
+# gpt-4o-mini). Published figures; a config's `context_windows: {model: tokens}` overrides.
+CONTEXT_WINDOWS = {
+    "gpt-3.5-turbo": 16_385,
+    "gpt-4": 8_192,
+    "gpt-4-turbo": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1-nano": 1_047_576,
+    "gpt-5": 400_000,
+    "gpt-5-mini": 400_000,
+    "gpt-5-nano": 400_000,
+    "o1": 200_000,
+    "o1-mini": 128_000,
+    "o3": 200_000,
+    "o3-mini": 200_000,
+    "o4-mini": 200_000,
+}
+
+
+def context_window(model: str, overrides: dict[str, int] | None = None) -> int | None:
+    """The model's context window in tokens, or None for a model nobody told us about."""
+    for table in (overrides or {}, CONTEXT_WINDOWS):
+        if model in table:
+            return table[model]
+        prefixes = [name for name in table if model.startswith(name + "-")]
+        if prefixes:
+            return table[max(prefixes, key=len)]
+    return None

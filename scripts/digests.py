@@ -1,0 +1,129 @@
+"""A set of keys that does not grow in memory: 8-byte digests in a temporary SQLite file.
+
+    with DigestSet() as seen:
+        for key in keys:
+            for dup in seen.add(key):      # buffered: duplicates come back when a batch is
+                ...                        # written (every `batch` adds), in the order added
+        for dup in seen.flush(): ...       # the rest
+        "some key" in seen                 # membership (flushes first)
+        seen.contains(["a", "b"])          # many at once: [True, False]
+
+Keys are str or bytes (a str is taken as its UTF-8 bytes, so "a" and b"a" are the same key).
+Each is stored as the first 8 bytes of its blake2b digest, the table's INTEGER PRIMARY KEY, so
+a million keys take about 20 MB of disk and a few MB of memory (SQLite's page cache). Two
+different keys share a digest with probability about n^2 / 2^65: 3e-8 for a million keys.
+The file is unlinked as soon as it is opened, so a crash leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+Key = str | bytes
+BATCH = 10_000
+QUERY_CHUNK = 500  # host parameters per SELECT ... IN (...)
+
+
+def digest(key: Key) -> int:
+    raw = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+
+
+class DigestSet:
+    """A disk-backed set of keys; see the module docstring for the API."""
+
+    def __init__(self, directory: Path | None = None, batch: int = BATCH) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".digests-", suffix=".db")
+        os.close(fd)
+        try:
+            self.db = sqlite3.connect(name, isolation_level=None)
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-8000"):
+                self.db.execute(f"PRAGMA {pragma}")
+            self.db.execute("CREATE TABLE d(k INTEGER PRIMARY KEY)")
+        finally:
+            os.unlink(name)  # the open connection keeps the file; nothing is left on a crash
+        self.batch = batch
+        self.pending: dict[int, tuple[int, Key]] = {}  # digest -> (order, key), not yet written
+        self.repeats: list[tuple[int, Key]] = []  # (order, key) added twice in the pending batch
+        self.count = self.order = 0
+
+    def add(self, key: Key) -> list[Key]:
+        """Add a key; returns the duplicates found when this add completes a batch."""
+        d = digest(key)
+        self.order += 1
+        if d in self.pending:
+            self.repeats.append((self.order, key))
+        else:
+            self.pending[d] = (self.order, key)
+        if len(self.pending) + len(self.repeats) >= self.batch:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[Key]:
+        """Write pending keys; returns those already present (before or within the batch)."""
+        if not self.pending and not self.repeats:
+            return []
+        digests = list(self.pending)
+        before = self.db.total_changes
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO d VALUES (?)", ((d,) for d in digests))
+        added = self.db.total_changes - before
+        existing: set[int] = set()
+        if added < len(digests):  # some were there already: find them (rare, so slower)
+            self.db.execute("ROLLBACK")
+            existing = self._present(digests)
+            self.db.execute("BEGIN")
+            fresh = [(d,) for d in digests if d not in existing]
+            self.db.executemany("INSERT INTO d VALUES (?)", fresh)
+            added = len(fresh)
+        self.db.execute("COMMIT")
+        self.count += added
+        found = [self.pending[d] for d in existing] + self.repeats
+        self.pending, self.repeats = {}, []
+        return [key for _, key in sorted(found, key=lambda item: item[0])]
+
+    def _present(self, digests: list[int]) -> set[int]:
+        present: set[int] = set()
+        for i in range(0, len(digests), QUERY_CHUNK):
+            part = digests[i : i + QUERY_CHUNK]
+            marks = ",".join("?" * len(part))
+            present.update(
+                r[0] for r in self.db.execute(f"SELECT k FROM d WHERE k IN ({marks})", part)
+            )
+        return present
+
+    def contains(self, keys: Iterable[Key]) -> list[bool]:
+        """Membership of many keys at once, in order."""
+        self.flush()
+        digests = [digest(k) for k in keys]
+        present = self._present(digests)
+        return [d in present for d in digests]
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        return self.contains([key])[0]
+
+    def __len__(self) -> int:
+        self.flush()
+        return self.count
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> DigestSet:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
