@@ -6,8 +6,9 @@ errors.jsonl (failures, matched by record index). Writes one static, self-contai
 (inline CSS and JS, no network needed, works from a file:// URL): failures are marked, a filter
 shows all / answered / failed / skipped records, a search box narrows them, and the records are
 embedded as JSON and drawn a page at a time (--per-page), so a large dataset stays fast. Local
-images (the record's image_path, resolved against the INPUT dataset's folder, then the current
-one) are embedded as data: URIs when they are small in total, else linked by relative path;
+images (the record's image_path, relative to the INPUT dataset's folder) are embedded as data:
+URIs when they are small in total, else linked by relative path; only files under that folder
+(or --image-root, IMAGE_ROOT) are used, symlinks resolved, the others shown as "not embedded";
 remote image URLs are linked and show a placeholder when they cannot load. The output has no
 timestamp, so a rerun over the same files leaves gallery.html untouched.
 """
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, run
+from cli import ArgumentParser, UserError, run
 from config import Step, load_config
 from files import write_text
 from make_requests import RequestBuilder, custom_id_of, jq_first, key_function
@@ -53,13 +54,20 @@ def shorten(value: Any) -> Any:
 
 
 class Images:
-    """Finds each record's image: a local file if there is one, else a URL."""
+    """Finds each record's image: a local file under the image root if there is one, else a URL.
 
-    def __init__(self, roots: list[Path], out_dir: Path, step: Step) -> None:
-        self.roots = roots
+    Only files under `root` (the INPUT's folder, or --image-root) are embedded or linked, after
+    resolving symlinks: a record naming /home/me/private.png or ../../x.png gets a "not
+    embedded" note instead, so a gallery never carries files from outside the dataset.
+    """
+
+    def __init__(self, base: Path, root: Path, out_dir: Path, step: Step) -> None:
+        self.base = base.resolve()  # relative paths are relative to the dataset's folder
+        self.root = root.resolve()
         self.out_dir = out_dir
         self.step = step
         self.local: dict[str, Path] = {}  # as written in the record -> resolved file
+        self.refused: dict[str, str] = {}  # as written -> why it is not embedded
 
     def candidates(self, record: dict[str, Any]) -> Iterator[str]:
         for key in (*LOCAL_IMAGE_FIELDS, self.step.image_key, "image_url"):
@@ -67,22 +75,29 @@ class Images:
             if isinstance(value, str) and value:
                 yield value
 
-    def find(self, record: dict[str, Any]) -> str | None:
-        """A local path (key of self.local) or a URL; None without any image."""
-        remote = None
+    def find(self, record: dict[str, Any]) -> tuple[str | None, str | None]:
+        """A local path (key of self.local) or a URL, and why a local file was refused."""
+        remote = refused = None
         for value in self.candidates(record):
             if value.startswith(REMOTE):
                 remote = remote or value
                 continue
             if value in self.local:
-                return value
-            path = Path(value)
-            for root in [Path()] if path.is_absolute() else self.roots:
-                file = root / path
-                if file.is_file():
-                    self.local[value] = file.resolve()
-                    return value
-        return remote
+                return value, None
+            if value in self.refused:
+                refused = refused or self.refused[value]
+                continue
+            file = (self.base / value).resolve()  # an absolute value stays itself
+            if not file.is_relative_to(self.root):
+                self.refused[value] = (
+                    f"not embedded: {value} is outside {self.root} (the dataset's folder; "
+                    "set IMAGE_ROOT to a folder that holds it)"
+                )
+                refused = refused or self.refused[value]
+            elif file.is_file():
+                self.local[value] = file
+                return value, None
+        return remote, None if remote else refused
 
     def sources(self, mode: str) -> dict[str, str]:
         """Local image -> the src to use: a data: URI, or a path relative to the output."""
@@ -120,13 +135,14 @@ def collect(args: argparse.Namespace, step: Step) -> dict[str, Any]:
     skipped_path, errors_path = directory / "skipped.jsonl", directory / "errors.jsonl"
     skipped = {r["index"]: r for r in iter_jsonl(skipped_path)} if skipped_path.exists() else {}
     errors = {r["index"]: r for r in iter_jsonl(errors_path)} if errors_path.exists() else {}
-    roots = ([args.input.parent] if args.input else []) + [Path(), args.merged.parent]
-    images = Images(roots, args.output.parent, step)
+    base = args.input.parent if args.input else args.merged.parent
+    images = Images(base, args.image_root or base, args.output.parent, step)
     rows: list[dict[str, Any]] = []
     counts = {"answered": 0, "failed": 0, "skipped": 0}
     for index, record in enumerate(iter_records(args.merged)):
         cid = custom_id_of(record, key)
-        row: dict[str, Any] = {"i": index, "id": cid, "img": images.find(record)}
+        img, img_note = images.find(record)
+        row: dict[str, Any] = {"i": index, "id": cid, "img": img, "img_note": img_note}
         values = {}
         for name, program in fields.items():
             value = jq_first(program, record) if program else record.get(name)
@@ -183,7 +199,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dir", required=True, type=Path, help="the step's build directory")
     parser.add_argument("--merged", required=True, type=Path, help="merged.json(l)")
     parser.add_argument("--config", required=True, type=Path)
@@ -192,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-key", default="image_path", help="field or jq expression")
     parser.add_argument(
         "--input", type=Path, default=None, help="the INPUT dataset: image paths are relative to it"
+    )
+    parser.add_argument(
+        "--image-root",
+        type=Path,
+        default=None,
+        help="IMAGE_ROOT: embed local images under this folder only (default: the INPUT's folder)",
     )
     parser.add_argument(
         "--images",
@@ -327,7 +349,7 @@ function selected() {
 }
 function picture(r) {
   const box = el("div", "pic");
-  if (!r.img) { box.append(el("div", "noimg", "no image")); return box; }
+  if (!r.img) { box.append(el("div", "noimg", r.img_note || "no image")); return box; }
   const img = document.createElement("img");
   img.alt = r.id || ("record " + r.i);
   img.decoding = "async";
