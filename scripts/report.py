@@ -13,7 +13,6 @@ if something changed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -21,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, note, run
+from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import Config, load_config
 from files import write_text
@@ -288,7 +287,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dir", required=True, type=Path, help="the step's build directory")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--offline", action="store_true", help="do not fetch the batches")

@@ -12,7 +12,6 @@ BUILD (the build root, default build/) is read from the environment.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, note, run
+from cli import ArgumentParser, UserError, note, run
 from config import load_config
 from files import write_text
 
@@ -107,7 +106,7 @@ def absolute(path: str, what: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("-i", "--input_file", required=True, help="the dataset (.json or .jsonl)")
     parser.add_argument("-s", "--step", required=True, help="the config step to run")
     parser.add_argument("-c", "--config", required=True, help="the YAML config")
@@ -135,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         "OUTPUT": absolute(args.output_file or args.input_file, "output"),
         "BUILD": str(build_root()),
     }
+    if not args.output_file:
+        note(
+            f"no -o given: the result overwrites the input file {variables['OUTPUT']} when the "
+            "step is done (as the original tool did); pass -o OUT to keep the input as it is"
+        )
     return run_make(variables)
 
 
