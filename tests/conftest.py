@@ -52,9 +52,16 @@ class Emulator:
         return self.url.removesuffix("/v1")
 
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET an admin endpoint, or POST `body` to it as JSON (with the key, when one is set)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.root}/_emulator/{path}", data=data)
         request.add_header("Content-Type", "application/json")
+        for flag in ("--admin-token", "--api-key"):
+            if flag in self.options:
+                request.add_header(
+                    "Authorization", f"Bearer {self.options[self.options.index(flag) + 1]}"
+                )
+                break
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 

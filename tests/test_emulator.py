@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import signal
@@ -19,6 +21,7 @@ import jsonschema
 import openai
 import pytest
 import yaml
+from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -79,13 +82,20 @@ class Emu:
     def client(self, api_key: str = "test-key", max_retries: int = 2) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=max_retries)
 
+    def admin_key(self) -> str | None:
+        """The bearer the admin endpoint wants: --admin-token, else --api-key, else none."""
+        for flag in ("--admin-token", "--api-key"):
+            if flag in self.args:
+                return self.args[self.args.index(flag) + 1]
+        return None
+
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if self.admin_key():
+            headers["Authorization"] = f"Bearer {self.admin_key()}"
         req = urllib.request.Request(
-            self.root_url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
+            self.root_url + path, data=data, method=method, headers=headers
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
@@ -188,6 +198,16 @@ def read_jsonl(client: openai.OpenAI, file_id: str) -> list[dict[str, Any]]:
 
 def raw_json(resp: Any) -> Any:
     return json.loads(resp.text)
+
+
+def image_bytes(width: int, height: int, kind: str = "PNG", **save: Any) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, kind, **save)
+    return out.getvalue()
+
+
+def png_data_url(width: int, height: int) -> str:
+    return "data:image/png;base64," + base64.b64encode(image_bytes(width, height)).decode()
 
 
 # --------------------------------------------------------------------------------------
@@ -790,7 +810,13 @@ def test_admin_rejects_bad_settings(emu: Emu) -> None:
 def test_upstream_mode(start_emulator: Callable[..., Emu]) -> None:
     upstream = start_emulator(*FAST, name="upstream")
     front = start_emulator(
-        *FAST, "--upstream", upstream.base_url, "--upstream-concurrency", "2", name="front"
+        *FAST,
+        "--upstream",
+        upstream.base_url,
+        "--upstream-concurrency",
+        "2",
+        "--allow-open-relay",
+        name="front",
     )
     client = front.client()
     lines = [req_line(f"r{i}", f"q{i}") for i in range(8)] + [req_line("bad", "EMULATOR_ERROR:500")]
@@ -853,7 +879,7 @@ def test_chat_completions(client: openai.OpenAI, check: Callable[[str, Any], Non
             "role": "user",
             "content": [
                 {"type": "text", "text": "What is in this picture?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "image_url", "image_url": {"url": png_data_url(64, 48)}},
             ],
         },
     ]
@@ -866,7 +892,8 @@ def test_chat_completions(client: openai.OpenAI, check: Callable[[str, Any], Non
     assert content.startswith("Emulated answer ") and content.endswith("What is in this picture?")
     assert r2.choices[0].finish_reason == "stop" and r2.choices[0].message.refusal is None
     chars = len("be brief") + len("What is in this picture?")
-    assert r2.usage.prompt_tokens == math.ceil(chars / 4) + 4 * 2 + 85
+    # One 512-px tile at detail auto: 170 + 85 tokens.
+    assert r2.usage.prompt_tokens == math.ceil(chars / 4) + 4 * 2 + 255
     assert r2.usage.completion_tokens == math.ceil(len(content) / 4)
     assert r2.usage.total_tokens == r2.usage.prompt_tokens + r2.usage.completion_tokens
     other = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])

@@ -1,0 +1,179 @@
+"""The command line: every option of ``scripts/emulator.py``, checked, as one Options value."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .faults import DEFAULT_HTTP_FAULT_KINDS, HTTP_FAULT_KINDS, LISTING_STATUSES
+from .upstream import KEY_VARIABLE
+
+VARIANCES = {
+    "no_file_listing": "GET /v1/files answers --listing-status (a server without file listing)",
+    "no_batch_listing": "GET /v1/batches answers --listing-status (no batch listing)",
+    "drop_metadata": "batches are stored and returned without their metadata",
+    "bare_error_lines": "request failures written as {response: null, error: {type: "
+    "request_failed, message: 'Error code: N - ...'}}, without status or code",
+    "never_end": "new batches stay in_progress forever",
+    "no_output_on_cancel": "a cancelled batch gets no output or error file",
+}
+
+
+@dataclass
+class Options:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str | None = None
+    admin_token: str | None = None
+    validating_seconds: float = 0.1
+    processing_seconds: float = 1.0
+    finalizing_seconds: float = 0.1
+    token_limit: int | None = None
+    seed: int = 0
+    request_error_rate: float = 0.0
+    http_error_rate: float = 0.0
+    http_error_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_HTTP_FAULT_KINDS))
+    upstream: str | None = None
+    upstream_api_key: str = "emulator"
+    upstream_concurrency: int = 4
+    expire: bool = False
+    fail: str | None = None
+    listing_status: int = 405
+    variances: dict[str, bool] = field(default_factory=dict)
+    explicit_nulls: bool = False
+    read_timeout: float = 30.0
+    verbose: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """The initial fault settings (``POST /_emulator/faults`` changes them later)."""
+        return {
+            "request_error_rate": self.request_error_rate,
+            "http_error_rate": self.http_error_rate,
+            "http_error_kinds": list(self.http_error_kinds),
+            "validating_seconds": self.validating_seconds,
+            "processing_seconds": self.processing_seconds,
+            "finalizing_seconds": self.finalizing_seconds,
+            "token_limit": self.token_limit,
+            "expire": self.expire,
+            "fail": self.fail,
+            "seed": self.seed,
+            "listing_status": self.listing_status,
+            **self.variances,
+        }
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line: what is wrong (argparse's default adds a usage block)."""
+        print(f"emulator.py: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> _Parser:
+    p = _Parser(description="Local emulator of the OpenAI Files + Batches API.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--state-dir", required=True, type=Path)
+    p.add_argument("--api-key", default=None, help="only accept this bearer key")
+    p.add_argument("--admin-token", default=None, help="bearer for /_emulator/* (default: the key)")
+    p.add_argument("--validating-seconds", type=float, default=0.1)
+    p.add_argument("--processing-seconds", type=float, default=1.0)
+    p.add_argument("--finalizing-seconds", type=float, default=0.1)
+    p.add_argument("--token-limit", type=int, default=None, help="enqueued tokens per model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--request-error-rate", type=float, default=0.0)
+    p.add_argument("--http-error-rate", type=float, default=0.0)
+    p.add_argument(
+        "--http-error-kinds",
+        default=",".join(DEFAULT_HTTP_FAULT_KINDS),
+        help=f"comma-separated subset of {','.join(HTTP_FAULT_KINDS)}",
+    )
+    p.add_argument("--upstream", default=None, help="OpenAI-compatible base URL (…/v1)")
+    p.add_argument("--upstream-api-key", default=None, help=f"refused: set {KEY_VARIABLE} instead")
+    p.add_argument("--upstream-concurrency", type=int, default=4)
+    p.add_argument(
+        "--allow-open-relay",
+        action="store_true",
+        help="allow --upstream without --api-key (anyone who can connect uses the upstream)",
+    )
+    p.add_argument("--expire", action="store_true", help="new batches expire")
+    p.add_argument("--fail", default=None, metavar="CODE", help="new batches fail with CODE")
+    for name, text in VARIANCES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=text)
+    p.add_argument(
+        "--listing-status",
+        type=int,
+        default=405,
+        choices=LISTING_STATUSES,
+        help="the status of a refused listing (default 405)",
+    )
+    p.add_argument(
+        "--explicit-nulls",
+        action="store_true",
+        help="send null optional fields like the real API (not valid against the spec schema)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may stay silent while sending a request (default 30)",
+    )
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    p = _parser()
+    a = p.parse_args(argv)
+    kinds = [k.strip() for k in a.http_error_kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in HTTP_FAULT_KINDS]
+    if bad:
+        p.error(f"unknown --http-error-kinds: {bad}; choose from {list(HTTP_FAULT_KINDS)}")
+    for name in ("validating_seconds", "processing_seconds", "finalizing_seconds"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    for name in ("request_error_rate", "http_error_rate"):
+        if not 0 <= getattr(a, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if a.read_timeout <= 0:
+        p.error("--read-timeout must be > 0")
+    if a.upstream_api_key is not None:
+        p.error(
+            f"--upstream-api-key would show the key in the process list; set {KEY_VARIABLE} "
+            "in the environment instead"
+        )
+    if a.upstream and not a.api_key and not a.allow_open_relay:
+        p.error(
+            "--upstream without --api-key would forward anyone's calls with the upstream key; "
+            "set --api-key KEY, or pass --allow-open-relay if that is what you want"
+        )
+    return Options(
+        state_dir=a.state_dir,
+        host=a.host,
+        port=a.port,
+        api_key=a.api_key,
+        admin_token=a.admin_token,
+        validating_seconds=a.validating_seconds,
+        processing_seconds=a.processing_seconds,
+        finalizing_seconds=a.finalizing_seconds,
+        token_limit=a.token_limit,
+        seed=a.seed,
+        request_error_rate=a.request_error_rate,
+        http_error_rate=a.http_error_rate,
+        http_error_kinds=kinds,
+        upstream=a.upstream,
+        upstream_api_key=os.environ.get(KEY_VARIABLE, "emulator"),
+        upstream_concurrency=a.upstream_concurrency,
+        expire=a.expire,
+        fail=a.fail,
+        listing_status=a.listing_status,
+        variances={name: bool(getattr(a, name)) for name in VARIANCES},
+        explicit_nulls=a.explicit_nulls,
+        read_timeout=a.read_timeout,
+        verbose=a.verbose,
+    )
