@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Emulator, read_json
+from conftest import ROOT, Emulator, input_dir, read_json
 
 ROWS, PER_CHUNK, CHUNKS = 60, 10, 6
 FAIL_AT = ROWS - 1  # its request always fails with a retryable 500: a retry batch per run
@@ -56,7 +56,7 @@ class Project:
         self.input = root / "data.json"
         self.config = root / "config.yaml"
         self.build = root / "build"
-        self.b = self.build / "data" / "caption"
+        self.b = input_dir(self.build, self.input) / "caption"
         self.write(rows)
         self.set_prompt("Describe")
 
@@ -191,7 +191,9 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Clean:
             saved.write_text(json.dumps(summary))
     summary = json.loads(saved.read_text())
     return Clean(
-        merged=(root / "build" / "data" / "caption" / "merged.json").read_bytes(),
+        merged=(
+            input_dir(root / "build", root / "data.json") / "caption" / "merged.json"
+        ).read_bytes(),
         batches={(sha, attempt) for sha, attempt in summary["batches"]},
         uploads=set(summary["uploads"]),
         processed=summary["processed"],
@@ -369,7 +371,7 @@ def test_rerun_after_touching_inputs_and_scripts_sends_nothing(
     assert posts(emu) == {}
     project.input.touch()  # (b) a touched input: the request builder runs again
     project.make(str(project.b / "requests.jsonl"))
-    for script in ("submit_batch.py", "fetch_results.py", "make_requests.py"):
+    for script in ("submit_batch.py", "run_batches.py", "make_requests.py"):
         (ROOT / "scripts" / script).touch()  # only the mtime changes
     project.make()
     assert posts(emu) == {}
