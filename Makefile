@@ -66,7 +66,7 @@ FMT ?= json
 ## B             the step's build directory
 B ?= $(BUILD)/$(NAME)/$(STEP)
 # Goals that read INPUT and CONFIG check them first: one line, before anything runs.
-ifneq ($(filter caption plan gallery $(B)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter caption gallery $(B)/%,$(MAKECMDGOALS)),)
 ifneq ($(shell [ -f $(call q,$(INPUT)) ] && echo ok),ok)
 $(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
 endif
@@ -135,11 +135,14 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
 	$(RUN_BATCHES) -o $(call q,$@)
 
-# One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl.
+# One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl. The
+# chunks come from the split: a chunk file older than chunks.mk is simply unchanged.
+$(B)/chunk_%.jsonl: | $(B)/chunks.mk
+	@[ -f $(call q,$@) ] || { echo error: $(call q,$@ is not a chunk of this split (see chunks.mk)) >&2; exit 1; }
 $(B)/batch_%.id: $(B)/chunk_%.jsonl | scripts/submit_batch.py $(VENV_OK)
 	$(PY) scripts/submit_batch.py $(call q,$<) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  $(if $(filter 1,$(RESEND)),--resend) -o $(call q,$@)
-$(B)/results_%.jsonl: $(B)/batch_%.id | scripts/run_batches.py $(VENV_OK)
+$(B)/results_%.jsonl: $(B)/chunk_%.jsonl | scripts/run_batches.py $(VENV_OK)
 	$(RUN_BATCHES) --only $(call q,$*)
 
 $(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge.params scripts/merge_results.py | $(VENV_OK)
@@ -185,7 +188,7 @@ pipeline: | $(VENV_OK)
 .PHONY: plan
 ## plan          what STEP would send and cost, without calling the API
 plan: | $(VENV_OK)
-	$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
+	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  --data-key $(call q,$(DATA_KEY)) --max-requests $(call q,$(MAX_REQUESTS)) \
 	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers)
 

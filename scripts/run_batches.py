@@ -36,7 +36,7 @@ from typing import Any
 from cli import UserError, note, run
 from client import make_client
 from config import load_config
-from files import sha256_file, write_jsonl, write_text
+from files import move_aside, sha256_file, write_jsonl, write_text
 from ledger import Ledger
 from machine import Budget, ended_on_server
 from outcomes import TERMINAL, UNKNOWN, collect
@@ -129,9 +129,9 @@ class Engine:
         if not path.exists() or job.info is None:
             return
         batch_id = path.read_text(encoding="utf-8", errors="replace").strip()
-        if batch_id and batch_id not in self.ledger.chunk_of:
-            if self.retrieve(batch_id, str(path)).status != "failed":
-                self.submitter.adopted(job.info, job.attempt, batch_id, "id file")
+        unknown = batch_id and batch_id not in self.ledger.chunk_of
+        if unknown and self.retrieve(batch_id, str(path)).status != "failed":
+            self.submitter.adopted(job.info, job.attempt, batch_id, "id file")
 
     def retry_path(self, job: Job) -> Path:
         return self.out / f"retry_{job.nnn}_{job.attempt}.jsonl"
@@ -290,6 +290,8 @@ class Engine:
                 for e in errors[:10]
             )
             more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+            if not job.orphan and job.id_file(self.out).exists():
+                move_aside(job.id_file(self.out))  # so a rerun, after a fix, sends afresh
             job.error = (
                 f"batch {batch.id} for {job.path.name} failed validation: "
                 f"{shown or 'no reason given'}{more}; fix the input or config and rerun make"

@@ -16,12 +16,11 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from cli import UserError, note, run
-from files import commit, same_bytes, write_text
+from files import commit, move_aside, same_bytes, write_text
 from records import iter_jsonl, request_hash
 
 API_MAX_REQUESTS = 50_000
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for cid, path in zip(ids, staged, strict=True):
             target = out / f"chunk_{cid}.jsonl"
             if target.exists() and not same_bytes(path, target):
-                move_aside(out, cid)  # its batch was for other requests
+                set_aside(out, cid)  # its batch was for other requests
             commit(path, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -125,16 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 STALE = ("batch_{}.id", "batch_{}.cancelled", "retry_{}_*.id", "chunk_{}.jsonl", "retry_{}_*.jsonl")
 
 
-def move_aside(out: Path, cid: str) -> None:
+def set_aside(out: Path, cid: str) -> None:
     """Move a chunk's files to superseded/, with its batch ids: a paid batch's record is never
     deleted (and the ledger keeps every batch too). Results are dropped: answers/ has them."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
     for pattern in STALE:
         for path in out.glob(pattern.format(cid)):
             if path.name.endswith(".id") or path.name.endswith(".cancelled"):
-                aside = out / "superseded" / f"{stamp}-{path.name}"
-                aside.parent.mkdir(exist_ok=True)
-                os.replace(path, aside)
+                move_aside(path)
             elif not path.name.startswith("chunk_"):
                 path.unlink()
     (out / f"results_{cid}.jsonl").unlink(missing_ok=True)
@@ -145,7 +141,7 @@ def remove_stale(out: Path, keep: set[str]) -> None:
     for chunk in out.glob("chunk_*.jsonl"):
         cid = chunk.stem.split("_", 1)[1]
         if cid not in keep:
-            move_aside(out, cid)
+            set_aside(out, cid)
             chunk.unlink()
 
 

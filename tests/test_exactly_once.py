@@ -154,6 +154,12 @@ class Clean:
     seconds: float  # its wall time: fixed-delay kill points are shares of it
 
 
+def polls(emu: Emulator) -> int:
+    """Status calls so far: batches retrieved one by one, and pages of the batch list."""
+    calls = emu.stats()["calls"]
+    return calls.get("GET /v1/batches/{id}", 0) + calls.get("GET /v1/batches", 0)
+
+
 def start_emulator(state: Path) -> Emulator:
     return Emulator(state, *TIMING).start()
 
@@ -284,8 +290,7 @@ def kill_when_due(project: Project, point: KillPoint, clean: Clean) -> float | N
             elif point.file is not None:
                 fire = len(list(project.b.glob(point.file))) >= point.files
             elif point.polls:
-                calls = project.emu.stats()["calls"]
-                fire = calls.get("GET /v1/batches/{id}", 0) >= point.polls
+                fire = polls(project.emu) >= point.polls
             else:
                 fire = time.monotonic() - started >= (point.share or 0) * clean.seconds
             if fire:
@@ -445,7 +450,7 @@ def test_ctrl_c_during_the_wait_says_how_to_resume(project: Project, clean: Clea
     project.emu.faults(processing_seconds=3)
     run = project.start(jobs=4)
     deadline = time.monotonic() + 120
-    while project.emu.stats()["calls"].get("GET /v1/batches/{id}", 0) < 12:  # fetches wait
+    while polls(project.emu) < 6:  # fetches wait
         assert run.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl+C sends: the whole foreground group
@@ -489,7 +494,7 @@ def test_kill_between_answers_and_results_refetches_without_paying(
     results = [str(project.b / f"results_{n:03d}.jsonl") for n in range(1, CHUNKS + 1)]
     project.make(*results, jobs=CHUNKS)
     sha = hashlib.sha256((project.b / "chunk_001.jsonl").read_bytes()).hexdigest()
-    assert (project.b / "answers" / f"{sha[:32]}.jsonl").exists()
+    assert (project.b / "answers" / f"{sha[:32]}-0.jsonl").exists()
     (project.b / "results_001.jsonl").unlink()  # the kill came before the link
     project.emu.admin("reset_stats", {})
     project.make(jobs=CHUNKS)
