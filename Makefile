@@ -49,17 +49,43 @@ BATCH ?=
 N ?= 100000
 ## PORT          `make emulator`: the port to serve on
 PORT ?= 8000
+# Quote a value for the shell (DATA_KEY may be a jq expression with spaces and quotes).
+q = '$(subst ','\'',$(1))'
+## RESEND        1: send again a create whose answer was lost on a server that cannot list batches
+RESEND ?= 0
+## BUILD         the build root (a step's directory: $(BUILD)/<input stem>-<hash>/<step>)
 BUILD ?= build
-NAME ?= $(basename $(notdir $(INPUT)))
+# The build directory of INPUT: its readable stem and a hash of its absolute path, so two
+# inputs never share one (scripts/build_name.py); and whether merged output is .json or .jsonl.
+ifeq ($(origin NAME)$(origin FMT),undefinedundefined)
+_NAME_FMT := $(shell python3 scripts/build_name.py $(call q,$(INPUT)))
+NAME := $(word 1,$(_NAME_FMT))
+FMT := $(word 2,$(_NAME_FMT))
+endif
+FMT ?= json
 ## B             the step's build directory
 B ?= $(BUILD)/$(NAME)/$(STEP)
+# Goals that read INPUT and CONFIG check them first: one line, before anything runs.
+ifneq ($(filter caption gallery $(B)/%,$(MAKECMDGOALS)),)
+ifneq ($(shell [ -f $(call q,$(INPUT)) ] && echo ok),ok)
+$(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
+endif
+ifneq ($(shell [ -f $(call q,$(CONFIG)) ] && echo ok),ok)
+$(error CONFIG=$(CONFIG) does not exist; set CONFIG=path/to/config.yaml)
+endif
+endif
+ifneq ($(words $(B)),1)
+$(error BUILD=$(BUILD) has a space; make cannot name targets in it: choose another BUILD)
+endif
 
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_OK := $(VENV)/.installed
-MERGED := $(B)/merged.$(if $(filter %.jsonl,$(INPUT)),jsonl,json)
-# Quote a value for the shell (DATA_KEY may be a jq expression with spaces and quotes).
-q = '$(subst ','\'',$(1))'
+MERGED := $(B)/merged.$(FMT)
+# User values reach recipes through the environment, never pasted into a command line.
+export BR_INPUT := $(value INPUT)
+export BR_CONFIG := $(value CONFIG)
+export BR_OUTPUT := $(value OUTPUT)
 # Phony, or the bare .SECONDARY: would let make skip it, and the stamps would never update.
 .PHONY: FORCE
 FORCE:
@@ -75,51 +101,55 @@ $(VENV_OK): pyproject.toml
 	touch $@
 
 # ----------------------------------------------------------------------------- the pipeline
-# Stamps: the variables that shape each file, rewritten only when they change.
+# Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
+# variables), rewritten only when it changes.
 $(B)/requests.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $@ $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY))
+	@$(PY) scripts/write_if_changed.py $(call q,$@) --hash INPUT="$$BR_INPUT" \
+	  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY))
 $(B)/split.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $@ MAX_REQUESTS=$(MAX_REQUESTS) MAX_BYTES=$(MAX_BYTES)
+	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
+	  $(call q,MAX_BYTES=$(MAX_BYTES))
 $(B)/merge.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $@ $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
+	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
 
-$(B)/requests.jsonl: $(INPUT) $(CONFIG) $(B)/requests.params scripts/make_requests.py scripts/config.py scripts/records.py | $(VENV_OK)
-	$(PY) scripts/make_requests.py --input $(INPUT) --config $(CONFIG) --step $(STEP) \
-	  --data-key $(call q,$(DATA_KEY)) -o $@ --skipped $(B)/skipped.jsonl
+$(B)/requests.jsonl: $(B)/requests.params scripts/make_requests.py scripts/config.py scripts/records.py | $(VENV_OK)
+	$(PY) scripts/make_requests.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
+	  --step $(call q,$(STEP)) --data-key $(call q,$(DATA_KEY)) -o $(call q,$@) \
+	  --skipped $(call q,$(B)/skipped.jsonl)
 
-# The chunk manifest: Make includes it and restarts, so it learns the chunks after the split.
+# The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
+# sent and never fetched is collected into answers/: a changed input never abandons one.
 $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py | $(VENV_OK)
-	$(PY) scripts/split_requests.py $< --answers $(B)/answers \
-	  --max-requests $(MAX_REQUESTS) --max-bytes $(MAX_BYTES) -o $@
+	$(PY) scripts/run_batches.py --collect --dir $(call q,$(B)) --config "$$BR_CONFIG" \
+	  --step $(call q,$(STEP))
+	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
+	  --max-requests $(call q,$(MAX_REQUESTS)) --max-bytes $(call q,$(MAX_BYTES)) -o $(call q,$@)
 
-# Only the goals that need the chunk list build it (`make status` must not split anything).
-# A plain include: if the split fails, make stops there with the split's error.
-CHUNK_IDS :=
-ifneq ($(filter caption $(B)/%,$(MAKECMDGOALS)),)
-ifeq ($(wildcard $(INPUT)),)
-$(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
-endif
-ifeq ($(wildcard $(CONFIG)),)
-$(error CONFIG=$(CONFIG) does not exist; set CONFIG=path/to/config.yaml)
-endif
-include $(B)/chunks.mk
-endif
-RESULTS := $(CHUNK_IDS:%=$(B)/results_%.jsonl)
+# The paid step, every chunk in one process: all batches in flight (within the token budget)
+# before any wait, then batch_NNN.id -> results_NNN.jsonl for each; results.list names them
+# and changes only when a results file does. Its script is order-only: editing it must not
+# resubmit anything, and a rerun sends nothing for a chunk whose results are newer than it.
+RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
+  --step $(call q,$(STEP)) --retries $(call q,$(RETRIES)) \
+  $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET))) $(if $(filter 1,$(RESEND)),--resend)
+$(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
+	$(RUN_BATCHES) -o $(call q,$@)
 
-# The paid step. The submit script is order-only: editing it must not resubmit anything.
+# One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl. The
+# chunks come from the split: a chunk file older than chunks.mk is simply unchanged.
+$(B)/chunk_%.jsonl: | $(B)/chunks.mk
+	@[ -f $(call q,$@) ] || { echo error: $(call q,$@ is not a chunk of this split (see chunks.mk)) >&2; exit 1; }
 $(B)/batch_%.id: $(B)/chunk_%.jsonl | scripts/submit_batch.py $(VENV_OK)
-	$(PY) scripts/submit_batch.py $< --config $(CONFIG) --step $(STEP) \
-	  $(if $(TOKEN_BUDGET),--token-budget $(TOKEN_BUDGET)) --lock-dir $(BUILD)/.locks -o $@
+	$(PY) scripts/submit_batch.py $(call q,$<) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
+	  $(if $(filter 1,$(RESEND)),--resend) -o $(call q,$@)
+$(B)/results_%.jsonl: $(B)/chunk_%.jsonl | scripts/run_batches.py $(VENV_OK)
+	$(RUN_BATCHES) --only $(call q,$*)
 
-$(B)/results_%.jsonl: $(B)/batch_%.id | scripts/fetch_results.py $(VENV_OK)
-	$(PY) scripts/fetch_results.py $< --chunk $(B)/chunk_$*.jsonl --config $(CONFIG) \
-	  --step $(STEP) --retries $(RETRIES) $(if $(TOKEN_BUDGET),--token-budget $(TOKEN_BUDGET)) \
-	  --lock-dir $(BUILD)/.locks --answers $(B)/answers -o $@
-
-$(MERGED): $(INPUT) $(B)/requests.jsonl $(B)/chunks.mk $(RESULTS) $(B)/merge.params scripts/merge_results.py | $(VENV_OK)
-	$(PY) scripts/merge_results.py --input $(INPUT) --requests $(B)/requests.jsonl \
-	  --answers $(B)/answers --config $(CONFIG) --step $(STEP) --data-key $(call q,$(DATA_KEY)) \
-	  --response-key $(call q,$(RESPONSE_KEY)) --errors $(B)/errors.jsonl -o $@
+$(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge.params scripts/merge_results.py | $(VENV_OK)
+	$(PY) scripts/merge_results.py --input "$$BR_INPUT" --requests $(call q,$(B)/requests.jsonl) \
+	  --answers $(call q,$(B)/answers) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
+	  --data-key $(call q,$(DATA_KEY)) --response-key $(call q,$(RESPONSE_KEY)) \
+	  --errors $(call q,$(B)/errors.jsonl) -o $(call q,$@)
 
 # ----------------------------------------------------------------------------- verbs
 .PHONY: help
@@ -131,75 +161,79 @@ help:
 	@grep -hE '^## [A-Z_]+' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
 .PHONY: caption
-## caption       run STEP over INPUT: requests, batches, results, merged.json in build/NAME/STEP
+## caption       run STEP over INPUT: requests, batches, results, merged.json in BUILD/<input>-<hash>/STEP
 caption: $(MERGED)
-	@n=$$(grep -c '' $(B)/errors.jsonl || true); \
-	  echo "$(MERGED) is up to date; $$n request(s) failed$$( [ $$n = 0 ] || echo ": see $(B)/errors.jsonl")"
-	$(if $(OUTPUT),@$(PY) scripts/write_if_changed.py $(call q,$(OUTPUT)) --from $(MERGED))
-	@if [ "$(STRICT)" = 1 ] && [ -s $(B)/errors.jsonl ]; then \
-	  echo "error: STRICT=1 and $$(grep -c '' $(B)/errors.jsonl) request(s) failed; see $(B)/errors.jsonl" >&2; exit 1; fi
+	@m=$(call q,$(MERGED)); e=$(call q,$(B)/errors.jsonl); n=$$(grep -c '' "$$e" || true); \
+	  echo "$$m is up to date; $$n request(s) failed$$( [ $$n = 0 ] || echo ": see $$e")"; \
+	  if [ -n "$$BR_OUTPUT" ]; then $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --from "$$m"; fi; \
+	  if [ $(call q,$(STRICT)) = 1 ] && [ -s "$$e" ]; then \
+	    echo "error: STRICT=1 and $$n request(s) failed; see $$e" >&2; exit 1; fi
 
 .PHONY: pipeline
 ## pipeline      run STEPS (or the config's pipeline:) in order, each on the previous step's output
 pipeline: | $(VENV_OK)
-	@steps="$(STEPS)"; \
-	  [ -n "$$steps" ] || steps=$$($(PY) scripts/pipeline_steps.py $(CONFIG)); \
-	  input=$(call q,$(INPUT)); k=0; \
+	@steps=$(call q,$(STEPS)); \
+	  [ -n "$$steps" ] || steps=$$($(PY) scripts/pipeline_steps.py "$$BR_CONFIG"); \
+	  input="$$BR_INPUT"; k=0; \
 	  for step in $$steps; do \
-	    k=$$((k + 1)); dir=$(BUILD)/$(NAME)/pipeline/$$(printf %02d $$k)-$$step; \
+	    k=$$((k + 1)); dir=$(call q,$(BUILD)/$(NAME))/pipeline/$$(printf %02d $$k)-$$step; \
 	    echo "== step $$k: $$step ($$dir)"; \
-	    $(MAKE) --no-print-directory caption STEP=$$step INPUT="$$input" B=$$dir NAME=$(NAME) OUTPUT=; \
-	    input=$$dir/merged.$(if $(filter %.jsonl,$(INPUT)),jsonl,json); \
+	    $(MAKE) --no-print-directory caption STEP="$$step" INPUT="$$input" B="$$dir" \
+	      NAME=$(call q,$(NAME)) FMT=$(call q,$(FMT)) OUTPUT=; \
+	    input="$$dir/merged.$(FMT)"; \
 	  done; \
 	  echo "pipeline done: $$input"; \
-	  $(if $(OUTPUT),$(PY) scripts/write_if_changed.py $(call q,$(OUTPUT)) --from "$$input")
+	  if [ -n "$$BR_OUTPUT" ]; then $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --from "$$input"; fi
 
 .PHONY: plan
 ## plan          what STEP would send and cost, without calling the API
 plan: | $(VENV_OK)
-	$(PY) scripts/plan.py --input $(INPUT) --config $(CONFIG) --step $(STEP) \
-	  --data-key $(call q,$(DATA_KEY)) --max-requests $(MAX_REQUESTS) --max-bytes $(MAX_BYTES) \
-	  --answers $(B)/answers
+	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
+	  --data-key $(call q,$(DATA_KEY)) --max-requests $(call q,$(MAX_REQUESTS)) \
+	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers)
 
 .PHONY: report
 ## report        per chunk and in total: successes, failures, tokens, cost, time (submits nothing)
 report: | $(VENV_OK)
-	$(PY) scripts/report.py --dir $(B) --config $(CONFIG) -o $(B)/report.json
+	$(PY) scripts/report.py --dir $(call q,$(B)) --config "$$BR_CONFIG" -o $(call q,$(B)/report.json)
 
 .PHONY: gallery
 ## gallery       a static gallery.html of images beside their responses (after make caption)
 gallery: | $(VENV_OK)
-	$(PY) scripts/gallery.py --dir $(B) --merged $(MERGED) --config $(CONFIG) --step $(STEP) \
-	  --response-key $(call q,$(RESPONSE_KEY)) --input $(INPUT) --data-key $(call q,$(DATA_KEY)) \
-	  -o $(B)/gallery.html
+	$(PY) scripts/gallery.py --dir $(call q,$(B)) --merged $(call q,$(MERGED)) \
+	  --config "$$BR_CONFIG" --step $(call q,$(STEP)) --response-key $(call q,$(RESPONSE_KEY)) \
+	  --input "$$BR_INPUT" --data-key $(call q,$(DATA_KEY)) -o $(call q,$(B)/gallery.html)
 
 .PHONY: status
 ## status        the last LIMIT batches on the account (FILTER: jq over each batch)
 status: | $(VENV_OK)
-	$(PY) scripts/batches.py status --config $(CONFIG) --limit $(LIMIT) --filter $(call q,$(FILTER))
+	$(PY) scripts/batches.py status --config "$$BR_CONFIG" --limit $(call q,$(LIMIT)) \
+	  --filter $(call q,$(FILTER))
 
 .PHONY: check
 ## check         one batch, readable: make check BATCH=batch_...
 check: | $(VENV_OK)
-	$(PY) scripts/batches.py check --config $(CONFIG) $(call q,$(BATCH))
+	$(PY) scripts/batches.py check --config "$$BR_CONFIG" $(call q,$(BATCH))
 
 .PHONY: cancel
 ## cancel        cancel STEP's batches still in flight
 cancel: | $(VENV_OK)
-	$(PY) scripts/batches.py cancel --config $(CONFIG) --dir $(B)
+	$(PY) scripts/batches.py cancel --config "$$BR_CONFIG" --dir $(call q,$(B))
 
 .PHONY: emulator
 ## emulator      serve the local Batch API emulator in the foreground on PORT
 emulator: | $(VENV_OK)
-	$(PY) scripts/emulator.py --host 127.0.0.1 --port $(PORT) --state-dir $(BUILD)/emulator
+	$(PY) scripts/emulator.py --host 127.0.0.1 --port $(call q,$(PORT)) \
+	  --state-dir $(call q,$(BUILD)/emulator)
 
+DEMO_NAME = $(word 1,$(shell python3 scripts/build_name.py data/example.json))
 .PHONY: demo
 ## demo          the whole pipeline on the example data, against the emulator (no key needed)
 demo: | $(VENV_OK)
-	$(PY) scripts/with_emulator.py --state-dir $(BUILD)/demo/emulator -- \
-	  $(MAKE) --no-print-directory pipeline BUILD=$(BUILD)/demo INPUT=data/example.json \
-	  CONFIG=configs/example.yaml
-	$(PY) scripts/show.py $(BUILD)/demo/example/pipeline/02-caption/merged.json
+	$(PY) scripts/with_emulator.py --state-dir $(call q,$(BUILD)/demo/emulator) -- \
+	  $(MAKE) --no-print-directory pipeline BUILD=$(call q,$(BUILD)/demo) \
+	  INPUT=data/example.json CONFIG=configs/example.yaml
+	$(PY) scripts/show.py $(call q,$(BUILD)/demo/$(DEMO_NAME)/pipeline/02-caption/merged.json)
 
 .PHONY: test
 ## test          lint, then the test suite (real make, scripts, HTTP and SDK against the emulator)
@@ -207,6 +241,7 @@ test: lint | $(VENV_OK)
 	$(PY) -m pytest -n 2 -q
 
 .PHONY: lint
+## lint          ruff check and ruff format --check
 lint: | $(VENV_OK)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -214,9 +249,9 @@ lint: | $(VENV_OK)
 .PHONY: bench
 ## bench         time every stage on N synthetic records against the emulator
 bench: | $(VENV_OK)
-	$(PY) scripts/bench.py --n $(N)
+	$(PY) scripts/bench.py --n $(call q,$(N))
 
 .PHONY: clean
 ## clean         remove build/ (results included: they are paid for, so think twice)
 clean:
-	rm -rf $(BUILD)
+	rm -rf -- $(call q,$(BUILD))

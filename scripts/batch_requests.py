@@ -4,8 +4,8 @@ Moving over is a change of import path (put scripts/ on sys.path, then `from bat
 import make_requests, ...`). Each function keeps the original's name, arguments and return type,
 and does its work with the code `make caption` runs: requests are built by
 make_requests.RequestBuilder (same templates, `where:`, question step and five-missing rule),
-chunks by split_requests.chunks, batches are found-or-created exactly once by batch_api.submit,
-output lines are read by fetch_results.outcome, and answers are applied by merge_results.Merger.
+chunks by split_requests.chunks, batches are found-or-created exactly once by submission.Submitter,
+output lines are read by outcomes.outcome, and answers are applied by merge_results.Merger.
 
 Differences from the original, on purpose: sending the same chunk file twice returns the batch
 already made from it instead of paying again; `split_*` writes chunks of at most 1000 requests
@@ -23,17 +23,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from batch_api import chunk_info, submit
 from batches import last_batches
 from cli import UserError, note
 from client import make_client
 from config import Config, Step, load_config
-from fetch_results import outcome
 from files import write_text
+from ledger import Ledger
 from make_requests import build_requests, custom_id_of
 from merge_results import Merger
+from outcomes import outcome
 from records import dumps
 from split_requests import DEFAULT_MAX_BYTES, chunks
+from submission import Submitter, chunk_info
 
 MAX_PER_FILE = 1000  # the original's chunk size
 
@@ -119,7 +120,10 @@ def send_batch_request(api_key: str, input_file: str) -> Any:
         raise BatchRequestsError(f"{input_file} does not exist")
     m = re.fullmatch(r"batch_(.+)_\d+", path.stem)
     try:
-        return submit(_client(api_key), chunk_info(path), m[1] if m else path.stem)
+        client = _client(api_key)
+        ledger = Ledger(path.parent / "ledger.jsonl")  # beside the chunk files
+        submitter = Submitter(client, ledger, m[1] if m else path.stem)
+        return client.batches.retrieve(submitter.batch_id(chunk_info(path), 0))
     except UserError as e:
         raise BatchRequestsError(str(e)) from None
 

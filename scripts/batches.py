@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch_api import IN_FLIGHT
 from cli import UserError, run
 from client import make_client
 from config import load_config
 from make_requests import compile_jq
+from outcomes import IN_FLIGHT
 
 
 def when(ts: int | None) -> str:

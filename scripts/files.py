@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -82,6 +83,14 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def move_aside(path: Path) -> Path:
+    """Move a file into superseded/ beside it, stamped: records of batches are never deleted."""
+    aside = path.parent / "superseded" / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.name}"
+    aside.parent.mkdir(exist_ok=True)
+    os.replace(path, aside)
+    return aside
 
 
 def chunk_name(path: Path) -> str:

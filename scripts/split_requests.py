@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cli import UserError, note, run
-from files import commit, write_text
+from files import commit, move_aside, same_bytes, write_text
 from records import iter_jsonl, request_hash
 
 API_MAX_REQUESTS = 50_000
@@ -37,10 +37,15 @@ def answered_hashes(answers_dir: Path) -> set[bytes]:
     return done
 
 
-def pending_lines(requests: Path, done: set[bytes]) -> Iterator[str]:
+def pending_lines(requests: Path, done: set[bytes], total: list[int]) -> Iterator[str]:
+    """The requests not answered before; `total` counts [all, pending] as they go by."""
     with open(requests, encoding="utf-8") as f:
         for line in f:
-            if line.strip() and bytes.fromhex(request_hash(json.loads(line)))[:16] not in done:
+            if not line.strip():
+                continue
+            total[0] += 1
+            if bytes.fromhex(request_hash(json.loads(line)))[:16] not in done:
+                total[1] += 1
                 yield line if line.endswith("\n") else line + "\n"
 
 
@@ -78,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.manifest.parent
     done = answered_hashes(args.answers)
+    total = [0, 0]
     # Chunks are staged on disk first, streaming, so the id width is known before they are
     # named: a million requests make 1000 chunks.
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".split-"))
     try:
         staged = []
-        for lines in chunks(pending_lines(args.requests, done), args.max_requests, args.max_bytes):
+        pending = pending_lines(args.requests, done, total)
+        for lines in chunks(pending, args.max_requests, args.max_bytes):
             staged.append(stage / str(len(staged)))
             with open(staged[-1], "w", encoding="utf-8") as f:
                 f.writelines(lines)
@@ -92,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         width = max(3, len(str(len(staged))))
         ids = [f"{i:0{width}d}" for i in range(1, len(staged) + 1)]
         for cid, path in zip(ids, staged, strict=True):
-            commit(path, out / f"chunk_{cid}.jsonl")
+            target = out / f"chunk_{cid}.jsonl"
+            if target.exists() and not same_bytes(path, target):
+                set_aside(out, cid)  # its batch was for other requests
+            commit(path, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     remove_stale(out, set(ids))
@@ -101,23 +111,38 @@ def main(argv: list[str] | None = None) -> int:
         "# Written by split_requests.py from requests.jsonl: this step's chunks. Do not edit.\n"
         f"CHUNK_IDS := {' '.join(ids)}\n",
     )
-    reused = f", {len(done)} answers reused" if done else ""
-    note(f"{args.manifest.parent}: {len(ids)} chunk(s) to send{reused}")
+    if not total[0]:
+        note(f"warning: {args.requests} holds no requests: nothing to send (is the input empty?)")
+    reused = total[0] - total[1]
+    note(
+        f"{args.manifest.parent}: {total[1]} request(s) in {len(ids)} chunk(s) to send"
+        + (f"; {reused} answered before, reused" if reused else "")
+    )
     return 0
 
 
-def remove_stale(out: Path, keep: set[str]) -> None:
-    """Drop chunks (and what was built from them) that the new split no longer has.
+STALE = ("batch_{}.id", "batch_{}.cancelled", "retry_{}_*.id", "chunk_{}.jsonl", "retry_{}_*.jsonl")
 
-    Their finished results stay in answers/, so nothing paid for is lost.
-    """
+
+def set_aside(out: Path, cid: str) -> None:
+    """Move a chunk's files to superseded/, with its batch ids: a paid batch's record is never
+    deleted (and the ledger keeps every batch too). Results are dropped: answers/ has them."""
+    for pattern in STALE:
+        for path in out.glob(pattern.format(cid)):
+            if path.name.endswith(".id") or path.name.endswith(".cancelled"):
+                move_aside(path)
+            elif not path.name.startswith("chunk_"):
+                path.unlink()
+    (out / f"results_{cid}.jsonl").unlink(missing_ok=True)
+
+
+def remove_stale(out: Path, keep: set[str]) -> None:
+    """Drop chunks (and what was built from them) that the new split no longer has."""
     for chunk in out.glob("chunk_*.jsonl"):
         cid = chunk.stem.split("_", 1)[1]
         if cid not in keep:
-            for name in ("chunk_{}.jsonl", "batch_{}.id", "batch_{}.cancelled", "results_{}.jsonl"):
-                (out / name.format(cid)).unlink(missing_ok=True)
-            for retry in out.glob(f"retry_{cid}_*"):
-                retry.unlink()
+            set_aside(out, cid)
+            chunk.unlink()
 
 
 if __name__ == "__main__":

@@ -1,36 +1,73 @@
 """Write a small file (a parameter stamp, or a copy of another file) only if its bytes change.
 
-Make tracks time, not content: a stamp holding the variables that shape an output (STEP,
-DATA_KEY, RESPONSE_KEY, ...) keeps its mtime while they stay the same, so Make rebuilds only
-when one of them really changed. `--from FILE` copies a file instead (make caption OUTPUT=...).
+Make tracks time, not content: a stamp holding what shapes an output (STEP, DATA_KEY, the
+sha256 of INPUT and CONFIG, ...) keeps its mtime while they stay the same, so Make rebuilds
+exactly when one of them really changed, whatever the files' mtimes say (`cp -p`, `tar x` and
+`rsync -a` keep old ones). `--hash NAME=PATH` adds the line `NAME=<sha256 of PATH>`; a digest is
+reused while the file's inode, size, mtime and ctime stay the same (ctime cannot be set back).
+`--from FILE` copies a file instead (make caption OUTPUT=...).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from cli import UserError, run
-from files import atomic_output
+from files import atomic_output, sha256_file, write_text
+
+
+def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        raise UserError(f"{name}={path} does not exist; set {name}=path/to/the/file")
+    if not path.is_file():
+        raise UserError(f"{name}={path} is not a file; set {name}=path/to/the/file")
+    key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    seen = cache.get(str(path.resolve()))
+    if seen and seen[:4] == key:
+        return str(seen[4])
+    try:
+        sha = sha256_file(path)
+    except OSError as e:
+        raise UserError(f"{name}={path} cannot be read ({e.strerror}); check its permissions")
+    cache[str(path.resolve())] = [*key, sha]
+    return sha
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("target", type=Path)
     parser.add_argument("lines", nargs="*", help="lines of the stamp, e.g. DATA_KEY=image_path")
+    parser.add_argument("--hash", action="append", default=[], help="NAME=PATH: add its sha256")
     parser.add_argument("--from", dest="source", type=Path, help="copy this file instead")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.source:
         if not args.source.exists():
             raise UserError(f"{args.source} does not exist; run the step first")
         with open(args.source, "rb") as src, atomic_output(args.target, "wb") as dst:
             shutil.copyfileobj(src, dst)
         print(f"wrote {args.target}", file=sys.stderr)
-    else:
-        with atomic_output(args.target) as f:
-            f.writelines(line + "\n" for line in args.lines)
+        return 0
+    lines = list(args.lines)
+    if args.hash:
+        store = args.target.parent / ".hashes.json"
+        try:
+            cache = json.loads(store.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        for item in args.hash:
+            name, _, path = item.partition("=")
+            lines.append(f"{name}_SHA256={digest(name, Path(path), cache)}")
+        os.makedirs(store.parent, exist_ok=True)
+        write_text(store, json.dumps(cache, sort_keys=True) + "\n")
+    with atomic_output(args.target) as f:
+        f.writelines(line + "\n" for line in lines)
     return 0
 
 

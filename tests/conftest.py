@@ -82,6 +82,8 @@ class Emulator:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MAKE"))}
         env.update(OPENAI_BASE_URL=self.url, OPENAI_API_KEY=TEST_KEY, BR_POLL_MIN="0.1")
+        # The machine-wide index and budget (scripts/machine.py), per test.
+        env.update(BR_STATE_DIR=str(self.state_dir.parent / "br-state"))
         env.update(extra)
         return env
 
@@ -107,6 +109,14 @@ def make(
             f"\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+def input_dir(build: Path, input: Path | str = "data/example.json") -> Path:
+    """The build directory `make` gives INPUT (scripts/build_name.py): BUILD/<stem>-<hash>."""
+    from build_name import name_of
+
+    path = Path(input) if Path(input).is_absolute() else ROOT / input
+    return Path(build) / name_of(str(path))[0]
 
 
 def read_json(path: Path) -> Any:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Emulator, read_json
+from conftest import ROOT, Emulator, input_dir, read_json
 
 ROWS, PER_CHUNK, CHUNKS = 60, 10, 6
 FAIL_AT = ROWS - 1  # its request always fails with a retryable 500: a retry batch per run
@@ -56,7 +56,7 @@ class Project:
         self.input = root / "data.json"
         self.config = root / "config.yaml"
         self.build = root / "build"
-        self.b = self.build / "data" / "caption"
+        self.b = input_dir(self.build, self.input) / "caption"
         self.write(rows)
         self.set_prompt("Describe")
 
@@ -154,6 +154,12 @@ class Clean:
     seconds: float  # its wall time: fixed-delay kill points are shares of it
 
 
+def polls(emu: Emulator) -> int:
+    """Status calls so far: batches retrieved one by one, and pages of the batch list."""
+    calls = emu.stats()["calls"]
+    return calls.get("GET /v1/batches/{id}", 0) + calls.get("GET /v1/batches", 0)
+
+
 def start_emulator(state: Path) -> Emulator:
     return Emulator(state, *TIMING).start()
 
@@ -191,7 +197,9 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Clean:
             saved.write_text(json.dumps(summary))
     summary = json.loads(saved.read_text())
     return Clean(
-        merged=(root / "build" / "data" / "caption" / "merged.json").read_bytes(),
+        merged=(
+            input_dir(root / "build", root / "data.json") / "caption" / "merged.json"
+        ).read_bytes(),
         batches={(sha, attempt) for sha, attempt in summary["batches"]},
         uploads=set(summary["uploads"]),
         processed=summary["processed"],
@@ -282,8 +290,7 @@ def kill_when_due(project: Project, point: KillPoint, clean: Clean) -> float | N
             elif point.file is not None:
                 fire = len(list(project.b.glob(point.file))) >= point.files
             elif point.polls:
-                calls = project.emu.stats()["calls"]
-                fire = calls.get("GET /v1/batches/{id}", 0) >= point.polls
+                fire = polls(project.emu) >= point.polls
             else:
                 fire = time.monotonic() - started >= (point.share or 0) * clean.seconds
             if fire:
@@ -369,7 +376,7 @@ def test_rerun_after_touching_inputs_and_scripts_sends_nothing(
     assert posts(emu) == {}
     project.input.touch()  # (b) a touched input: the request builder runs again
     project.make(str(project.b / "requests.jsonl"))
-    for script in ("submit_batch.py", "fetch_results.py", "make_requests.py"):
+    for script in ("submit_batch.py", "run_batches.py", "make_requests.py"):
         (ROOT / "scripts" / script).touch()  # only the mtime changes
     project.make()
     assert posts(emu) == {}
@@ -443,7 +450,7 @@ def test_ctrl_c_during_the_wait_says_how_to_resume(project: Project, clean: Clea
     project.emu.faults(processing_seconds=3)
     run = project.start(jobs=4)
     deadline = time.monotonic() + 120
-    while project.emu.stats()["calls"].get("GET /v1/batches/{id}", 0) < 12:  # fetches wait
+    while polls(project.emu) < 6:  # fetches wait
         assert run.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl+C sends: the whole foreground group
@@ -487,7 +494,7 @@ def test_kill_between_answers_and_results_refetches_without_paying(
     results = [str(project.b / f"results_{n:03d}.jsonl") for n in range(1, CHUNKS + 1)]
     project.make(*results, jobs=CHUNKS)
     sha = hashlib.sha256((project.b / "chunk_001.jsonl").read_bytes()).hexdigest()
-    assert (project.b / "answers" / f"{sha[:32]}.jsonl").exists()
+    assert (project.b / "answers" / f"{sha[:32]}-0.jsonl").exists()
     (project.b / "results_001.jsonl").unlink()  # the kill came before the link
     project.emu.admin("reset_stats", {})
     project.make(jobs=CHUNKS)

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, Emulator, make, read_json, write_json
+from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
 
 CONFIG = """\
 model: gpt-4o-mini
@@ -41,7 +41,7 @@ def job(tmp_path: Path, n: int, bad: set[int] | None = None, marker: str = "") -
 
 
 def out_dir(tmp_path: Path) -> Path:
-    return tmp_path / "build" / "stories" / "describe"
+    return input_dir(tmp_path / "build", tmp_path / "stories.json") / "describe"
 
 
 def duplicates(batches: list[Any]) -> int:

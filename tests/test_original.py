@@ -25,7 +25,7 @@ from batch_requests import (
     view_batches,
 )
 from cli import UserError
-from conftest import PYTHON, ROOT, TEST_KEY, Emulator, read_json, write_json
+from conftest import PYTHON, ROOT, TEST_KEY, Emulator, input_dir, read_json, write_json
 
 CONFIG = {
     "model": "gpt-4o-mini",
@@ -206,7 +206,7 @@ def test_recover_resumes_an_interrupted_run(tmp_path: Path) -> None:
         args = [PYTHON, SEND, "-i", str(data), "-s", "caption", "-c", str(config), "-r", "cap"]
         send = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
         deadline = time.time() + 120
-        while not list((build / "photos" / "caption").glob("batch_*.id")):
+        while not list((input_dir(build, data) / "caption").glob("batch_*.id")):
             assert time.time() < deadline and send.poll() is None
             time.sleep(0.02)
         os.killpg(send.pid, signal.SIGKILL)

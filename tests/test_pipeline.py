@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Emulator, make, read_json, write_json
+from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
 
 EXAMPLE = read_json(ROOT / "data" / "example.json")
 
 
-def build_dir(tmp_path: Path, step: str, name: str = "example") -> Path:
-    return tmp_path / "build" / name / step
+def build_dir(tmp_path: Path, step: str, input: Path | str = "data/example.json") -> Path:
+    return input_dir(tmp_path / "build", input) / step
 
 
 def test_caption_example_end_to_end(emulator: Emulator, tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_jsonl_in_and_out_with_many_chunks(emulator: Emulator, tmp_path: Path) -
         DATA_KEY="id",
         MAX_REQUESTS=10,
     )
-    b = build_dir(tmp_path, "describe", "stories")
+    b = build_dir(tmp_path, "describe", data)
     assert sorted(p.name for p in b.glob("chunk_*.jsonl")) == [
         "chunk_001.jsonl",
         "chunk_002.jsonl",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from config import load_config
-from conftest import ROOT, Emulator, make, read_json, write_json
+from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
 from merge_results import Merger
 
 EXAMPLE = read_json(ROOT / "data" / "example.json")
@@ -21,7 +21,7 @@ def test_four_step_pipeline_killed_in_step_three_resumes(tmp_path: Path) -> None
     emu = Emulator(tmp_path / "emu", "--processing-seconds", "1").start()
     try:
         env, build = emu.env(), tmp_path / "build"
-        root = build / "example" / "pipeline"
+        root = input_dir(build) / "pipeline"
         args = [
             "make",
             "--no-print-directory",
@@ -118,7 +118,7 @@ review:
         STEP="review",
         DATA_KEY='.film.title + " " + (.film.year | tostring)',
     )
-    b = tmp_path / "build" / "films" / "review"
+    b = input_dir(tmp_path / "build", data) / "review"
     requests = read_json(b / "requests.jsonl")
     assert [r["custom_id"] for r in requests] == ["Alpha 1999", "Beta 1999"]
     assert requests[0]["body"]["messages"][0]["content"] == "Review Alpha (1999)"
@@ -151,7 +151,7 @@ code:
     variables = {"INPUT": data, "CONFIG": config, "STEP": "code", "DATA_KEY": "k"}
     result = make("caption", env=emulator.env(), BUILD=tmp_path / "build", **variables)
     assert "2 failed (2 schema_mismatch)" in result.stderr
-    errors = read_json(tmp_path / "build" / "d" / "code" / "errors.jsonl")
+    errors = read_json(input_dir(tmp_path / "build", data) / "code" / "errors.jsonl")
     assert [(e["custom_id"], e["stage"], e["code"]) for e in errors] == [
         ("a", "response", "schema_mismatch"),
         ("b", "response", "schema_mismatch"),
@@ -179,10 +179,10 @@ def test_question_step_allows_blank_fields(emulator: Emulator, tmp_path: Path) -
     data = write_json(tmp_path / "q.json", [{"image_path": "a.jpg", "image_url": "http://x/a.jpg"}])
     variables = {"INPUT": data, "CONFIG": "configs/qa.yaml", "STEP": "question"}
     make("caption", env=emulator.env(), BUILD=tmp_path / "build", **variables)
-    (record,) = read_json(tmp_path / "build" / "q" / "question" / "merged.json")
+    (record,) = read_json(input_dir(tmp_path / "build", data) / "question" / "merged.json")
     assert len(record["qa_rounds"]) == 1
     assert record["dialog_history"].startswith("Question: ")
-    request = read_json(tmp_path / "build" / "q" / "question" / "requests.jsonl")[0]
+    request = read_json(input_dir(tmp_path / "build", data) / "question" / "requests.jsonl")[0]
     parts = request["body"]["messages"][1]["content"]
     assert parts[-1] == {"type": "image_url", "image_url": {"url": "http://x/a.jpg"}}
-    assert read_json(tmp_path / "build" / "q" / "question" / "skipped.jsonl") == []
+    assert read_json(input_dir(tmp_path / "build", data) / "question" / "skipped.jsonl") == []

@@ -24,7 +24,7 @@ import plan
 import pytest
 import report
 from cli import run
-from conftest import ROOT, Emulator, make, read_json, write_json
+from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
 from tokens import estimate_tokens
 
 EXAMPLE = read_json(ROOT / "data" / "example.json")
@@ -165,7 +165,7 @@ def test_report_matches_results_and_the_emulators_batches(
 ) -> None:
     data = example_with_failures(tmp_path)
     build = tmp_path / "build"
-    env, b = emulator.env(), build / "news" / "caption"
+    env, b = emulator.env(), input_dir(build, data) / "caption"
     make("-j3", "caption", env=env, BUILD=build, INPUT=data, MAX_REQUESTS=5, RETRIES=1)
     out = make("report", env=env, BUILD=build, INPUT=data, MAX_REQUESTS=5, RETRIES=1)
     rep = read_json(b / "report.json")
@@ -265,7 +265,7 @@ def gallery_dataset(tmp_path: Path, extra: int = 108) -> Path:
 def build_gallery(emulator: Emulator, tmp_path: Path, *extra_args: str) -> tuple[Path, Path]:
     data = gallery_dataset(tmp_path)
     build = tmp_path / "build"
-    b = build / "news" / "caption"
+    b = input_dir(build, data) / "caption"
     make("caption", "gallery", env=emulator.env(), BUILD=build, INPUT=data)
     assert (b / "gallery.html").exists()
     # The Makefile's call, plus where the dataset is (its image paths are relative to it).

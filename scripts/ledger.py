@@ -1,0 +1,131 @@
+"""The submission ledger: every upload and batch create of a step, written down before the
+call and answered after, so a rerun asks the server only about what it does not know.
+
+`build/<input>/<step>/ledger.jsonl` is append-only, one JSON object a line, each line written
+with one `write` and fsynced before the call it announces:
+
+    {"at": t, "op": "upload", "phase": "intent", "sha": S, "chunk": name, "filename": f, "bytes": n}
+    {"at": t, "op": "upload", "phase": "done", "sha": S, "file_id": id}
+    {"at": t, "op": "create", "phase": "intent", "sha": S, "attempt": k, "file_id": id,
+     "metadata": {...}}
+    {"at": t, "op": "create", "phase": "done", "sha": S, "attempt": k, "batch_id": id}
+    {"at": t, "op": "create", "phase": "refused", "sha": S, "attempt": k, "error": text}
+    {"at": t, "op": "ended", "batch_id": id, "status": s}     a terminal status, seen
+    {"at": t, "op": "fetched", "batch_id": id}                its rows are in answers/
+    {"at": t, "op": "resend", "sha": S, "attempt": k}         RESEND=1: an unknown create let go
+
+Lines are never rewritten or removed (a paid batch's record is never deleted); a torn last
+line, left by a kill in the middle of a write, is ignored when read. An "intent" without its
+answer is an outcome we do not know: only that entry sends a rerun to the server, and only
+back to its time.
+
+Beside it, a machine-wide index (`machine.py`) maps each chunk identity to its batch id under a
+lock every checkout on the machine shares, and survives deleting build/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from records import dumps
+
+
+@dataclass
+class Create:
+    """What the ledger knows of one chunk identity (sha, attempt)."""
+
+    batches: list[str] = field(default_factory=list)  # every batch created, oldest first
+    unknown_since: float | None = None  # an intent without an answer: when it was sent
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.existed = self.path.exists()
+        self.creates: dict[tuple[str, int], Create] = {}
+        self.uploads: dict[str, str] = {}  # chunk sha -> file id
+        self.upload_intents: dict[str, dict[str, Any]] = {}  # sha -> unanswered intent
+        self.ended: dict[str, str] = {}  # batch id -> terminal status
+        self.fetched: set[str] = set()
+        self.chunk_of: dict[str, tuple[str, int, str]] = {}  # batch id -> (sha, attempt, chunk)
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            for raw in f.read().split(b"\n"):
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue  # a torn last line (or an empty one)
+                if isinstance(entry, dict):
+                    self._apply(entry)
+
+    def _apply(self, e: dict[str, Any]) -> None:
+        op, phase = e.get("op"), e.get("phase")
+        if op == "upload":
+            if phase == "intent":
+                self.upload_intents[e["sha"]] = e
+            elif phase == "done":
+                self.uploads[e["sha"]] = e["file_id"]
+                self.upload_intents.pop(e["sha"], None)
+        elif op in ("create", "resend"):
+            c = self.creates.setdefault((e["sha"], int(e["attempt"])), Create())
+            if op == "resend" or phase in ("refused", "done"):
+                c.unknown_since = None
+            elif phase == "intent":
+                c.unknown_since = float(e["at"])
+            if phase == "done":
+                if e["batch_id"] not in c.batches:
+                    c.batches.append(e["batch_id"])
+                self.chunk_of[e["batch_id"]] = (e["sha"], int(e["attempt"]), e.get("chunk", ""))
+        elif op == "ended":
+            self.ended[e["batch_id"]] = e["status"]
+        elif op == "fetched":
+            self.fetched.add(e["batch_id"])
+
+    def record(self, op: str, **fields: Any) -> None:
+        """Append one entry, durably, before the call it announces returns to the caller."""
+        entry = {"at": round(time.time(), 3), "op": op, **fields}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, (dumps(entry) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._apply(entry)
+
+    # ------------------------------------------------------------------ questions
+
+    def create(self, sha: str, attempt: int) -> Create:
+        return self.creates.get((sha, attempt)) or Create()
+
+    def live(self, sha: str, attempt: int) -> str | None:
+        """The newest batch made for this identity that did not fail, if any."""
+        for batch_id in reversed(self.create(sha, attempt).batches):
+            if self.ended.get(batch_id) != "failed":
+                return batch_id
+        return None
+
+    def unfetched(self) -> list[str]:
+        """Batches created and not failed whose rows never reached answers/."""
+        return [
+            b
+            for b in self.chunk_of
+            if b not in self.fetched and self.ended.get(b) not in ("failed",)
+        ]
+
+    def unknown(self) -> list[tuple[str, int, float]]:
+        """(sha, attempt, since) of creates whose outcome is not known."""
+        return [
+            (sha, attempt, c.unknown_since)
+            for (sha, attempt), c in self.creates.items()
+            if c.unknown_since is not None
+        ]

@@ -1,0 +1,135 @@
+"""State shared by every run on this machine, outside build/: it survives deleting build/.
+
+`$BR_STATE_DIR` (default `${XDG_STATE_HOME:-~/.local/state}/batch-requests`) holds, per API
+base URL:
+
+- `chunks/<key>.json` (+ `.lock`): the batch made for one chunk identity (the sha256 of its
+  input file and the attempt), written under a lock that every checkout and every process on
+  the machine takes before creating that batch. Two runs of the same job, in one build
+  directory or in two checkouts, therefore create one batch per chunk; and a run after build/
+  was deleted finds its batches here without listing the account.
+- `inflight/<model>/<batch id>.json` (+ `<model>.lock`): the estimated tokens of each batch in
+  flight, for the token budget shared by parallel runs. A reservation is dropped when a run
+  sees its batch end; one left by a run that died is checked on the server (one call) when it
+  stands in the way, and none outlives its batch's 24-hour window.
+
+No key, and nothing that identifies the account, is written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from files import write_text
+from outcomes import IN_FLIGHT
+
+WINDOW = 86400 + 3600  # a batch's 24-hour completion window, and an hour of slack
+
+
+def state_dir(base_url: str) -> Path:
+    root = os.environ.get("BR_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "batch-requests"
+    )
+    return Path(root) / hashlib.sha256(base_url.encode()).hexdigest()[:16]
+
+
+def safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)[:100]
+
+
+class ChunkIndex:
+    """The machine-wide record of which batch holds which chunk identity."""
+
+    def __init__(self, base_url: str) -> None:
+        self.dir = state_dir(base_url) / "chunks"
+
+    def key(self, sha: str, attempt: int) -> str:
+        return f"{sha[:40]}-{attempt}"
+
+    @contextlib.contextmanager
+    def locked(self, sha: str, attempt: int) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f"{self.key(sha, attempt)}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def get(self, sha: str, attempt: int) -> str | None:
+        try:
+            return json.loads((self.dir / f"{self.key(sha, attempt)}.json").read_text())["batch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, sha: str, attempt: int, batch_id: str) -> None:
+        data = {"batch": batch_id, "at": round(time.time())}
+        write_text(self.dir / f"{self.key(sha, attempt)}.json", json.dumps(data) + "\n")
+
+
+class Budget:
+    """Estimated tokens in flight per model, across every run on the machine."""
+
+    def __init__(self, base_url: str, model: str) -> None:
+        self.dir = state_dir(base_url) / "inflight" / safe(model)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir.parent / f"{self.dir.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def held(self, ended: Callable[[str], bool], mine: set[str]) -> tuple[int, int]:
+        """(batches, tokens) reserved. Reservations of dead runs are checked with `ended`."""
+        count = tokens = 0
+        now = time.time()
+        for path in self.dir.glob("*.json"):
+            try:
+                r = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            batch_id = path.stem
+            stale = now - r.get("at", 0) > WINDOW
+            if not stale and batch_id not in mine and not alive(r.get("pid", 0)):
+                stale = ended(batch_id)
+            if stale:
+                path.unlink(missing_ok=True)
+                continue
+            count += 1
+            tokens += int(r.get("tokens", 0))
+        return count, tokens
+
+    def reserve(self, batch_id: str, tokens: int) -> None:
+        data = {"tokens": tokens, "at": round(time.time()), "pid": os.getpid()}
+        write_text(self.dir / f"{safe(batch_id)}.json", json.dumps(data) + "\n")
+
+    def release(self, batch_id: str) -> None:
+        (self.dir / f"{safe(batch_id)}.json").unlink(missing_ok=True)
+
+
+def alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ended_on_server(client: Any) -> Callable[[str], bool]:
+    def ended(batch_id: str) -> bool:
+        try:
+            return client.batches.retrieve(batch_id).status not in IN_FLIGHT
+        except Exception:  # gone, or unreachable: do not let it block the budget
+            return True
+
+    return ended

@@ -1,0 +1,144 @@
+"""What a batch's output and error lines mean: one result row per request.
+
+Lines are split on b"\\n" only (a record may hold U+2028, U+2029 or U+0085, which Python's
+str.splitlines and the SDK's iter_lines treat as line ends), and a line that cannot be parsed
+becomes an error row for its request, never a crash: a paid batch must stay reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+# Batch statuses (docs/api-facts.md): those that still hold enqueued tokens, and the ends.
+IN_FLIGHT = {"validating", "in_progress", "finalizing", "cancelling"}
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+RETRYABLE_STATUS = {408, 409, 429}
+# "Error code: 400 - {...}": how the openai SDK words an APIStatusError, and what some
+# OpenAI-compatible servers write as the only trace of the status in an error line.
+STATUS_IN_MESSAGE = re.compile(r"\b(?:Error code|status(?: code)?)[:= ]+([1-5]\d\d)\b", re.I)
+UNKNOWN = "unknown_error"  # a failure of unknown cause: retried at most once
+
+
+def failed(code: str, message: str, status: int | None, retryable: bool) -> dict[str, Any]:
+    return {
+        "outcome": "failed",
+        "response": None,
+        "error": {"code": str(code), "message": message, "status": status},
+        "retryable": retryable,
+        "usage": None,
+    }
+
+
+def outcome(line: dict[str, Any]) -> dict[str, Any]:
+    """A result row from one output or error line, tolerating what servers vary on."""
+    response, error = line.get("response"), line.get("error")
+    if response:
+        status = int(response.get("status_code") or 0)
+        body = response.get("body")
+        if isinstance(body, str):  # some implementations send the body as a JSON string
+            try:
+                body = json.loads(body)
+            except json.JSONDecodeError:
+                body = {"error": {"message": body}}
+        body = body if isinstance(body, dict) else {}
+        if status == 200:
+            message = (body.get("choices") or [{}])[0].get("message") or {}
+            if message.get("content") is None:
+                reason = message.get("refusal") or "the response has no content"
+                return failed("refusal", str(reason), 200, retryable=False)
+            return {
+                "outcome": "succeeded",
+                "response": message["content"],
+                "error": None,
+                "retryable": False,
+                "usage": body.get("usage"),
+            }
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        status = status or status_in(err.get("message"))
+        code = err.get("code") or err.get("type") or (f"http_{status}" if status else UNKNOWN)
+        return failed(code, err.get("message") or "", status or None, retryable_status(status))
+    err = error if isinstance(error, dict) else {}
+    message = str(err.get("message") or "")
+    status = status_in(message)
+    if status:  # a codeless line whose message carries the status: trust the status
+        return failed(
+            err.get("code") or f"http_{status}", message, status, retryable_status(status)
+        )
+    # Non-HTTP failures (batch_expired, batch_cancelled) never ran: send them again. A line
+    # with neither a code nor a status is of unknown cause: `unknown_error`, retried once.
+    return failed(err.get("code") or UNKNOWN, message, None, True)
+
+
+def status_in(message: Any) -> int:
+    m = STATUS_IN_MESSAGE.search(message) if isinstance(message, str) else None
+    return int(m[1]) if m else 0
+
+
+def retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500 or status == 0
+
+
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines of a byte stream, split on b"\\n" only."""
+    tail = b""
+    for chunk in chunks:
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        yield from lines
+    if tail:
+        yield tail
+
+
+def parse_line(raw: bytes, n: int) -> dict[str, Any] | None:
+    """One output or error line as a dict; a damaged line as {custom_id?, error} (never raises)."""
+    if not raw.strip():
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        line = json.loads(text)
+        if isinstance(line, dict):
+            return line
+    except json.JSONDecodeError:
+        pass
+    m = re.search(r'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    cid = json.loads(f'"{m[1]}"') if m else None
+    message = f"line {n} of the batch's file could not be parsed: {text[:200]!r}"
+    return {"custom_id": cid, "error": {"code": "unparseable_line", "message": message}}
+
+
+def file_lines(client: Any, file_id: str | None) -> Iterator[dict[str, Any]]:
+    """The lines of an output or error file, streamed; none for a missing file."""
+    if not file_id:
+        return
+    with client.files.with_streaming_response.content(file_id) as response:
+        for n, raw in enumerate(split_lines(response.iter_bytes()), 1):
+            line = parse_line(raw, n)
+            if line is not None:
+                yield line
+
+
+def collect(
+    client: Any, batch: Any, wanted: set[str], attempt: int, tried: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """custom_id -> result row for the requests of `wanted` that this ended batch holds.
+
+    A request the batch has no line for failed retryably (`no_result`); one of unknown cause
+    (`tried` says how often it already failed so) is retried once, then final.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        for line in file_lines(client, file_id):
+            cid = line.get("custom_id")
+            if cid in wanted and (cid not in rows or rows[cid]["outcome"] != "succeeded"):
+                rows[cid] = {**outcome(line), "batch_id": batch.id, "attempts": attempt + 1}
+    for cid in wanted - rows.keys():
+        message = f"batch {batch.id} ended {batch.status} without a line for this request"
+        rows[cid] = {**failed("no_result", message, None, True), "batch_id": batch.id}
+        rows[cid]["attempts"] = attempt + 1
+    for cid, row in rows.items():
+        if row["error"] and row["error"]["code"] == UNKNOWN and (tried or {}).get(cid, 0) >= 1:
+            row["retryable"] = False
+    return rows

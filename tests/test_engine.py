@@ -1,0 +1,360 @@
+"""The submission engine at scale: a full queue from a plain `make caption`, a ledger instead of
+account scans, concurrent runs that pay once, no paid batch abandoned, servers that vary.
+
+Evidence is the emulator's own counts: batches created, requests processed, calls per route.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
+
+CONFIG = """\
+model: gpt-4o-mini
+describe:
+  is_multimodal: false
+  user: 'Summarise: {text}'
+  response_key: summary
+"""
+
+
+class Job:
+    """A text-only dataset of n records, a config and a BUILD dir: `make caption` on them."""
+
+    def __init__(
+        self, root: Path, n: int, per_chunk: int = 10, marker: dict[int, str] | None = None
+    ):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.input = root / "stories.json"
+        self.config = root / "config.yaml"
+        self.config.write_text(CONFIG)
+        self.build = root / "build"
+        self.per_chunk = per_chunk
+        self.write(
+            [f"story {i}" + (f" {(marker or {}).get(i, '')}" if marker else "") for i in range(n)]
+        )
+
+    def write(self, texts: list[str]) -> None:
+        write_json(self.input, [{"id": f"r{i:03d}", "text": t} for i, t in enumerate(texts)])
+
+    @property
+    def b(self) -> Path:
+        return input_dir(self.build, self.input) / "describe"
+
+    def variables(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "BUILD": self.build,
+            "INPUT": self.input,
+            "CONFIG": self.config,
+            "STEP": "describe",
+            "DATA_KEY": "id",
+            "MAX_REQUESTS": self.per_chunk,
+            **extra,
+        }
+
+    def make(
+        self, emu: Emulator, check: bool = True, **extra: Any
+    ) -> subprocess.CompletedProcess[str]:
+        return make("caption", env=emu.env(), check=check, **self.variables(**extra))
+
+    def start(
+        self, emu: Emulator, env: dict[str, str] | None = None, **extra: Any
+    ) -> subprocess.Popen[str]:
+        args = ["make", "--no-print-directory", "caption"]
+        args += [f"{k}={v}" for k, v in self.variables(**extra).items()]
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env or emu.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def merged(self) -> list[dict[str, Any]]:
+        return read_json(self.b / "merged.json")
+
+
+def calls(emu: Emulator) -> Counter[str]:
+    return Counter(emu.stats()["calls"])
+
+
+def live_per_chunk(emu: Emulator) -> Counter[tuple[str, str]]:
+    return Counter(
+        (b.metadata["br_chunk_sha256"], b.metadata["br_attempt"])
+        for b in emu.batches()
+        if b.status not in ("failed", "cancelled")
+    )
+
+
+def ledger_batches(emu: Emulator, b: Path) -> list[Any]:
+    """The batches a step's ledger names, retrieved one by one (for servers that cannot list)."""
+    ids = set()
+    for line in (b / "ledger.jsonl").read_text().splitlines():
+        ids.add(json.loads(line).get("batch_id"))
+    client = emu.client()
+    return [client.batches.retrieve(i) for i in sorted(x for x in ids if x)]
+
+
+def finish(run: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = run.communicate(timeout=300)
+    return run.returncode, err
+
+
+# ----------------------------------------------------------------------------- the queue
+
+
+def test_a_plain_make_caption_has_every_batch_in_flight_before_any_ends(tmp_path: Path) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "3").start()
+    try:
+        job = Job(tmp_path, 30)
+        job.make(emu)
+        batches = emu.batches()
+        assert len(batches) == 3
+        # Every batch was created before the first one completed: the queue was full.
+        assert max(b.created_at for b in batches) <= min(b.completed_at for b in batches)
+        assert sum("summary" in r for r in job.merged()) == 30
+    finally:
+        emu.stop()
+
+
+def test_calls_per_chunk_are_constant_and_a_rerun_asks_nothing(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    job = Job(tmp_path, 40)
+    job.make(emulator)
+    first = calls(emulator)
+    # Per chunk: one upload, one create, its polls, its downloads; no listing of the files.
+    assert first["POST /v1/files"] == 4 and first["POST /v1/batches"] == 4
+    assert first.get("GET /v1/files", 0) == 0
+    downloads = first["GET /v1/files/{id}/content"]
+    assert 4 <= downloads <= 8  # an output file, and an error file where there is one
+    ledger = [json.loads(line) for line in (job.b / "ledger.jsonl").read_text().splitlines()]
+    ops = Counter((e["op"], e.get("phase")) for e in ledger)
+    assert ops[("upload", "intent")] == ops[("upload", "done")] == 4
+    assert ops[("create", "intent")] == ops[("create", "done")] == 4
+    assert ops[("fetched", None)] == 4
+    # A rerun of a finished step: no call at all, not even a listing.
+    emulator.admin("reset_stats", {})
+    job.make(emulator)
+    assert sum(calls(emulator).values()) == 0
+    # Results deleted: rebuilt from answers/ without a call either.
+    for path in job.b.glob("results_*.jsonl"):
+        path.unlink()
+    job.make(emulator)
+    assert sum(calls(emulator).values()) == 0
+
+
+def test_the_schedule_of_polls_for_a_day_long_batch() -> None:
+    from polling import interval
+
+    age, polls, late = 1.0, 0, 0.0
+    while age < 86400:
+        step = interval(age)
+        late = max(late, step / max(60.0, 0.05 * age))
+        age += step
+        polls += 1
+    assert polls <= 125  # the bound max(60 s, 5% of the age) itself needs about 110
+    assert late <= 1.0 + 1e-9
+    assert interval(0) >= 1.0  # never two calls back to back
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_two_runs_of_one_job_at_once_pay_once(emulator: Emulator, tmp_path: Path) -> None:
+    emulator.faults(processing_seconds=1.0)
+    job = Job(tmp_path / "one", 30)
+    other = Job(tmp_path / "two", 30)  # a second checkout: same records, another build dir
+    other.input.write_bytes(job.input.read_bytes())
+    runs = [job.start(emulator), job.start(emulator), other.start(emulator)]
+    for run in runs:
+        code, err = finish(run)
+        assert code == 0, err
+    per_chunk = live_per_chunk(emulator)
+    assert len(per_chunk) == 3 and set(per_chunk.values()) == {1}, per_chunk
+    assert emulator.stats()["requests_processed"] == 30
+    assert sum("summary" in r for r in job.merged()) == 30
+    assert sum("summary" in r for r in other.merged()) == 30
+
+
+def test_two_machines_the_newer_duplicate_is_cancelled(emulator: Emulator, tmp_path: Path) -> None:
+    """Two state dirs stand for two machines: no lock reaches across, so both create; the
+    first poll's list page shows two live batches for one chunk, and the newer is cancelled."""
+    emulator.faults(processing_seconds=2.0)
+    a, b = Job(tmp_path / "a", 10), Job(tmp_path / "b", 10)
+    b.input.write_bytes(a.input.read_bytes())
+    runs = [
+        a.start(emulator, env=emulator.env(BR_STATE_DIR=str(tmp_path / "machine-a"))),
+        b.start(emulator, env=emulator.env(BR_STATE_DIR=str(tmp_path / "machine-b"))),
+    ]
+    results = [finish(run) for run in runs]
+    batches = emulator.batches()
+    statuses = Counter(x.status for x in batches)
+    assert statuses["completed"] == 1 and statuses["cancelled"] == len(batches) - 1, statuses
+    assert any("two batches for one chunk" in err for _, err in results)
+    done = [job for (code, _), job in zip(results, (a, b), strict=True) if code == 0]
+    assert done and all(sum("summary" in r for r in j.merged()) == 10 for j in done)
+
+
+# ----------------------------------------------------------------------------- nothing abandoned
+
+
+def test_editing_a_record_while_its_batch_runs_pays_only_for_that_record(tmp_path: Path) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "4").start()
+    try:
+        job = Job(tmp_path, 20, per_chunk=20)
+        run = job.start(emu)
+        deadline = time.monotonic() + 60
+        while not (job.b / "batch_001.id").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        run.kill()
+        run.wait()
+        texts = [f"story {i}" for i in range(20)]
+        texts[7] = "story 7, edited"
+        job.write(texts)
+        job.make(emu)
+        assert emu.stats()["requests_processed"] == 21  # the old 20, and the edited one
+        merged = job.merged()
+        assert sum("summary" in r for r in merged) == 20
+        assert "edited" in merged[7]["summary"] and "edited" not in merged[6]["summary"]
+        assert len(emu.batches()) == 2
+        assert (job.b / "superseded").is_dir() or (job.b / "batch_001.id").exists()
+    finally:
+        emu.stop()
+
+
+def test_an_empty_input_keeps_the_record_of_paid_batches(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    job = Job(tmp_path, 10)
+    job.make(emulator)
+    batch_id = (job.b / "batch_001.id").read_text().strip()
+    job.input.write_text("[]")
+    result = job.make(emulator)
+    assert "holds no requests" in result.stderr
+    assert not (job.b / "batch_001.id").exists()
+    kept = [p.read_text().strip() for p in (job.b / "superseded").glob("*batch_001.id")]
+    assert kept == [batch_id]
+    assert batch_id in (job.b / "ledger.jsonl").read_text()
+
+
+# ----------------------------------------------------------------------------- servers that vary
+
+
+def test_a_server_without_listings_works_from_the_ledger(tmp_path: Path) -> None:
+    emu = Emulator(
+        tmp_path / "emu", "--processing-seconds", "0.3", "--no-file-listing", "--no-batch-listing"
+    ).start()
+    try:
+        job = Job(tmp_path, 25)
+        job.make(emu)
+        assert sum("summary" in r for r in job.merged()) == 25
+        assert [b.status for b in ledger_batches(emu, job.b)] == ["completed"] * 3
+    finally:
+        emu.stop()
+
+
+def test_an_unanswered_create_on_a_server_without_listing_stops_with_the_ways_forward(
+    tmp_path: Path,
+) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.3", "--no-batch-listing").start()
+    try:
+        job = Job(tmp_path, 10)
+        emu.faults(
+            http_error_rate=1.0,
+            http_error_kinds=["drop_after"],
+            http_error_routes=["POST /v1/batches"],
+        )
+        result = job.make(emu, check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert "cannot list batches" in result.stderr
+        emu.faults(http_error_rate=0.0)
+        again = job.make(emu, check=False)
+        assert again.returncode != 0
+        line = [x for x in again.stderr.splitlines() if x.startswith("error:")][0]
+        assert "chunk_001.jsonl" in line and "RESEND=1" in line and "batch_001.id" in line
+        assert emu.stats()["batches_created"] == 1  # nothing sent behind the user's back
+        # The first way forward: the batch id, found by hand, written to the id file.
+        (job.b / "batch_001.id").write_text(emu.client().batches.list().data[0].id + "\n")
+        job.make(emu)
+        assert emu.stats()["batches_created"] == 1
+        assert sum("summary" in r for r in job.merged()) == 10
+    finally:
+        emu.stop()
+
+
+def test_metadata_not_echoed_warns_once(tmp_path: Path) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.3", "--drop-metadata").start()
+    try:
+        job = Job(tmp_path, 30)
+        result = job.make(emu)
+        assert result.stderr.count("does not echo batch metadata") == 1
+        assert sum("summary" in r for r in job.merged()) == 30
+    finally:
+        emu.stop()
+
+
+def test_an_error_line_without_status_or_code_uses_the_status_in_its_message(
+    tmp_path: Path,
+) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.3", "--bare-error-lines").start()
+    try:
+        job = Job(
+            tmp_path,
+            10,
+            marker={3: "EMULATOR_ERROR:context_length_exceeded", 5: "EMULATOR_ERROR:500"},
+        )
+        job.make(emu, RETRIES=3)
+        errors = {e["custom_id"]: e for e in read_json(job.b / "errors.jsonl")}
+        assert errors["r003"]["status"] == 400 and errors["r003"]["attempts"] == 1
+        assert errors["r005"]["status"] == 500 and errors["r005"]["attempts"] == 4
+        assert emu.stats()["requests_processed"] == 10 + 3  # the 400 sent once, the 500 four times
+    finally:
+        emu.stop()
+
+
+def test_a_batch_that_never_ends_is_given_up_with_one_line(tmp_path: Path) -> None:
+    emu = Emulator(tmp_path / "emu", "--never-end").start()
+    try:
+        job = Job(tmp_path, 10)
+        # The 24-hour window, shrunk for the test: give up 3 s after creation.
+        result = make(
+            "caption", env=emu.env(BR_GIVE_UP_GRACE=str(3 - 86400)), check=False, **job.variables()
+        )
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert "past its 24-hour window" in result.stderr and "make cancel" in result.stderr
+        polls = emu.stats()["calls"].get("GET /v1/batches/{id}", 0) + emu.stats()["calls"].get(
+            "GET /v1/batches", 0
+        )
+        assert polls < 30
+    finally:
+        emu.stop()
+
+
+def test_a_cancelled_batch_without_output_is_sent_again_and_says_so(tmp_path: Path) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "30", "--no-output-on-cancel").start()
+    try:
+        job = Job(tmp_path, 10)
+        run = job.start(emu)
+        deadline = time.monotonic() + 60
+        while not (job.b / "batch_001.id").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        emu.client().batches.cancel((job.b / "batch_001.id").read_text().strip())
+        code, err = finish(run)
+        assert code != 0 and "left no output file" in err
+        emu.faults(processing_seconds=0.3)
+        result = job.make(emu)
+        assert "will be sent again" in result.stderr
+        assert sum("summary" in r for r in job.merged()) == 10
+    finally:
+        emu.stop()
