@@ -144,9 +144,11 @@ class Preflight:
         timeout: float = DEFAULT_TIMEOUT,
         workers: int = DEFAULT_WORKERS,
         ttl: float = DEFAULT_TTL,
+        offline: bool = False,
     ) -> None:
+        """`offline` (for `make plan`): check nothing; use what the cache knows (failures too)."""
         self.cache, self.field, self.timeout = cache, field, timeout
-        self.workers, self.ttl = workers, ttl
+        self.workers, self.ttl, self.offline = workers, ttl, offline
         self.passed: dict[str, float] = {}
         self.failed: dict[str, list[Any]] = {}
         self.counts: Counter[str] = Counter()
@@ -157,6 +159,8 @@ class Preflight:
             try:
                 data = json.loads(cache.read_text(encoding="utf-8"))
                 self.passed = {str(k): float(v) for k, v in data.get("passed", {}).items()}
+                if offline:  # otherwise only this run's failures are kept
+                    self.failed = {str(k): list(v) for k, v in data.get("failed", {}).items()}
             except (ValueError, AttributeError, TypeError):
                 note(f"warning: {cache} is not a preflight cache; checking every URL again")
 
@@ -169,6 +173,14 @@ class Preflight:
             if now - self.passed.get(url, -1e18) < self.ttl:
                 results[url] = None
                 self.counts["cached"] += 1
+            elif self.offline and url in self.failed:
+                reason = str(self.failed[url][0])
+                self.reasons[reason] += 1
+                self.counts["cached"] += 1
+                results[url] = f"{self.field}: {reason}"
+            elif self.offline:
+                self.counts["unchecked"] += 1
+                results[url] = None
             else:
                 todo.append(url)
         if todo:
@@ -233,8 +245,9 @@ class Preflight:
         checked, cached = self.counts["checked"], self.counts["cached"]
         failed = sum(self.reasons.values())
         passed = checked + cached - failed
+        total = checked + cached + self.counts["unchecked"]
         line = (
-            f"preflight: {checked + cached} image URL(s): {passed} passed"
+            f"preflight: {total} image URL(s): {passed} passed"
             + (f" ({cached} within {self.ttl / 3600:g} h, from the cache)" if cached else "")
             + f", {failed} failed"
         )
@@ -243,6 +256,9 @@ class Preflight:
             line += " (" + ", ".join(f"{n} {r}" for r, n in top)
             line += ", ..." if len(self.reasons) > 4 else ""
             line += ")"
+        unchecked = self.counts["unchecked"]
+        if unchecked:
+            line += f", {unchecked} not checked yet"
         return line + f", {checked} checked in {self.seconds:.1f}s"
 
 

@@ -41,6 +41,11 @@ def save(path: Path, size: tuple[int, int], fmt: str, **kw: Any) -> Path:
 
 @pytest.fixture
 def pictures(tmp_path: Path) -> Path:
+    return make_pictures(tmp_path)
+
+
+def make_pictures(tmp_path: Path) -> Path:
+    """A dataset folder with images of several formats and sizes under img/."""
     d = tmp_path / "data"
     (d / "img").mkdir(parents=True)
     save(d / "img" / "photo.png", (300, 200), "PNG")
@@ -303,6 +308,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[ImageServer]:
+    yield from serve()
+
+
+def serve() -> Iterator[ImageServer]:
+    """An image server on a free port, in a thread, until the generator is closed."""
     srv = ImageServer(("127.0.0.1", 0), Handler)
     srv.hits = Counter()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -370,6 +380,14 @@ def test_preflight_cache_spares_passed_urls_and_rechecks_failures(
     expired = Preflight(cache, field="image_url", timeout=2, ttl=0)
     expired.check(urls[:3])
     assert server.hits["HEAD /ok.png"] == 43
+
+    # Offline (make plan): what the cache knows, and nothing checked.
+    offline = Preflight(cache, field="image_url", offline=True)
+    later = [f"{base(server)}/ok.png?new"]
+    verdicts = offline.check(urls + later)
+    assert verdicts[urls[-1]] == "image_url: HTTP 404" and verdicts[later[0]] is None
+    assert server.hits["HEAD /ok.png"] == 43 and server.hits["HEAD /404.png"] == 2
+    assert "1 not checked yet" in offline.summary() and offline.counts["unchecked"] == 1
 
 
 def test_preflight_filter_keeps_order_and_bounds_the_window(server: ImageServer) -> None:
