@@ -17,9 +17,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 from cli import UserError, note, run
+from digests import DigestSet
 from files import commit, move_aside, same_bytes, write_text
 from records import iter_jsonl, request_hash
 
@@ -27,26 +29,30 @@ API_MAX_REQUESTS = 50_000
 DEFAULT_MAX_BYTES = 180_000_000  # the API's limit is 209,715,200 bytes (200 MiB)
 
 
-def answered_hashes(answers_dir: Path) -> set[bytes]:
-    """Request hashes with a final answer: a success, or a failure that retrying cannot fix."""
-    done: set[bytes] = set()
+def answered_hashes(answers_dir: Path) -> DigestSet:
+    """Request hashes with a final answer: a success, or a failure that retrying cannot fix.
+    On disk (digests.py), so a million answers do not sit in memory."""
+    done = DigestSet(answers_dir.parent if answers_dir.parent.is_dir() else None)
     for path in sorted(answers_dir.glob("*.jsonl")) if answers_dir.is_dir() else []:
         for row in iter_jsonl(path):
             if row.get("outcome") == "succeeded" or not row.get("retryable", True):
                 done.add(bytes.fromhex(row["hash"])[:16])
+    done.flush()
     return done
 
 
-def pending_lines(requests: Path, done: set[bytes], total: list[int]) -> Iterator[str]:
+def pending_lines(requests: Path, done: DigestSet, total: list[int]) -> Iterator[str]:
     """The requests not answered before; `total` counts [all, pending] as they go by."""
     with open(requests, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            total[0] += 1
-            if bytes.fromhex(request_hash(json.loads(line)))[:16] not in done:
-                total[1] += 1
-                yield line if line.endswith("\n") else line + "\n"
+        while raw := list(islice(f, 1000)):
+            batch = [line for line in raw if line.strip()]
+            keys = [bytes.fromhex(request_hash(json.loads(line)))[:16] for line in batch]
+            flags = done.contains(keys) if len(done) else [False] * len(batch)
+            for line, answered in zip(batch, flags, strict=True):
+                total[0] += 1
+                if not answered:
+                    total[1] += 1
+                    yield line if line.endswith("\n") else line + "\n"
 
 
 def chunks(lines: Iterator[str], max_requests: int, max_bytes: int) -> Iterator[list[str]]:
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
 
     out = args.manifest.parent
-    done = answered_hashes(args.answers)
+    done = answered_hashes(args.answers)  # closed with the process
     total = [0, 0]
     # Chunks are staged on disk first, streaming, so the id width is known before they are
     # named: a million requests make 1000 chunks.

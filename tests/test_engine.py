@@ -358,3 +358,49 @@ def test_a_cancelled_batch_without_output_is_sent_again_and_says_so(tmp_path: Pa
         assert sum("summary" in r for r in job.merged()) == 10
     finally:
         emu.stop()
+
+
+# ----------------------------------------------------------------------------- what comes back
+
+
+def test_unicode_line_separators_in_records_and_answers_come_back(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    job = Job(tmp_path, 6)
+    texts = ["a\u2028b", "c\u2029d", "e\u0085f", "plain", "g\rh", "i\x0bj"]
+    job.write(texts)
+    job.make(emulator)
+    merged = job.merged()
+    assert all("summary" in r for r in merged), merged
+    for record, text in zip(merged, texts, strict=True):
+        assert text in record["summary"]  # the emulator echoes the prompt: each got its own
+    assert read_json(job.b / "errors.jsonl") == []
+
+
+def test_a_damaged_output_line_is_an_error_row_not_a_crash() -> None:
+    from outcomes import outcome, parse_line, split_lines
+
+    raw = b'{"custom_id": "r1", "response": {"status_code": 200, "body": {}}}\n'
+    raw += b'{"custom_id": "r2", "response": {"status_co\n\n{"custom_id": "r3"\xe2\x80\xa8}\n'
+    lines = [parse_line(x, n) for n, x in enumerate(split_lines(iter([raw[:30], raw[30:]])), 1)]
+    lines = [x for x in lines if x is not None]
+    assert [x["custom_id"] for x in lines] == ["r1", "r2", None]
+    row = outcome(lines[1])
+    assert row["outcome"] == "failed" and row["error"]["code"] == "unparseable_line"
+
+
+def test_two_jobs_at_once_share_one_token_budget(tmp_path: Path) -> None:
+    """The budget counts every run on the machine: two different jobs, each allowed the whole
+    limit, never push the server over it together."""
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.5", "--token-limit", "160").start()
+    try:
+        a, b = Job(tmp_path / "a", 40), Job(tmp_path / "b", 40)
+        b.write([f"other story {i}" for i in range(40)])
+        runs = [a.start(emu, TOKEN_BUDGET=160), b.start(emu, TOKEN_BUDGET=160)]
+        for run in runs:
+            code, err = finish(run)
+            assert code == 0, err
+        assert [x for x in emu.batches() if x.status == "failed"] == []
+        assert sum("summary" in r for r in a.merged() + b.merged()) == 80
+    finally:
+        emu.stop()

@@ -152,9 +152,9 @@ def test_token_limit_failures_are_recreated(tmp_path: Path) -> None:
     emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.5", "--token-limit", "100")
     emu.start()
     try:
-        make("caption", "-j4", env=emu.env(), MAX_REQUESTS=10, **job(tmp_path, 40))
+        make("caption", env=emu.env(), MAX_REQUESTS=10, **job(tmp_path, 40))
         assert len(answered(tmp_path)) == 40
-        numbers = figures("token limit, no budget, -j4", emu, tmp_path)
+        numbers = figures("token limit, no budget", emu, tmp_path)
         batches = emu.batches()
         failed = [b for b in batches if b.status == "failed"]
         assert all(b.errors.data[0].code == "token_limit_exceeded" for b in failed)
@@ -168,14 +168,12 @@ def test_token_budget_keeps_the_queue_under_the_limit(tmp_path: Path) -> None:
     emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.5", "--token-limit", "160")
     emu.start()
     try:
-        make(
-            "caption", "-j4", env=emu.env(), MAX_REQUESTS=10, TOKEN_BUDGET=160, **job(tmp_path, 60)
-        )
+        make("caption", env=emu.env(), MAX_REQUESTS=10, TOKEN_BUDGET=160, **job(tmp_path, 60))
         assert len(answered(tmp_path)) == 60
         batches = emu.batches()
         assert [b for b in batches if b.status == "failed"] == []
         assert len(batches) == 6
-        figures("token budget 160, -j4", emu, tmp_path)
+        figures("token budget 160", emu, tmp_path)
     finally:
         emu.stop()
 
