@@ -304,8 +304,8 @@ class Emulator:
             found = answers.failure(endpoint, req["body"], st, b["id"], req["custom_id"])
             return found is None
 
-        data = self.store.file_data_path(b["input_file_id"])
-        scan = scan_input(data, endpoint, tmp, predict)
+        with self.store.open_data(b["input_file_id"]) as data:
+            scan = scan_input(data, endpoint, tmp, predict)
         if scan.model is not None:
             b["model"] = scan.model
         if scan.errors:

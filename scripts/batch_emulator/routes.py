@@ -94,10 +94,11 @@ class Files:
         def open_it(now: float) -> Any:
             store.get_file(file_id, now)
             # Opened under the lock so a concurrent delete cannot pull the file away.
-            return open(store.file_data_path(file_id), "rb")  # noqa: SIM115 - closed below
+            return store.open_data(file_id)
 
         fh = await in_model(self.emu, open_it)
-        size = os.fstat(fh.fileno()).st_size
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
         with self.emu.stats_lock:
             self.emu.count_bytes("GET /v1/files/{id}/content", size)
 

@@ -3,7 +3,8 @@
 Creates completed batches (each with its one-line input file) and plain batch files, their
 ``created_at`` spread evenly over the last ``age_seconds``, without processing anything.
 Seeded batches have no output file: they are history to page through, not work to collect.
-Records are written without fsync (test scaffolding; 5,000 of each take about a second).
+The records go to one file in the state directory (``seeds/``), loaded on restart; a seeded
+file keeps its few bytes in its record.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def _count(payload: dict[str, Any], key: str) -> int:
     return value
 
 
-def _file(emu: Emulator, created: int, name: str, content: bytes) -> Record:
+def _file(emu: Emulator, created: int, name: str, content: str) -> Record:
     rec: Record = {
         "id": new_id("file-", 22),
         "object": "file",
-        "bytes": len(content),
+        "bytes": len(content.encode("utf-8")),
         "created_at": created,
         "expires_at": created + facts.BATCH_FILE_TTL,
         "filename": name,
@@ -41,10 +42,9 @@ def _file(emu: Emulator, created: int, name: str, content: bytes) -> Record:
         "status_details": None,
         "_seq": emu.store.next_seq(),
         "_seeded": True,
+        "_content": content,
     }
-    emu.store.file_data_path(rec["id"]).write_bytes(content)
     emu.store.files[rec["id"]] = rec
-    emu.store.save_file(rec, sync=False)
     return rec
 
 
@@ -84,7 +84,6 @@ def _batch(emu: Emulator, created: int, file_id: str, metadata: Any) -> Record:
         "_seeded": True,
     }
     emu.store.batches[b["id"]] = b
-    emu.store.save_batch(b, sync=False)
     return b
 
 
@@ -100,6 +99,8 @@ def seed(emu: Emulator, payload: dict[str, Any], now: float) -> dict[str, Any]:
     if unknown:
         raise ApiError(400, f"Unknown seed setting '{sorted(unknown)[0]}'.")
 
+    records: list[Record] = []
+
     def spread(i: int, n: int) -> int:
         return int(now - age * (n - i) / n)
 
@@ -111,11 +112,13 @@ def seed(emu: Emulator, payload: dict[str, Any], now: float) -> dict[str, Any]:
             "url": "/v1/chat/completions",
             "body": {"model": MODEL, "messages": [{"role": "user", "content": f"seed {i}"}]},
         }
-        content = json.dumps(line).encode() + b"\n"
-        f = _file(emu, created, f"seed_batch_{i:06d}.jsonl", content)
-        _batch(emu, created, f["id"], metadata)
+        f = _file(emu, created, f"seed_batch_{i:06d}.jsonl", json.dumps(line) + "\n")
+        records += [f, _batch(emu, created, f["id"], metadata)]
     for i in range(files):
-        _file(emu, spread(i, files), f"seed_file_{i:06d}.jsonl", b'{"seed": %d}\n' % i)
+        records.append(
+            _file(emu, spread(i, files), f"seed_file_{i:06d}.jsonl", f'{{"seed": {i}}}\n')
+        )
+    emu.store.save_seed(records)
     seeded = emu.stats.setdefault("seeded", {"batches": 0, "files": 0})
     seeded["batches"] += batches
     seeded["files"] += files + batches

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import string
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .exceptions import NotFound
 
@@ -78,7 +79,8 @@ class Store:
         self.files_dir = root / "files"
         self.batches_dir = root / "batches"
         self.tmp_dir = root / "tmp"
-        for d in (self.files_dir, self.batches_dir, self.tmp_dir):
+        self.seeds_dir = root / "seeds"
+        for d in (self.files_dir, self.batches_dir, self.tmp_dir, self.seeds_dir):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
@@ -100,6 +102,26 @@ class Store:
                     continue
                 kind[rec["id"]] = rec
                 self.seq = max(self.seq, int(rec.get("_seq", 0)))
+        for path in sorted(self.seeds_dir.glob("seed-*.jsonl")):
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    rec = json.loads(raw)
+                    kind = self.batches if rec["object"] == "batch" else self.files
+                    if (self.files_dir / f"{rec['id']}.deleted").exists():
+                        continue
+                    kind.setdefault(rec["id"], rec)
+                    self.seq = max(self.seq, int(rec.get("_seq", 0)))
+
+    def save_seed(self, records: list[Record]) -> None:
+        """Seeded history: one file for the lot (``_seeded`` records are never changed)."""
+        atomic_write_bytes(self.seeds_dir / f"seed-{self.seq:012d}.jsonl", map(jsonl, records))
+
+    def open_data(self, file_id: str) -> BinaryIO:
+        """The file's bytes; a seeded file keeps them in its record."""
+        rec = self.files[file_id]
+        if rec.get("_content") is not None:
+            return io.BytesIO(rec["_content"].encode("utf-8"))
+        return open(self.file_data_path(file_id), "rb")  # noqa: SIM115 - the caller closes it
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -184,7 +206,9 @@ class Store:
         return rec
 
     def delete_file(self, file_id: str, now: float) -> None:
-        self.get_file(file_id, now)
+        rec = self.get_file(file_id, now)
+        if rec.get("_seeded"):
+            (self.files_dir / f"{file_id}.deleted").touch()
         self.files.pop(file_id, None)
         for path in (self.files_dir / f"{file_id}.json", self.file_data_path(file_id)):
             with contextlib.suppress(OSError):

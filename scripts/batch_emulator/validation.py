@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import answers, embeddings, facts
 from .exceptions import ApiError, InvalidType, InvalidValue, MissingParameter, type_name
@@ -142,19 +142,19 @@ def _line_problem(req: Any, endpoint: str) -> tuple[str, str | None, str] | None
 
 
 def scan_input(
-    path: Path,
+    src: BinaryIO,
     endpoint: str,
     out_path: Path,
     predict: Callable[[dict[str, Any]], bool],
 ) -> Scan:
-    """Validate every line of ``path``; write the valid requests to ``out_path``.
+    """Validate every line of ``src``; write the valid requests to ``out_path``.
 
     ``predict(request)`` says whether a valid request will succeed (the progress counts show
     it before the batch ends).
     """
     scan = Scan()
     seen: set[str] = set()
-    with open(path, "rb") as src, open(out_path, "wb") as out:
+    with open(out_path, "wb") as out:
         for lineno, raw in enumerate(src, start=1):
             if not raw.strip():
                 continue  # UNVERIFIED: blank lines are skipped.
