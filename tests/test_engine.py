@@ -284,7 +284,10 @@ def test_an_unanswered_create_on_a_server_without_listing_stops_with_the_ways_fo
         assert "chunk_001.jsonl" in line and "RESEND=1" in line and "batch_001.id" in line
         assert emu.stats()["batches_created"] == 1  # nothing sent behind the user's back
         # The first way forward: the batch id, found by hand, written to the id file.
-        (job.b / "batch_001.id").write_text(emu.client().batches.list().data[0].id + "\n")
+        emu.faults(no_batch_listing=False)  # the user's look at the dashboard
+        found = emu.client().batches.list().data[0].id
+        emu.faults(no_batch_listing=True)
+        (job.b / "batch_001.id").write_text(found + "\n")
         job.make(emu)
         assert emu.stats()["batches_created"] == 1
         assert sum("summary" in r for r in job.merged()) == 10
@@ -384,9 +387,12 @@ def test_a_damaged_output_line_is_an_error_row_not_a_crash() -> None:
     raw += b'{"custom_id": "r2", "response": {"status_co\n\n{"custom_id": "r3"\xe2\x80\xa8}\n'
     lines = [parse_line(x, n) for n, x in enumerate(split_lines(iter([raw[:30], raw[30:]])), 1)]
     lines = [x for x in lines if x is not None]
-    assert [x["custom_id"] for x in lines] == ["r1", "r2", None]
-    row = outcome(lines[1])
-    assert row["outcome"] == "failed" and row["error"]["code"] == "unparseable_line"
+    # r2 is cut short; r3 holds a raw U+2028 where JSON allows none: both damaged, both named.
+    assert [x["custom_id"] for x in lines] == ["r1", "r2", "r3"]
+    for line in lines[1:]:
+        row = outcome(line)
+        assert row["outcome"] == "failed" and row["error"]["code"] == "unparseable_line"
+        assert row["retryable"]
 
 
 def test_two_jobs_at_once_share_one_token_budget(tmp_path: Path) -> None:
