@@ -1,18 +1,27 @@
-"""Benchmark the pipeline: per-stage time, records/s and peak memory against the emulator.
+"""`make bench`: the pipeline's speed, memory and API calls, measured against the emulator.
 
-Builds a synthetic JSONL dataset of --n news records (text fields, image URLs) and a config in
-a scratch directory (removed afterwards unless --keep or --workdir), starts its own emulator
-with instant processing, and runs the whole pipeline through the real make: first
-`make <B>/chunks.mk` (make_requests, split), then `make -j2 caption` (submit, fetch, merge).
-make runs every script through a small recorder (`PY=<recorder>`, the Makefile unchanged) that
-logs each script's wall time and peak RSS (wait4). Beside each stage: the floor, a plain
-json.loads + json.dumps pass over the bytes that stage reads, timed in this process in the same
-run, and the ratio. Also: status polls per batch (the emulator's call counts), the polls an
-hour-long batch costs under `batch_api.next_poll`, and the queue test: a job of about 10 x L
-estimated tokens over many chunks with the emulator's enqueued-token limit at L, run with
-`make -j8 TOKEN_BUDGET=L` and one batch at a time (`make -j1`, the original tool's way), each
-against the ideal time (tokens / L x processing seconds). Prints markdown tables; --json PATH
-also writes the figures. A rerun starts from scratch; nothing in build/ is touched.
+Five parts, each in a scratch directory (removed afterwards unless --keep or --workdir), each
+with its own emulator and its own machine state ($BR_STATE_DIR), all through the real make:
+
+1. floor: `make caption` on --floor-n records (a JSON list) at the default MAX_REQUESTS=1000
+   against an instant emulator, beside the same job written by hand the cookbook way in one
+   Python process with the openai SDK (build the lines, upload, create, poll every second,
+   download, merge by custom_id), timed in the same run. CPU is user+sys of every process.
+2. growth: records/s and peak RSS per stage (make_requests, split_requests, run_batches,
+   merge_results) for --n records of about 620 bytes, as JSONL and as a JSON list. make runs
+   every script through a small recorder (`PY=<recorder>`, the Makefile unchanged) that logs
+   each script's wall time, CPU and peak RSS (wait4).
+3. calls: API calls per chunk of a 10-chunk job, on an empty account and on one with 5,000
+   batches and 5,000 files (POST /_emulator/seed): a first run, a rerun with only the ledger
+   left (every other file of the step removed), a rerun after deleting build/ (the machine
+   index kept), and a rerun with nothing to do.
+4. queue: 20 chunks of 10 x the emulator's enqueued-token limit L, 4 s batches, the plain
+   `make caption TOKEN_BUDGET=L` (no -j), against the ideal time tokens / L x 4 s.
+5. polling: status calls for a 24-hour batch under polling.interval (simulated), and the worst
+   lateness against max(60 s, 5% of the batch's age).
+
+Prints markdown tables; --json PATH writes the figures. Nothing in the project's build/ is
+touched.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -28,17 +38,20 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from batch_api import chunk_info, next_poll
+from build_name import name_of
 from cli import UserError, note, run
+from polling import interval
+from submission import chunk_info
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = "caption"
 KEY = "bench-key-not-secret"
+RSS_TARGET_MB = 150
 CONFIG = """\
 model: gpt-4o-mini
 caption:
@@ -47,13 +60,12 @@ caption:
     Headline: {title}
     Published caption: {caption}
     Article: {article}
-    Describe the photograph in two or three sentences, using the headline and caption for names
-    and places.
+    Describe the photograph in two or three sentences, using the headline and caption.
   image_detail: low
   response_key: generated_caption
   max_tokens: 300
 """
-# Runs a script like `.venv/bin/python`, then appends its wall time and peak RSS to a log.
+# Runs a script like `.venv/bin/python`, then appends its wall time, CPU and peak RSS to a log.
 RECORDER = """\
 #!{python} -S
 import json, os, signal, sys, time
@@ -63,122 +75,135 @@ pid = os.posix_spawn({python!r}, [{python!r}, *sys.argv[1:]], os.environ,
                      setsigdef=(signal.SIGINT,))
 _, status, usage = os.wait4(pid, 0)
 row = {{"script": os.path.basename(sys.argv[1]) if len(sys.argv) > 1 else "-",
-       "start": start, "end": time.time(), "rss_kb": usage.ru_maxrss,
-       "cpu": usage.ru_utime + usage.ru_stime, "rc": os.waitstatus_to_exitcode(status)}}
+       "collect": "--collect" in sys.argv, "start": start, "end": time.time(),
+       "rss_kb": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime,
+       "rc": os.waitstatus_to_exitcode(status)}}
 with open({log!r}, "a") as f:
     f.write(json.dumps(row) + "\\n")
 sys.exit(row["rc"] if row["rc"] >= 0 else 128 - row["rc"])
 """
+# The job written by hand, the cookbook way: one process, the openai SDK, nothing of ours.
+HANDWRITTEN = """\
+import json, sys, time
+import openai, yaml
+
+data, config, out, per_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+step = yaml.safe_load(open(config))["caption"]
+with open(data) as f:
+    records = json.load(f)
+lines = []
+for r in records:
+    content = [{"type": "text", "text": step["user"].format_map(r)},
+               {"type": "image_url", "image_url": {"url": r["image_url"], "detail": "low"}}]
+    body = {"model": "gpt-4o-mini",
+            "messages": [{"role": "system", "content": step["system"]},
+                         {"role": "user", "content": content}],
+            "max_tokens": step["max_tokens"]}
+    lines.append(json.dumps({"custom_id": r["image_path"], "method": "POST",
+                             "url": "/v1/chat/completions", "body": body}))
+client = openai.OpenAI()
+pending = []
+for i in range(0, len(lines), per_batch):
+    text = "\\n".join(lines[i:i + per_batch]) + "\\n"
+    f = client.files.create(file=(f"batch_{i}.jsonl", text.encode()), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                              completion_window="24h")
+    pending.append(b.id)
+done = []
+while pending:
+    for batch_id in list(pending):
+        b = client.batches.retrieve(batch_id)
+        if b.status in ("completed", "failed", "expired", "cancelled"):
+            done.append(b)
+            pending.remove(batch_id)
+    if pending:
+        time.sleep(1)
+answers = {}
+for b in done:
+    for line in client.files.content(b.output_file_id).text.splitlines():
+        row = json.loads(line)
+        answers[row["custom_id"]] = row["response"]["body"]["choices"][0]["message"]["content"]
+for r in records:
+    r["generated_caption"] = answers.get(r["image_path"])
+with open(out, "w") as f:
+    json.dump(records, f, ensure_ascii=False)
+"""
+# fmt: off
 WORDS = [
-    "harbour",
-    "council",
-    "minister",
-    "river",
-    "festival",
-    "storm",
-    "election",
-    "museum",
-    "railway",
-    "school",
-    "court",
-    "market",
-    "bridge",
-    "hospital",
-    "village",
-    "coast",
-    "stadium",
-    "airport",
-    "factory",
-    "farmers",
-    "police",
-    "union",
-    "protest",
-    "parliament",
-    "mayor",
-    "rescue",
-    "flood",
-    "wildfire",
-    "summit",
-    "treaty",
-    "exhibition",
-    "concert",
-    "museum",
-    "orchestra",
-    "striker",
-    "coach",
-    "season",
-    "record",
-    "drought",
-    "harvest",
-    "volcano",
-    "glacier",
-    "São",
-    "Paulo",
-    "Zoë",
-    "Müller",
-    "Kraków",
-    "Reykjavík",
-    "Nairobi",
-    "Jakarta",
-    "Montréal",
-    "Oaxaca",
+    "harbour", "council", "minister", "river", "festival", "storm", "election", "museum",
+    "railway", "school", "court", "market", "bridge", "hospital", "village", "coast", "stadium",
+    "airport", "factory", "farmers", "police", "union", "protest", "parliament", "mayor",
+    "rescue", "flood", "wildfire", "summit", "treaty", "exhibition", "concert", "orchestra",
+    "striker", "coach", "season", "record", "drought", "harvest", "volcano", "glacier", "São",
+    "Paulo", "Zoë", "Müller", "Kraków", "Reykjavík", "Nairobi", "Jakarta", "Montréal", "Oaxaca",
     "Tromsø",
 ]
+# fmt: on
 
 
 # --------------------------------------------------------------------------- synthetic data
 
 
-def text_pool(rng: random.Random, n: int, words: tuple[int, int]) -> list[str]:
-    out = []
-    for _ in range(n):
-        chosen = rng.choices(WORDS, k=rng.randint(*words))
-        out.append(" ".join(chosen).capitalize() + ".")
-    return out
-
-
-def write_dataset(path: Path, n: int, seed: int = 7, fixed: bool = False) -> None:
-    """n news records as JSONL. fixed: every text field the same length (equal token counts)."""
+def records(n: int, seed: int, fixed: bool = False) -> Iterator[dict[str, Any]]:
+    """n news records of about 620 bytes. fixed: every text field the same length."""
     rng = random.Random(seed)
-    titles, sentences = text_pool(rng, 4000, (6, 12)), text_pool(rng, 8000, (8, 20))
+
+    def pool(k: int, words: tuple[int, int]) -> list[str]:
+        return [
+            " ".join(rng.choices(WORDS, k=rng.randint(*words))).capitalize() + "." for _ in range(k)
+        ]
+
+    titles, sentences = pool(4000, (5, 10)), pool(8000, (8, 16))
+    for i in range(n):
+        title, caption = rng.choice(titles), rng.choice(sentences)
+        article = " ".join(rng.choices(sentences, k=rng.randint(2, 4)))
+        if fixed:
+            title, caption, article = (
+                f"{title:<60.60}",
+                f"{caption:<100.100}",
+                f"{article:<300.300}",
+            )
+        yield {
+            "image_path": f"images/{i:07d}.jpg",
+            "image_url": f"https://images.example-news.org/2026/{i % 12 + 1:02d}/{i:07d}.jpg",
+            "title": title,
+            "date": f"2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
+            "caption": caption,
+            "article": article,
+            "source": f"https://www.example-news.org/story/{i:07d}",
+        }
+
+
+def write_dataset(path: Path, n: int, seed: int = 7, fixed: bool = False) -> Path:
+    """JSONL, or a JSON list (one record a line) when the name ends in .json."""
+    jsonl = path.suffix == ".jsonl"
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
-            title = rng.choice(titles)
-            caption = rng.choice(sentences)
-            article = " ".join(rng.choices(sentences, k=rng.randint(3, 8)))
-            if fixed:
-                title, caption = f"{title:<80.80}", f"{caption:<120.120}"
-                article = f"{article * 4:<600.600}"
-            record = {
-                "image_path": f"images/{i:07d}.jpg",
-                "image_url": f"https://images.example-news.org/2026/{i % 12 + 1:02d}/{i:07d}.jpg",
-                "title": title,
-                "date": f"2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
-                "caption": caption,
-                "article": article,
-                "source": f"https://www.example-news.org/story/{i:07d}",
-            }
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if not jsonl:
+            f.write("[\n")
+        for i, record in enumerate(records(n, seed, fixed)):
+            line = json.dumps(record, ensure_ascii=False)
+            f.write(line + "\n" if jsonl else ("" if i == 0 else ",\n") + line)
+        if not jsonl:
+            f.write("\n]\n")
+    return path
 
 
-# --------------------------------------------------------------------------- floor
+# --------------------------------------------------------------------------- processes
 
 
-def floor_seconds(paths: list[Path], scratch: Path) -> tuple[float, float]:
-    """A plain read-parse-serialise pass: json.loads and json.dumps of every line, written out.
-
-    Its (wall, CPU) seconds."""
-    start, cpu = time.perf_counter(), time.process_time()
-    with open(scratch, "w", encoding="utf-8") as out:
-        for path in paths:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    out.write(json.dumps(json.loads(line), ensure_ascii=False) + "\n")
-    scratch.unlink()
-    return time.perf_counter() - start, time.process_time() - cpu
-
-
-# --------------------------------------------------------------------------- emulator, make
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
+    """Run a command (output to `log`); its wall, and user+sys CPU of it and every process it
+    waited for (wait4). A failure is one line with the log's tail."""
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise UserError(f"{' '.join(cmd)} exited {proc.returncode}; its last lines:\n{tail}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
 
 
 class Emulator:
@@ -193,6 +218,16 @@ class Emulator:
             self.proc.kill()
             raise UserError(f"the emulator did not start (it printed {self.url!r})")
 
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """GET an admin endpoint, or POST `body` to it."""
         request = urllib.request.Request(
@@ -200,37 +235,31 @@ class Emulator:
             data=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
 
-    def batch_span(self) -> float:
-        """Seconds from the first batch created to the last one ended (the server's clock)."""
+    def calls(self) -> dict[str, int]:
+        return dict(self.admin("stats").get("calls", {}))
+
+    def batches(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest batches (ours, on a fresh emulator)."""
         request = urllib.request.Request(
-            f"{self.url}/batches?limit=100", headers={"Authorization": f"Bearer {KEY}"}
+            f"{self.url}/batches?limit={limit}", headers={"Authorization": f"Bearer {KEY}"}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
-            batches = json.loads(response.read())["data"]
-        ends = [b.get("completed_at") or b.get("failed_at") or 0 for b in batches]
-        return max(ends) - min(b["created_at"] for b in batches) if batches else 0.0
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            return list(json.loads(response.read())["data"])
 
 
 @dataclass
-class Run:
-    """One pipeline run: its build directory, environment and the recorder's log."""
+class Job:
+    """One dataset pushed through make: its build root, machine state and recorder log."""
 
     work: Path
     name: str
     input: Path
     emulator: Emulator
-    max_requests: int
-    extra_env: dict[str, str] = field(default_factory=dict)
+    max_requests: int = 1000
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def build(self) -> Path:
@@ -238,312 +267,459 @@ class Run:
 
     @property
     def b(self) -> Path:
-        return self.build / self.input.stem / STEP
+        return self.build / name_of(str(self.input))[0] / STEP
+
+    @property
+    def merged(self) -> Path:
+        return self.b / f"merged.{name_of(str(self.input))[1]}"
 
     @property
     def log(self) -> Path:
         return self.work / f"scripts-{self.name}.log"
 
-    def recorder(self) -> Path:
-        path = self.work / f"py-{self.name}"
-        path.write_text(RECORDER.format(python=sys.executable, log=str(self.log)))
-        path.chmod(0o755)
-        return path
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MAKE", "BR_"))}
+        env.update(OPENAI_BASE_URL=self.emulator.url, OPENAI_API_KEY=KEY)
+        env.update(BR_STATE_DIR=str(self.work / f"state-{self.name}"), **self.env)
+        return env
 
-    def make(self, *args: str) -> float:
-        """Run the real make in the project root; its wall time."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MAKE"))}
-        env.update(OPENAI_BASE_URL=self.emulator.url, OPENAI_API_KEY=KEY, BR_POLL_MIN="0.05")
-        env.update(self.extra_env)
+    def make(self, *args: str) -> dict[str, Any]:
+        """The real make in the project root: its wall and CPU, and the recorder's rows."""
+        recorder = self.work / f"py-{self.name}"
+        recorder.write_text(RECORDER.format(python=sys.executable, log=str(self.log)))
+        recorder.chmod(0o755)
         cmd = ["make", "--no-print-directory", *args, f"INPUT={self.input}"]
         cmd += [f"CONFIG={self.work / 'bench.yaml'}", f"STEP={STEP}", f"BUILD={self.build}"]
-        cmd += [f"MAX_REQUESTS={self.max_requests}", f"PY={self.recorder()}"]
-        out = self.work / f"make-{self.name}.log"
-        self.mark = len(self.scripts()) if self.log.exists() else 0
-        start = time.perf_counter()
-        with open(out, "a") as f:
-            code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        took = time.perf_counter() - start
-        if code != 0:
-            tail = "".join(out.read_text().splitlines(keepends=True)[-15:])
-            raise UserError(f"{' '.join(cmd)} exited {code}; its last lines:\n{tail}")
-        return took
-
-    def scripts(self, since: int = 0) -> list[dict[str, Any]]:
-        """The recorder's rows (from row `since`): one per script run by make."""
-        return [json.loads(line) for line in self.log.read_text().splitlines()[since:]]
+        cmd += [f"MAX_REQUESTS={self.max_requests}", f"PY={recorder}"]
+        seen = len(self.log.read_text().splitlines()) if self.log.exists() else 0
+        fig = timed(cmd, self.environment(), self.work / f"make-{self.name}.log")
+        rows = [json.loads(line) for line in self.log.read_text().splitlines()[seen:]]
+        return {**fig, "rows": rows, "peak_mb": max((r["rss_kb"] for r in rows), default=0) / 1024}
 
 
-def stage(rows: list[dict[str, Any]], *names: str) -> dict[str, Any]:
-    """Wall (first start to last end), runs, peak RSS and CPU of the given scripts' runs."""
-    mine = [r for r in rows if r["script"] in names]
-    if not mine:
-        return {"runs": 0, "wall": 0.0, "rss_mb": 0.0, "cpu": 0.0, "mean_wall": 0.0}
+def stage(rows: list[dict[str, Any]], script: str) -> dict[str, Any]:
+    """Wall (the sum of its runs), CPU and peak RSS of one script's runs."""
+    mine = [r for r in rows if r["script"] == script]
     return {
         "runs": len(mine),
-        "wall": max(r["end"] for r in mine) - min(r["start"] for r in mine),
-        "rss_mb": max(r["rss_kb"] for r in mine) / 1024,
+        "wall": sum(r["end"] - r["start"] for r in mine),
         "cpu": sum(r["cpu"] for r in mine),
-        "mean_wall": sum(r["end"] - r["start"] for r in mine) / len(mine),
+        "rss_mb": max((r["rss_kb"] for r in mine), default=0) / 1024,
     }
 
 
-# --------------------------------------------------------------------------- the parts
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f) - (0 if path.suffix == ".jsonl" else 2)
 
 
-def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    data = work / f"bench{args.n}.jsonl"
-    t = time.perf_counter()
-    write_dataset(data, args.n)
-    note(
-        f"bench: {args.n} records, {data.stat().st_size / 1e6:.0f} MB, written in "
-        f"{time.perf_counter() - t:.1f}s; running the pipeline"
-    )
-    emulator = Emulator(work / "emulator", "--processing-seconds", "0")
-    try:
-        r = Run(work, "main", data, emulator, args.max_requests)
-        t_split = r.make(f"{r.b}/chunks.mk")
-        split_rows = r.scripts()
+# --------------------------------------------------------------------------- 1. the floor
+
+
+def floor(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    n, per_batch = args.floor_n, args.floor_max_requests
+    data = write_dataset(work / f"floor{n}.json", n)
+    script = work / "handwritten.py"
+    script.write_text(HANDWRITTEN)
+    out = work / "handwritten.json"
+    with Emulator(work / "emulator-floor", "--processing-seconds", "0") as emulator:
+        job = Job(work, "floor", data, emulator, per_batch)
+        env = job.environment()
+        hand = timed(
+            [
+                sys.executable,
+                str(script),
+                str(data),
+                str(work / "bench.yaml"),
+                str(out),
+                str(per_batch),
+            ],
+            env,
+            work / "handwritten.log",
+        )
+        hand_calls = emulator.calls()
         emulator.admin("reset_stats", {})
-        t_send = r.make(f"-j{args.jobs}", "caption")
-        send_rows = r.scripts(len(split_rows))
-        stats = emulator.admin("stats")
-    finally:
-        emulator.stop()
-    merged = r.b / "merged.jsonl"
-    with open(merged, "rb") as f:
-        n_merged = sum(1 for _ in f)
-    if n_merged != args.n:
-        raise UserError(f"{merged} has {n_merged} records, not {args.n}")
-    results = sorted(r.b.glob("results_*.jsonl"))
-    scratch = work / "floor.tmp"
-    dataset = floor_seconds([data], scratch)
-    requests = floor_seconds([r.b / "requests.jsonl"], scratch)
-    answers = floor_seconds(results, scratch)
-    chunks = len(results)
-    calls = stats.get("calls", {})
-    batches = stats.get("batches_created") or chunks
-
-    def add(*floors: tuple[float, float]) -> tuple[float, float]:
-        return sum(f[0] for f in floors), sum(f[1] for f in floors)
-
-    stages = [
-        ("make_requests", stage(split_rows, "make_requests.py"), dataset),
-        ("split_requests", stage(split_rows, "split_requests.py"), requests),
-        (
-            f"submit + fetch ({chunks} chunks, -j{args.jobs})",
-            stage(send_rows, "submit_batch.py", "fetch_results.py"),
-            add(requests, answers),
-        ),
-        ("merge_results", stage(send_rows, "merge_results.py"), add(dataset, requests, answers)),
-    ]
-    every = split_rows + send_rows
+        made = job.make("caption")
+        make_calls = emulator.calls()
+    answers = {r["image_path"]: r["generated_caption"] for r in json.loads(out.read_text())}
+    merged = {
+        r["image_path"]: r.get("generated_caption") for r in json.loads(job.merged.read_text())
+    }
+    per_m = 1e6 / n
     return {
-        "n": args.n,
-        "max_requests": args.max_requests,
-        "chunks": chunks,
-        "dataset_mb": data.stat().st_size / 1e6,
-        "stages": [
-            {"stage": name, **fig, "floor": fl[0], "floor_cpu": fl[1]} for name, fig, fl in stages
-        ],
-        "make_wall": t_split + t_send,
-        "make_cpu": sum(row["cpu"] for row in every),
-        "make_rss_mb": max(row["rss_kb"] for row in every) / 1024,
-        "floor_total": sum(fl[0] for _, _, fl in stages),
-        "floor_total_cpu": sum(fl[1] for _, _, fl in stages),
-        "reruns": [row["script"] for row in send_rows if row["script"] == "make_requests.py"],
-        "submit": stage(send_rows, "submit_batch.py"),
-        "fetch": stage(send_rows, "fetch_results.py"),
-        "polls_per_batch": calls.get("GET /v1/batches/{id}", 0) / batches,
-        "lists_per_batch": calls.get("GET /v1/batches", 0) / batches,
-        "calls": calls,
-        "batches": batches,
+        "n": n,
+        "chunks": -(-n // per_batch),
+        "max_requests": per_batch,
+        "handwritten": {**hand, "calls": hand_calls, "cpu_per_million": hand["cpu"] * per_m},
+        "make": {
+            "wall": made["wall"],
+            "cpu": made["cpu"],
+            "cpu_per_million": made["cpu"] * per_m,
+            "peak_mb": made["peak_mb"],
+            "scripts": {
+                s: stage(made["rows"], s) for s in sorted({r["script"] for r in made["rows"]})
+            },
+            "calls": make_calls,
+        },
+        "ratio": made["wall"] / hand["wall"],
+        "cpu_ratio": made["cpu"] / hand["cpu"],
+        "same_answers": answers == merged,
+        "answered": sum(1 for v in merged.values() if v),
     }
 
 
-def hour_long(duration: float = 3600.0) -> dict[str, float]:
-    """Status calls for a batch that completes after `duration` s, by `next_poll` (defaults)."""
-    saved = {k: os.environ.pop(k) for k in ("BR_POLL_MIN", "BR_POLL_MAX") if k in os.environ}
-    try:
-        age, calls = 0.0, 1  # fetch_results reads the batch once before waiting
-        while True:
-            calls += 1  # batch_api.wait: one retrieve per loop
-            if age >= duration:
-                break
-            age += next_poll(SimpleNamespace(created_at=time.time() - age))
-        return {"duration": duration, "calls": calls, "late": age - duration}
-    finally:
-        os.environ.update(saved)
+# --------------------------------------------------------------------------- 2. growth
+
+STAGES = ("make_requests.py", "split_requests.py", "run_batches.py", "merge_results.py")
+
+
+def growth(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    out = []
+    for suffix in (".jsonl", ".json"):
+        t = time.perf_counter()
+        data = write_dataset(work / f"growth{args.n}{suffix}", args.n)
+        size = data.stat().st_size
+        note(
+            f"bench: growth, {args.n:,} records as {suffix} ({size / 1e6:.0f} MB, written in "
+            f"{time.perf_counter() - t:.0f}s)"
+        )
+        with Emulator(work / f"emulator-growth{suffix}", "--processing-seconds", "0") as emu:
+            job = Job(work, f"growth{suffix}", data, emu, args.max_requests)
+            made = job.make("caption")
+            calls = emu.calls()
+        merged = count_lines(job.merged)
+        if merged != args.n:
+            raise UserError(f"{job.merged} has {merged} records, not {args.n}")
+        chunks = -(-args.n // args.max_requests)
+        stages = {s.removesuffix(".py"): stage(made["rows"], s) for s in STAGES}
+        other = [r for r in made["rows"] if r["script"] not in STAGES]
+        out.append(
+            {
+                "format": "JSONL" if suffix == ".jsonl" else "JSON list",
+                "n": args.n,
+                "bytes_per_record": size / args.n,
+                "max_requests": args.max_requests,
+                "chunks": chunks,
+                "stages": stages,
+                "other": {"runs": len(other), "cpu": sum(r["cpu"] for r in other)},
+                "wall": made["wall"],
+                "cpu": made["cpu"],
+                "peak_mb": made["peak_mb"],
+                "calls": calls,
+            }
+        )
+        shutil.rmtree(job.build, ignore_errors=True)
+        data.unlink()
+    return out
+
+
+# --------------------------------------------------------------------------- 3. API calls
+
+ROUTES = {
+    "list batches": "GET /v1/batches",
+    "list files": "GET /v1/files",
+    "retrieve": "GET /v1/batches/{id}",
+    "upload": "POST /v1/files",
+    "create": "POST /v1/batches",
+    "download": "GET /v1/files/{id}/content",
+}
+
+
+RERUNS = (
+    "first run",
+    "rerun, nothing to do",
+    "rerun, only ledger.jsonl left",
+    "rerun, build/ deleted",
+)
+
+
+def api_calls(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    per_chunk, chunks = args.calls_requests, args.calls_chunks
+    data = write_dataset(work / "calls.jsonl", chunks * per_chunk, seed=3)
+    out = []
+    for history in (0, args.history):
+        with Emulator(work / f"emulator-calls{history}", "--processing-seconds", "0") as emu:
+            if history:
+                seeded = emu.admin(
+                    "seed", {"batches": history, "files": history, "age_seconds": 3600}
+                )
+                note(f"bench: seeded {seeded['batches']} batches, {seeded['files']} files")
+            job = Job(work, f"calls{history}", data, emu, per_chunk)
+            for run_name in RERUNS:
+                if run_name == RERUNS[2]:
+                    keep_only(job.b, "ledger.jsonl")
+                elif run_name == RERUNS[3]:
+                    shutil.rmtree(job.build)
+                emu.admin("reset_stats", {})
+                made = job.make("caption")
+                calls = emu.calls()
+                if count_lines(job.merged) != chunks * per_chunk:
+                    raise UserError(f"{job.merged}: not every record merged after {run_name}")
+                out.append(
+                    {
+                        "account": history,
+                        "run": run_name,
+                        "chunks": chunks,
+                        "wall": made["wall"],
+                        "calls": calls,
+                        "per_chunk": {k: calls.get(r, 0) / chunks for k, r in ROUTES.items()},
+                        "other": sum(v for r, v in calls.items() if r not in ROUTES.values()),
+                    }
+                )
+            out[-1]["batches_on_account"] = emu.admin("stats").get("batches_created")
+    return out
+
+
+def keep_only(directory: Path, name: str) -> None:
+    for path in directory.iterdir():
+        if path.name != name:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# --------------------------------------------------------------------------- 4. the queue
 
 
 def queue(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The token-limit queue: -j8 with TOKEN_BUDGET=L against -j1, and the ideal time."""
-    per_chunk = args.queue_requests
-    data = work / "queue.jsonl"
-    write_dataset(data, args.queue_chunks * per_chunk, seed=11, fixed=True)
-    seconds = args.processing_seconds
-    out: dict[str, Any] = {"requests": args.queue_chunks * per_chunk, "runs": []}
-    for jobs in (args.queue_jobs, 1):
-        emulator = Emulator(work / f"emulator-q{jobs}", "--processing-seconds", str(seconds))
-        try:
-            r = Run(work, f"queue-j{jobs}", data, emulator, per_chunk)
-            if args.queue_poll_max:
-                r.extra_env["BR_POLL_MAX"] = args.queue_poll_max
-            r.make(f"{r.b}/chunks.mk")
-            if "limit" not in out:
-                # L: `--queue-wave` chunks, by the same token estimate the budget uses.
-                tokens = [chunk_info(p).tokens for p in sorted(r.b.glob("chunk_*.jsonl"))]
-                limit = args.queue_wave * max(tokens)
-                out.update(chunks=len(tokens), tokens=sum(tokens), limit=limit)
-                out.update(processing_seconds=seconds, ideal=sum(tokens) / limit * seconds)
-            emulator.admin("faults", {"token_limit": out["limit"]})
-            emulator.admin("reset_stats", {})
-            took = r.make(f"-j{jobs}", "caption", f"TOKEN_BUDGET={out['limit']}")
-            stats = emulator.admin("stats")
-            span = emulator.batch_span()
-        finally:
-            emulator.stop()
-        sent = stage(r.scripts(), "submit_batch.py", "fetch_results.py")
-        batches = stats.get("batches_created") or 1
-        out["runs"].append(
-            {
-                "jobs": jobs,
-                "wall": took,
-                "scripts_span": sent["wall"],
-                "batch_span": span,
-                "ratio": took / out["ideal"],
-                "batches": batches,
-                "polls_per_batch": stats["calls"].get("GET /v1/batches/{id}", 0) / batches,
-            }
+    per_chunk, seconds = args.queue_requests, args.processing_seconds
+    data = write_dataset(work / "queue.jsonl", args.queue_chunks * per_chunk, seed=11, fixed=True)
+    with Emulator(work / "emulator-queue", "--processing-seconds", str(seconds)) as emu:
+        job = Job(work, "queue", data, emu, per_chunk, {"BR_POLL_MAX": str(args.queue_poll_max)})
+        job.make(f"{job.b}/chunks.mk")
+        tokens = [chunk_info(p).tokens for p in sorted(job.b.glob("chunk_*.jsonl"))]
+        limit = args.queue_wave * max(tokens)
+        emu.admin("faults", {"token_limit": limit})
+        emu.admin("reset_stats", {})
+        made = job.make("caption", f"TOKEN_BUDGET={limit}")
+        calls = emu.calls()
+        batches = emu.batches(limit=100)
+    ideal = sum(tokens) / limit * seconds
+    ends = [b.get("completed_at") or b.get("failed_at") or 0 for b in batches]
+    span = max(ends) - min(b["created_at"] for b in batches)
+    run_batches = stage(made["rows"], "run_batches.py")
+    return {
+        "chunks": len(tokens),
+        "tokens": sum(tokens),
+        "limit": limit,
+        "processing_seconds": seconds,
+        "poll_max": args.queue_poll_max,
+        "ideal": ideal,
+        "wall": made["wall"],
+        "ratio": made["wall"] / ideal,
+        "run_batches_wall": run_batches["wall"],
+        "run_batches_ratio": run_batches["wall"] / ideal,
+        "batch_span": span,
+        "batches": len(batches),
+        "failed": sum(b["status"] != "completed" for b in batches),
+        "status_calls_per_batch": (
+            calls.get("GET /v1/batches/{id}", 0) + calls.get("GET /v1/batches", 0)
         )
-        note(f"bench: queue -j{jobs}: {took:.1f}s (ideal {out['ideal']:.1f}s)")
-    return out
+        / len(batches),
+        "calls": calls,
+    }
+
+
+# --------------------------------------------------------------------------- 5. polling
+
+
+def polling(duration: float = 86400.0) -> dict[str, Any]:
+    """A batch ending at `duration`, polled on polling.interval (BR_POLL_* at their defaults):
+    status calls until it is seen ended, and the worst lateness over every possible end time
+    against the promise max(60 s, 5% of its age)."""
+    saved = {k: os.environ.pop(k) for k in ("BR_POLL_MIN", "BR_POLL_MAX") if k in os.environ}
+    try:
+        ages = [interval(0.0)]  # just created: the first poll waits one interval
+        while ages[-1] < duration:
+            ages.append(ages[-1] + interval(ages[-1]))
+    finally:
+        os.environ.update(saved)
+    gaps = [(b - a, a) for a, b in zip([0.0, *ages[:-1]], ages, strict=True)]
+    worst = max(gaps, key=lambda g: g[0] / max(60.0, 0.05 * g[1]))
+    return {
+        "duration": duration,
+        "calls": len(ages),
+        "late_at_end": ages[-1] - duration,
+        "worst_gap": worst[0],
+        "worst_gap_age": worst[1],
+        "worst_ratio": worst[0] / max(60.0, 0.05 * worst[1]),
+        "back_to_back": min(g[0] for g in gaps),
+    }
 
 
 # --------------------------------------------------------------------------- report
 
 
-def report(figures: dict[str, Any]) -> str:
-    main, hour, q = figures["pipeline"], figures["hour"], figures["queue"]
-    lines = [
-        f"`{figures['command']}` on {os.cpu_count()} CPUs, load average "
-        f"{figures['load'][0]:.1f} at the start, {figures['load'][1]:.1f} at the end.",
-        "",
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    align = ["---"] + ["--:"] * (len(head) - 1)
+    return [f"| {' | '.join(head)} |", f"|{'|'.join(align)}|"] + [
+        f"| {' | '.join(r)} |" for r in rows
     ]
-    if main:
-        n = main["n"]
+
+
+def report(f: dict[str, Any]) -> str:
+    load = f["load"]
+    lines = [
+        f"`{f['command']}`, {f['date']}, {os.cpu_count()} CPUs, load average {load[0]:.1f} "
+        f"at the start, {load[1]:.1f} at the end; {f['seconds']:.0f} s in all.",
+    ]
+    if fl := f.get("floor"):
+        h, m = fl["handwritten"], fl["make"]
         lines += [
-            f"Pipeline: {n:,} JSONL records ({main['dataset_mb']:.0f} MB), MAX_REQUESTS="
-            f"{main['max_requests']}, emulator with instant processing. Floor: json.loads + "
-            "json.dumps of every line the stage reads, in the same run.",
             "",
-            "| stage | runs | wall s | CPU s | records/s | peak RSS MB | floor s | wall / floor "
-            "| CPU / floor CPU |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+            f"**Floor**: {fl['n']:,} records (a JSON list), {fl['chunks']} chunks of "
+            f"{fl['max_requests']}, instant emulator. Hand-written: one Python process with the "
+            "openai SDK (build, upload, create, poll every 1 s, download, merge). CPU: user+sys "
+            "of every process.",
+            "",
         ]
-        for s in main["stages"]:
-            lines.append(
-                f"| {s['stage']} | {s['runs']} | {s['wall']:.1f} | {s['cpu']:.1f} | "
-                f"{n / max(s['wall'], 1e-9):,.0f} | {s['rss_mb']:.0f} | {s['floor']:.1f} | "
-                f"{s['wall'] / s['floor']:.1f}x | {s['cpu'] / s['floor_cpu']:.1f}x |"
-            )
-        lines.append(
-            f"| **whole run (make)** | | {main['make_wall']:.1f} | {main['make_cpu']:.1f} | "
-            f"{n / main['make_wall']:,.0f} | {main['make_rss_mb']:.0f} | "
-            f"{main['floor_total']:.1f} | {main['make_wall'] / main['floor_total']:.1f}x | "
-            f"{main['make_cpu'] / main['floor_total_cpu']:.1f}x |"
+        lines += table(
+            ["run", "wall s", "CPU s", "CPU s per 1M records", "peak RSS MB", "vs hand-written"],
+            [
+                ["hand-written, one process", f"{h['wall']:.1f}", f"{h['cpu']:.1f}",
+                 f"{h['cpu_per_million']:.0f}", f"{h['rss_mb']:.0f}", "1x"],
+                ["`make caption`", f"{m['wall']:.1f}", f"{m['cpu']:.1f}",
+                 f"{m['cpu_per_million']:.0f}", f"{m['peak_mb']:.0f}",
+                 f"{fl['ratio']:.1f}x wall, {fl['cpu_ratio']:.1f}x CPU"],
+            ],
+        )  # fmt: skip
+        scripts = ", ".join(
+            f"{s.removesuffix('.py')} {v['wall']:.1f}" for s, v in m["scripts"].items()
         )
-        sub, fet = main["submit"], main["fetch"]
         lines += [
             "",
-            f"Per chunk: submit_batch {sub['mean_wall']:.2f}s wall ({sub['cpu'] / sub['runs']:.2f}"
-            f"s CPU), fetch_results {fet['mean_wall']:.2f}s wall ({fet['cpu'] / fet['runs']:.2f}s "
-            f"CPU). Status polls (GET /v1/batches/{{id}}) per batch: {main['polls_per_batch']:.1f};"
-            f" batch list pages per batch: {main['lists_per_batch']:.1f}.",
+            f"Same answers in both: {'yes' if fl['same_answers'] else 'NO'}. make's scripts, "
+            f"wall s: {scripts}.",
         ]
-        if main["reruns"]:
-            lines.append(
-                "(make_requests ran again in `make caption`: a script it depends on changed "
-                "during the run.)"
-            )
-    lines.append(
-        f"An hour-long batch (BR_POLL_MIN/BR_POLL_MAX defaults): {hour['calls']} status calls, "
-        f"results fetched at most {hour['late']:.0f}s after it completes."
-    )
-    if q:
+    for g in f.get("growth") or []:
+        n = g["n"]
         lines += [
             "",
-            f"Queue: {q['chunks']} chunks, {q['tokens']:,} estimated tokens = "
+            f"**Growth, {g['format']}**: {n:,} records of {g['bytes_per_record']:.0f} bytes, "
+            f"{g['chunks']} chunks of {g['max_requests']}, instant emulator; "
+            f"`make caption` {g['wall']:.0f} s wall, {g['cpu']:.0f} s CPU "
+            f"({g['cpu'] / n * 1e6:.0f} s per 1M records).",
+            "",
+        ]
+        rows = [
+            [name, f"{s['wall']:.1f}", f"{s['cpu']:.1f}", f"{n / max(s['wall'], 1e-9):,.0f}",
+             f"{s['rss_mb']:.0f}" + ("" if s["rss_mb"] < RSS_TARGET_MB else " (over 150)")]
+            for name, s in g["stages"].items()
+        ]  # fmt: skip
+        lines += table(["stage", "wall s", "CPU s", "records/s", "peak RSS MB"], rows)
+    if calls := f.get("calls"):
+        lines += [
+            "",
+            f"**API calls per chunk**, a {calls[0]['chunks']}-chunk job, instant emulator, on an "
+            f"empty account and on one with {f['history']:,} batches and {f['history']:,} files "
+            "of the last hour:",
+            "",
+        ]
+        rows = [
+            [f"{c['account']:,}", c["run"], *(f"{c['per_chunk'][k]:g}" for k in ROUTES)]
+            for c in calls
+        ]
+        lines += table(["batches on the account", "run", *ROUTES], rows)
+    if q := f.get("queue"):
+        lines += [
+            "",
+            f"**Queue**: {q['chunks']} chunks, {q['tokens']:,} estimated tokens = "
             f"{q['tokens'] / q['limit']:.1f} x the enqueued-token limit L={q['limit']:,}, "
-            f"{q['processing_seconds']:g}s per batch; ideal {q['ideal']:.1f}s "
-            f"(tokens / L x {q['processing_seconds']:g}s):",
+            f"{q['processing_seconds']:g} s batches, BR_POLL_MAX={q['poll_max']:g}; ideal "
+            f"{q['ideal']:.1f} s (tokens / L x {q['processing_seconds']:g} s).",
             "",
-            "| run | wall s | ratio to ideal | batches' span s | span ratio "
-            "| status polls per batch |",
-            "|---|--:|--:|--:|--:|--:|",
         ]
-        for r in q["runs"]:
-            how = (
-                "one batch at a time (`make -j1`)"
-                if r["jobs"] == 1
-                else f"`make -j{r['jobs']} caption TOKEN_BUDGET=L`"
-            )
-            lines.append(
-                f"| {how} | {r['wall']:.1f} | {r['ratio']:.2f}x | {r['batch_span']:.0f} | "
-                f"{r['batch_span'] / q['ideal']:.2f}x | {r['polls_per_batch']:.1f} |"
-            )
+        lines += table(
+            ["`make caption TOKEN_BUDGET=L` (no -j)", "wall s", "ratio to ideal"],
+            [
+                ["whole make", f"{q['wall']:.1f}", f"{q['ratio']:.2f}x"],
+                ["run_batches.py", f"{q['run_batches_wall']:.1f}",
+                 f"{q['run_batches_ratio']:.2f}x"],
+                ["first create to last end (server)", f"{q['batch_span']:.1f}",
+                 f"{q['batch_span'] / q['ideal']:.2f}x"],
+            ],
+        )  # fmt: skip
+        lines.append(
+            f"\n{q['batches']} batches, {q['failed']} not completed; status calls (retrieves and "
+            f"list pages) per batch: {q['status_calls_per_batch']:.1f}."
+        )
+    p = f["polling"]
+    lines += [
+        "",
+        f"**Polling** (simulated, polling.interval at its defaults): a 24-hour batch costs "
+        f"{p['calls']} status calls; the widest gap is {p['worst_gap']:.0f} s at age "
+        f"{p['worst_gap_age']:.0f} s, {p['worst_ratio']:.2f} x the promise max(60 s, 5% of "
+        f"age); the shortest {p['back_to_back']:.1f} s.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=100_000, help="records in the dataset")
-    parser.add_argument("--max-requests", type=int, default=1000, help="requests per chunk")
-    parser.add_argument("--jobs", type=int, default=2, help="make -j for the pipeline run")
-    parser.add_argument("--queue-chunks", type=int, help="chunks in the queue job (20)")
+    parser.add_argument("--n", type=int, default=100_000, help="records for the growth part")
+    parser.add_argument("--max-requests", type=int, default=1000, help="growth: per chunk")
+    parser.add_argument("--floor-n", type=int, default=20_000, help="records for the floor part")
+    parser.add_argument("--floor-max-requests", type=int, default=1000, help="floor: per chunk")
+    parser.add_argument("--history", type=int, default=5000, help="batches and files seeded")
+    parser.add_argument("--calls-chunks", type=int, default=10, help="chunks in the calls job")
+    parser.add_argument("--calls-requests", type=int, default=20, help="requests per chunk")
+    parser.add_argument("--queue-chunks", type=int, default=20)
     parser.add_argument("--queue-requests", type=int, default=25, help="requests per chunk")
-    parser.add_argument("--queue-wave", type=int, help="chunks that fit in L (2)")
-    parser.add_argument("--queue-jobs", type=int, default=8)
-    parser.add_argument("--processing-seconds", type=float, help="queue batches (4)")
-    parser.add_argument("--queue-poll-max", help="BR_POLL_MAX for the queue runs")
-    parser.add_argument("--no-queue", action="store_true", help="skip the queue part")
-    parser.add_argument("--no-pipeline", action="store_true", help="only the queue part")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--queue-wave", type=int, default=2, help="chunks that fit in L")
+    parser.add_argument("--processing-seconds", type=float, default=4.0, help="queue batches")
+    parser.add_argument("--queue-poll-max", type=float, default=0.5, help="BR_POLL_MAX")
+    parser.add_argument(
+        "--parts", default="floor,growth,calls,queue", help="of floor, growth, calls, queue"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for the test")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a tmp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    quick = args.quick
-    if quick:
-        args.n = min(args.n, 300)
+    if args.quick:
+        args.n, args.history = min(args.n, 300), 1000
         args.max_requests = min(args.max_requests, 100)
-        args.queue_requests = min(args.queue_requests, 5)
-    args.queue_chunks = args.queue_chunks or (4 if quick else 20)
-    args.queue_wave = args.queue_wave or 2
-    args.processing_seconds = args.processing_seconds or (0.5 if quick else 4.0)
-    if args.n < 1 or args.queue_chunks < 1 or args.queue_wave < 1:
-        raise UserError("--n, --queue-chunks and --queue-wave must be positive")
+        args.floor_n, args.floor_max_requests = min(args.floor_n, 200), 100
+        args.calls_chunks, args.calls_requests = 3, 2
+        args.queue_chunks, args.queue_requests = 4, 3
+        args.processing_seconds = min(args.processing_seconds, 0.5)
+    parts = set(args.parts.split(","))
+    if parts - {"floor", "growth", "calls", "queue"}:
+        raise UserError(f"--parts takes floor, growth, calls and queue, not {args.parts!r}")
+    if min(args.n, args.floor_n, args.max_requests, args.queue_chunks, args.queue_wave) < 1:
+        raise UserError(
+            "--n, --floor-n, --max-requests, --queue-chunks and --queue-wave must be positive"
+        )
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="br-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "bench.yaml").write_text(CONFIG)
     started = time.perf_counter()
+    shown = sys.argv[1:] if argv is None else argv
+    figures: dict[str, Any] = {
+        "command": " ".join(["scripts/bench.py", *shown]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "history": args.history,
+    }
+    load = os.getloadavg()[0]
     try:
-        shown = sys.argv[1:] if argv is None else argv
-        figures: dict[str, Any] = {"command": " ".join(["scripts/bench.py", *shown])}
-        load = os.getloadavg()[0]
-        figures["pipeline"] = None if args.no_pipeline else throughput(args, work)
-        figures["hour"] = hour_long()
-        figures["queue"] = None if args.no_queue else queue(args, work)
-        figures["seconds"] = time.perf_counter() - started
-        figures["load"] = [load, os.getloadavg()[0]]
+        for part, measure in (
+            ("floor", floor),
+            ("growth", growth),
+            ("calls", api_calls),
+            ("queue", queue),
+        ):
+            if part in parts:
+                note(f"bench: {part}")
+                figures[part] = measure(args, work)
+        figures["polling"] = polling()
     except BaseException:
         note(f"bench: the logs are kept in {work}")
         raise
+    figures["seconds"] = time.perf_counter() - started
+    figures["load"] = [load, os.getloadavg()[0]]
+    figures["self_cpu"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     if not (args.workdir or args.keep):
         shutil.rmtree(work, ignore_errors=True)
     print(report(figures))
-    print(f"\n(bench took {figures['seconds']:.0f}s)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
     return 0

@@ -77,16 +77,17 @@ def with_images(
             if request is None or local is None:
                 yield built, None
                 continue
+            if not any(True for _ in image_parts(request)):
+                yield built, None
+                continue
             try:
                 resolve_request(request, local)
             except ImageSkip as e:
                 yield skip(built), str(e)
                 continue
             reason = size_reason(request)
-            if reason:
-                yield skip(built), reason
-            else:
-                yield built, None
+            # A copy: what was derived from the request before (a cached line) is derived again.
+            yield (skip(built), reason) if reason else (dataclasses.replace(built), None)
 
     if checker is None:
         yield from resolved()

@@ -21,7 +21,7 @@ BATCH_ENDPOINTS = (
 ANSWERED_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 # docs/api-facts.md "Files".
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
-# docs/api-facts.md "Limits".
+# docs/api-facts.md "Input lines".
 MAX_BATCH_REQUESTS = 50_000
 MAX_EMBEDDING_INPUTS = 50_000
 MAX_BATCH_FILE_BYTES = 209_715_200  # 200 MiB, the figure in the one observed refusal

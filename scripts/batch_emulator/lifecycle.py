@@ -152,7 +152,7 @@ class Emulator:
         b = self.store.get_batch(batch_id)
         status = b["status"]
         if status in ("cancelling", "cancelled"):
-            return b  # docs/api-facts.md "Cancellation": cancelling a cancelled batch is allowed
+            return b  # docs/api-facts.md "Batches": cancelling a cancelled batch is allowed
         if status not in ("validating", "in_progress", "finalizing"):
             raise ApiError(409, f"Cannot cancel a batch with status '{status}'.")
         if status == "in_progress":
