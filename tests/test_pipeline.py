@@ -217,7 +217,7 @@ def test_wrong_key_is_one_line(tmp_path: Path) -> None:
         env = emu.env(OPENAI_API_KEY="a-wrong-key")
         result = make("caption", env=env, check=False, BUILD=tmp_path / "build")
         assert result.returncode != 0
-        assert "the API rejected the key (401)" in result.stderr
+        assert "OPENAI_API_KEY in the environment was rejected (401)" in result.stderr
         assert "a-wrong-key" not in result.stderr + result.stdout
         assert "Traceback" not in result.stderr
     finally:
