@@ -42,23 +42,15 @@ class Answers:
         self.db = sqlite3.connect(self.tmp.name)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        # Per request hash, the best row of every batch that held it: a success, else the
-        # latest attempt's failure (answers/ has one file per batch and attempt).
-        self.db.execute("CREATE TABLE ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT)")
+        self.db.execute("CREATE TABLE ans(hash BLOB PRIMARY KEY, ok INT, row TEXT)")
         self.db.execute("CREATE TABLE req(cid TEXT PRIMARY KEY, hash BLOB)")
         files = sorted(answers.glob("*.jsonl")) if answers.is_dir() else []
         for path in files:
             self.db.executemany(
-                "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
-                "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
-                "(excluded.ok, excluded.n) >= (ans.ok, ans.n)",
+                "INSERT INTO ans VALUES (?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
+                "ok = excluded.ok, row = excluded.row WHERE excluded.ok >= ans.ok",
                 (
-                    (
-                        bytes.fromhex(r["hash"]),
-                        r["outcome"] == "succeeded",
-                        int(r.get("attempts") or 0),
-                        dumps(r),
-                    )
+                    (bytes.fromhex(r["hash"]), r["outcome"] == "succeeded", dumps(r))
                     for r in iter_jsonl(path)
                 ),
             )
