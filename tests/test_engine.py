@@ -410,3 +410,31 @@ def test_two_jobs_at_once_share_one_token_budget(tmp_path: Path) -> None:
         assert sum("summary" in r for r in a.merged() + b.merged()) == 80
     finally:
         emu.stop()
+
+
+def test_a_busy_account_costs_no_more_calls_per_chunk(emulator: Emulator, tmp_path: Path) -> None:
+    """5,000 batches and 5,000 files of the last hour on the account: a 10-chunk job lists no
+    file and reads about one batch-list page per chunk at most (polls that serve every chunk);
+    after deleting build/, the rerun adopts every batch from the machine's index."""
+    emulator.admin("seed", {"batches": 5000, "files": 5000, "age_seconds": 3600})
+    emulator.admin("reset_stats", {})
+    job = Job(tmp_path, 100)
+    job.make(emulator)
+    first = calls(emulator)
+    assert first["POST /v1/batches"] == 10 and first["POST /v1/files"] == 10
+    assert first.get("GET /v1/files", 0) == 0
+    assert first.get("GET /v1/batches", 0) <= 10, first
+    emulator.admin("reset_stats", {})
+    job.make(emulator)  # the ledger present, everything done: nothing asked
+    assert sum(calls(emulator).values()) == 0
+    before = job.merged()
+    import shutil
+
+    shutil.rmtree(job.build)
+    job.make(emulator)
+    again = calls(emulator)
+    assert again.get("POST /v1/batches", 0) == 0 and again.get("POST /v1/files", 0) == 0
+    assert again.get("GET /v1/files", 0) == 0 and again.get("GET /v1/batches", 0) <= 10, again
+    assert job.merged() == before
+    assert emulator.stats()["requests_processed"] == 100
+    print(f"\n[busy account] first run: {dict(first)}\n[busy account] build/ deleted: {dict(again)}")
