@@ -51,6 +51,10 @@ N ?= 100000
 PORT ?= 8000
 # Quote a value for the shell (DATA_KEY may be a jq expression with spaces and quotes).
 q = '$(subst ','\'',$(1))'
+## DRY_RUN       `make tidy`: 1 lists what it would delete, and deletes nothing
+DRY_RUN ?= 0
+## MAX_COST      USD: stop before the first upload when the plan's estimate is above it
+MAX_COST ?=
 ## RESEND        1: send again a create whose answer was lost on a server that cannot list batches
 RESEND ?= 0
 ## BUILD         the build root (a step's directory: $(BUILD)/<input stem>-<hash>/<step>)
@@ -219,6 +223,12 @@ check: | $(VENV_OK)
 ## cancel        cancel STEP's batches still in flight
 cancel: | $(VENV_OK)
 	$(PY) scripts/batches.py cancel --config "$$BR_CONFIG" --dir $(call q,$(B))
+
+.PHONY: tidy
+## tidy          delete STEP's files on the server whose results are in answers/ (DRY_RUN=1: list)
+tidy: | $(VENV_OK)
+	$(PY) scripts/tidy.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
+	  $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 .PHONY: emulator
 ## emulator      serve the local Batch API emulator in the foreground on PORT

@@ -13,6 +13,7 @@ with one `write` and fsynced before the call it announces:
     {"at": t, "op": "ended", "batch_id": id, "status": s}     a terminal status, seen
     {"at": t, "op": "fetched", "batch_id": id}                its rows are in answers/
     {"at": t, "op": "resend", "sha": S, "attempt": k}         RESEND=1: an unknown create let go
+    {"at": t, "op": "tidied", "batch_id": id, "files": [..]}  make tidy deleted its files
 
 Lines are never rewritten or removed (a paid batch's record is never deleted); a torn last
 line, left by a kill in the middle of a write, is ignored when read. An "intent" without its
@@ -52,6 +53,7 @@ class Ledger:
         self.upload_intents: dict[str, dict[str, Any]] = {}  # sha -> unanswered intent
         self.ended: dict[str, str] = {}  # batch id -> terminal status
         self.fetched: set[str] = set()
+        self.tidied: set[str] = set()
         self.chunk_of: dict[str, tuple[str, int, str]] = {}  # batch id -> (sha, attempt, chunk)
         self._load()
 
@@ -89,6 +91,10 @@ class Ledger:
             self.ended[e["batch_id"]] = e["status"]
         elif op == "fetched":
             self.fetched.add(e["batch_id"])
+        elif op == "tidied":
+            self.tidied.add(e["batch_id"])
+            deleted = set(e.get("files") or [])
+            self.uploads = {s: f for s, f in self.uploads.items() if f not in deleted}
 
     def record(self, op: str, **fields: Any) -> None:
         """Append one entry, durably, before the call it announces returns to the caller."""

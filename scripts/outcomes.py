@@ -7,8 +7,10 @@ becomes an error row for its request, never a crash: a paid batch must stay reac
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,13 +47,13 @@ def outcome(line: dict[str, Any]) -> dict[str, Any]:
                 body = {"error": {"message": body}}
         body = body if isinstance(body, dict) else {}
         if status == 200:
-            message = (body.get("choices") or [{}])[0].get("message") or {}
-            if message.get("content") is None:
-                reason = message.get("refusal") or "the response has no content"
+            value, refusal = answer_of(body)
+            if value is None:
+                reason = refusal or "the response has no content"
                 return failed("refusal", str(reason), 200, retryable=False)
             return {
                 "outcome": "succeeded",
-                "response": message["content"],
+                "response": value,
                 "error": None,
                 "retryable": False,
                 "usage": body.get("usage"),
@@ -70,6 +72,36 @@ def outcome(line: dict[str, Any]) -> dict[str, Any]:
     # Non-HTTP failures (batch_expired, batch_cancelled) never ran: send them again. A line
     # with neither a code nor a status is of unknown cause: `unknown_error`, retried once.
     return failed(err.get("code") or UNKNOWN, message, None, True)
+
+
+def answer_of(body: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the stored value, or None and why) of a 200 body, by its shape: a chat completion's
+    message content, a Response's output text, or an embedding vector (a list of them for a
+    list input)."""
+    if body.get("object") == "response" or "output" in body:
+        texts, refusal = [], None
+        for item in body.get("output") or []:
+            for part in item.get("content") or [] if item.get("type") == "message" else []:
+                if part.get("type") == "output_text":
+                    texts.append(part.get("text") or "")
+                elif part.get("type") == "refusal":
+                    refusal = part.get("refusal") or "refused"
+        return ("".join(texts) if texts and refusal is None else None), refusal
+    if body.get("object") == "list" and isinstance(body.get("data"), list):
+        vectors = [vector(item.get("embedding")) for item in body["data"]]
+        if not vectors:
+            return None, "the response holds no embedding"
+        return (vectors[0] if len(vectors) == 1 else vectors), None
+    message = (body.get("choices") or [{}])[0].get("message") or {}
+    return message.get("content"), message.get("refusal")
+
+
+def vector(embedding: Any) -> list[float]:
+    """An embedding as floats: `encoding_format: base64` sends little-endian float32 bytes."""
+    if isinstance(embedding, str):
+        raw = base64.b64decode(embedding)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return list(embedding or [])
 
 
 def status_in(message: Any) -> int:

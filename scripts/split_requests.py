@@ -26,6 +26,7 @@ from files import commit, move_aside, same_bytes, write_text
 from records import iter_jsonl, request_hash
 
 API_MAX_REQUESTS = 50_000
+API_MAX_EMBEDDING_INPUTS = 50_000  # across all requests of one embeddings batch
 DEFAULT_MAX_BYTES = 180_000_000  # the API's limit is 209,715,200 bytes (200 MiB)
 
 
@@ -55,21 +56,34 @@ def pending_lines(requests: Path, done: DigestSet, total: list[int]) -> Iterator
                     yield line if line.endswith("\n") else line + "\n"
 
 
+def embedding_inputs(line: str) -> int:
+    """How many inputs an embeddings request holds (0 for other endpoints)."""
+    if '"/v1/embeddings"' not in line:
+        return 0
+    value = (json.loads(line).get("body") or {}).get("input")
+    return len(value) if isinstance(value, list) else 1
+
+
 def chunks(lines: Iterator[str], max_requests: int, max_bytes: int) -> Iterator[list[str]]:
+    """Requests in batches the API accepts: at most max_requests and max_bytes each, and at most
+    50,000 embedding inputs (docs/api-facts.md)."""
     chunk: list[str] = []
-    size = 0
+    size = inputs = 0
     for line in lines:
         n = len(line.encode())
+        k = embedding_inputs(line)
         if n > max_bytes:
             raise UserError(
                 f"one request is {n} bytes, over MAX_BYTES={max_bytes}; shrink it (use image URLs, "
                 "not base64 data) or raise MAX_BYTES (the API's limit is 209715200)"
             )
-        if chunk and (len(chunk) >= max_requests or size + n > max_bytes):
+        full = len(chunk) >= max_requests or size + n > max_bytes
+        if chunk and (full or inputs + k > API_MAX_EMBEDDING_INPUTS):
             yield chunk
-            chunk, size = [], 0
+            chunk, size, inputs = [], 0, 0
         chunk.append(line)
         size += n
+        inputs += k
     if chunk:
         yield chunk
 

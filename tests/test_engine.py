@@ -437,4 +437,73 @@ def test_a_busy_account_costs_no_more_calls_per_chunk(emulator: Emulator, tmp_pa
     assert again.get("GET /v1/files", 0) == 0 and again.get("GET /v1/batches", 0) <= 10, again
     assert job.merged() == before
     assert emulator.stats()["requests_processed"] == 100
-    print(f"\n[busy account] first run: {dict(first)}\n[busy account] build/ deleted: {dict(again)}")
+    print(
+        f"\n[busy account] first run: {dict(first)}\n[busy account] build/ deleted: {dict(again)}"
+    )
+
+
+# ----------------------------------------------------------------------------- housekeeping
+
+
+def test_tidy_deletes_only_the_files_of_fetched_batches(tmp_path: Path) -> None:
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "0.3").start()
+    try:
+        done = Job(tmp_path / "done", 20)
+        done.make(emu)
+        files_before = {f.id for f in emu.client().files.list()}
+        dry = make("tidy", env=emu.env(), DRY_RUN=1, **done.variables())
+        assert dry.stdout.count("would delete") == 4  # 2 batches: input and output files
+        assert {f.id for f in emu.client().files.list()} == files_before
+        out = make("tidy", env=emu.env(), **done.variables())
+        deleted = {
+            line.split()[1] for line in out.stdout.splitlines() if line.startswith("deleted")
+        }
+        assert len(deleted) == 4 and deleted <= files_before
+        assert {f.id for f in emu.client().files.list()} == files_before - deleted
+        emu.admin("reset_stats", {})
+        make("tidy", env=emu.env(), **done.variables())  # a second tidy asks nothing
+        assert sum(calls(emu).values()) == 0
+        done.make(emu)  # the step stays done: nothing is fetched or sent again
+        assert sum(calls(emu).values()) == 0
+        # A step whose batch is still running keeps its files.
+        emu.faults(processing_seconds=60)
+        running = Job(tmp_path / "running", 10)
+        run = running.start(emu)
+        deadline = time.monotonic() + 60
+        while not (running.b / "batch_001.id").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        run.kill()
+        run.wait()
+        before = {f.id for f in emu.client().files.list()}
+        out = make("tidy", env=emu.env(), **running.variables())
+        assert "kept" in out.stdout and "deleted" not in out.stdout.replace("deleted 0", "")
+        assert {f.id for f in emu.client().files.list()} == before
+    finally:
+        emu.stop()
+
+
+def test_an_embeddings_split_keeps_each_batch_under_50000_inputs(tmp_path: Path) -> None:
+    from split_requests import main as split
+
+    lines = [
+        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": "text-embedding-3-small", "input": [f"t{i}-{k}" for k in range(20000)]}}
+        for i in range(5)
+    ]  # fmt: skip
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert (
+        split(
+            [
+                str(requests),
+                "--answers",
+                str(tmp_path / "answers"),
+                "-o",
+                str(tmp_path / "chunks.mk"),
+            ]
+        )
+        == 0
+    )
+    sizes = [len(read_json(p)) for p in sorted(tmp_path.glob("chunk_*.jsonl"))]
+    assert sizes == [2, 2, 1]  # 40,000 inputs a batch at most, never 60,000

@@ -1,0 +1,62 @@
+"""Delete a step's files on the server once their results are safe in answers/: `make tidy`.
+
+For every batch in the step's ledger that ended and was fetched (its rows are in answers/), the
+batch's input, output and error files are deleted on the server, each named on stdout, and the
+ledger notes it so a second tidy asks nothing. A batch still running, or ended but not yet
+fetched, keeps its files (and is listed as kept, with why). `--dry-run` (DRY_RUN=1) lists what
+would go and deletes nothing. Batches themselves cannot be deleted through the API; they stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+from cli import ArgumentParser, note, run
+from client import make_client
+from config import load_config
+from ledger import Ledger
+from outcomes import TERMINAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", required=True, type=Path, help="the step's build directory")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    args = parser.parse_args(argv)
+
+    ledger = Ledger(args.dir / "ledger.jsonl")
+    if not ledger.chunk_of:
+        note(f"{args.dir} has no ledger of batches: nothing of this step was sent")
+        return 0
+    client = make_client(load_config(args.config))
+    import openai
+
+    verb = "would delete" if args.dry_run else "deleted"
+    gone = kept = 0
+    for batch_id in ledger.chunk_of:
+        if batch_id in ledger.tidied:
+            continue
+        if batch_id not in ledger.fetched or ledger.ended.get(batch_id) not in TERMINAL:
+            print(f"kept    {batch_id}: not fetched yet (running, or the run has not read it)")
+            kept += 1
+            continue
+        batch = client.batches.retrieve(batch_id)
+        files = [f for f in (batch.input_file_id, batch.output_file_id, batch.error_file_id) if f]
+        for file_id in files:
+            if not args.dry_run:
+                # Already gone: deleted by hand, or expired after 30 days.
+                with contextlib.suppress(openai.NotFoundError):
+                    client.files.delete(file_id)
+            print(f"{verb} {file_id} (of {batch_id})")
+            gone += 1
+        if not args.dry_run:
+            ledger.record("tidied", batch_id=batch_id, files=files)
+    note(f"{args.dir}: {verb} {gone} file(s); kept the files of {kept} batch(es) not yet fetched")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
