@@ -153,7 +153,7 @@ def records(n: int, seed: int, fixed: bool = False) -> Iterator[dict[str, Any]]:
             " ".join(rng.choices(WORDS, k=rng.randint(*words))).capitalize() + "." for _ in range(k)
         ]
 
-    titles, sentences = pool(4000, (5, 10)), pool(8000, (8, 16))
+    titles, sentences = pool(4000, (5, 10)), pool(8000, (7, 15))
     for i in range(n):
         title, caption = rng.choice(titles), rng.choice(sentences)
         article = " ".join(rng.choices(sentences, k=rng.randint(2, 4)))
@@ -496,7 +496,9 @@ def queue(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ends = [b.get("completed_at") or b.get("failed_at") or 0 for b in batches]
     span = max(ends) - min(b["created_at"] for b in batches)
     run_batches = stage(made["rows"], "run_batches.py")
+    gaps = refill_gaps(job.b / "ledger.jsonl")
     return {
+        "refill_gaps": gaps,
         "chunks": len(tokens),
         "tokens": sum(tokens),
         "limit": limit,
@@ -516,6 +518,20 @@ def queue(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         / len(batches),
         "calls": calls,
     }
+
+
+def refill_gaps(ledger: Path) -> list[float]:
+    """Seconds from the run seeing a batch end (freeing budget) to its next upload, from the
+    ledger's own clock: how long freed room stays unused."""
+    rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+    gaps, last_end = [], None
+    for row in rows:
+        if row["op"] == "ended":
+            last_end = row["at"]
+        elif row["op"] == "upload" and row.get("phase") == "intent" and last_end is not None:
+            gaps.append(row["at"] - last_end)
+            last_end = None
+    return gaps
 
 
 # --------------------------------------------------------------------------- 5. polling
@@ -605,19 +621,27 @@ def report(f: dict[str, Any]) -> str:
             for name, s in g["stages"].items()
         ]  # fmt: skip
         lines += table(["stage", "wall s", "CPU s", "records/s", "peak RSS MB"], rows)
+        c = g["calls"]
+        lines.append(
+            "\nAPI calls: "
+            + ", ".join(f"{c.get(route, 0)} {name}" for name, route in ROUTES.items())
+            + "."
+        )
     if calls := f.get("calls"):
         lines += [
             "",
             f"**API calls per chunk**, a {calls[0]['chunks']}-chunk job, instant emulator, on an "
-            f"empty account and on one with {f['history']:,} batches and {f['history']:,} files "
-            "of the last hour:",
+            f"empty account and on one with {f['history']:,} batches (with their input files) and "
+            f"{f['history']:,} more files, all of the last hour; the last column is every call of "
+            "the run:",
             "",
         ]
         rows = [
-            [f"{c['account']:,}", c["run"], *(f"{c['per_chunk'][k]:g}" for k in ROUTES)]
+            [f"{c['account']:,}", c["run"], *(f"{c['per_chunk'][k]:g}" for k in ROUTES),
+             str(sum(c["calls"].values()))]
             for c in calls
-        ]
-        lines += table(["batches on the account", "run", *ROUTES], rows)
+        ]  # fmt: skip
+        lines += table(["batches on the account", "run", *ROUTES, "all calls"], rows)
     if q := f.get("queue"):
         lines += [
             "",
@@ -637,9 +661,12 @@ def report(f: dict[str, Any]) -> str:
                  f"{q['batch_span'] / q['ideal']:.2f}x"],
             ],
         )  # fmt: skip
+        gaps = q["refill_gaps"]
         lines.append(
             f"\n{q['batches']} batches, {q['failed']} not completed; status calls (retrieves and "
-            f"list pages) per batch: {q['status_calls_per_batch']:.1f}."
+            f"list pages) per batch: {q['status_calls_per_batch']:.1f}. From a batch seen ended "
+            f"to the next upload: {sum(gaps) / max(len(gaps), 1):.2f} s on average "
+            f"({len(gaps)} refills, {sum(gaps):.1f} s in all)."
         )
     p = f["polling"]
     lines += [
