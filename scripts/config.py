@@ -32,6 +32,8 @@ STEP_KEYS = {
     "is_multimodal": bool,
     "image_key": str,
     "image_detail": str,
+    "image_max_side": int,
+    "image_quality": int,
     "response_key": str,
     "model": str,
     "where": str,
@@ -72,6 +74,8 @@ class Step:
     is_multimodal: bool = True
     image_key: str = "image_url"
     image_detail: str | None = None
+    image_max_side: int | None = None  # resize local images larger than this (pixels)
+    image_quality: int | None = None  # JPEG/WebP quality of a resized image
     response_key: str | None = None
     where: str | None = None
     extract: str | None = None
@@ -212,6 +216,10 @@ def parse_step(
             f"{where}: image_detail '{detail}' is not one of auto, low or high; "
             "use low (85 tokens an image) or remove it"
         )
+    for key, low, high in (("image_max_side", 16, 16384), ("image_quality", 1, 100)):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not low <= value <= high):
+            raise UserError(f"{where}: {key} must be a whole number from {low} to {high}")
     for key in ("where", "extract"):
         if raw.get(key) is not None:
             compile_jq(raw[key], f"{where}: {key}:")
@@ -229,6 +237,8 @@ def parse_step(
         is_multimodal=raw.get("is_multimodal", True),
         image_key=raw.get("image_key", "image_url"),
         image_detail=raw.get("image_detail"),
+        image_max_side=raw.get("image_max_side"),
+        image_quality=raw.get("image_quality"),
         response_key=raw.get("response_key"),
         where=raw.get("where"),
         extract=raw.get("extract"),

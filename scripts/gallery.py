@@ -1,7 +1,7 @@
 """Write gallery.html: each record's image, prompt fields and response side by side.
 
 Reads the merged dataset (merged.json or .jsonl), the step of CONFIG, and the step's build files:
-requests.jsonl (which records were sent), skipped.jsonl (left out for missing fields) and
+requests.jsonl (which records were sent), skipped.jsonl (left out, and why) and
 errors.jsonl (failures, matched by record index). Writes one static, self-contained HTML file
 (inline CSS and JS, no network needed, works from a file:// URL): failures are marked, a filter
 shows all / answered / failed / skipped records, a search box narrows them, and the records are
@@ -155,7 +155,10 @@ def collect(args: argparse.Namespace, step: Step) -> dict[str, Any]:
             row["error"] = {k: e.get(k) for k in ("code", "message", "stage", "attempts")}
         elif index in skipped:
             row["status"] = "skipped"
-            row["why"] = "missing " + ", ".join(skipped[index].get("missing") or [])
+            # An image's reason (a missing file, `image_url: HTTP 403` from the preflight), or
+            # the prompt fields the record lacks.
+            reason = skipped[index].get("reason")
+            row["why"] = reason or "missing " + ", ".join(skipped[index].get("missing") or [])
         elif cid is not None and cid in sent:
             row["status"] = "answered"
             row["response"] = response_of(record.get(response_key))

@@ -4,6 +4,11 @@ Reads INPUT (a JSON list of objects, or JSONL) and the step of CONFIG; writes on
 request line per selected record, with custom_id taken from the data key, and skipped.jsonl
 listing the records left out because a prompt field was missing. A rerun that produces the
 same bytes leaves both files untouched, so nothing downstream is rebuilt or resent.
+
+Images (request_images.py): a local image becomes a `br-image:` reference to its bytes (the
+chunks get the data URL), a file that cannot be sent is skipped with its reason, and with
+--preflight-cache each image URL is checked first (preflight.py); records whose image fails
+are in skipped.jsonl with a `reason`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import ENDPOINT, Step, compile_jq, load_config, response_key_of
 from digests import DigestSet
 from files import atomic_output, write_jsonl
+from images import ImageOptions, LocalImages
+from preflight import Preflight
 from records import dumps, iter_records
+from request_images import reason_kinds, with_images
 from tokens import estimate_tokens
 
 __all__ = ["RequestBuilder", "build_requests", "compile_jq", "custom_id_of", "key_function"]
@@ -351,31 +359,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--response-key", default="", help="RESPONSE_KEY (default: the step's response_key)"
     )
+    image_arguments(parser)
     args = parser.parse_args(argv)
 
     step = load_config(args.config).step(args.step)
     response_key_of(step, args.response_key)  # merge will need one: say so before paying
     skipped: list[dict[str, Any]] = []
+    reasons: list[str] = []
     n = 0
-    with atomic_output(args.output) as f:
-        for built in build_requests(iter_records(args.input), step, args.data_key):
+    local, checker = step_images(args, step, args.images or args.output.parent / "images")
+    with local, atomic_output(args.output) as f:
+        builts = build_requests(iter_records(args.input), step, args.data_key)
+        for built, reason in with_images(builts, local, checker):
             if built.request is None:
-                skipped.append(
-                    {"index": built.index, "custom_id": built.custom_id, "missing": built.missing}
-                )
+                row = {"index": built.index, "custom_id": built.custom_id, "missing": built.missing}
+                if reason:
+                    row["reason"] = reason
+                    reasons.append(reason)
+                skipped.append(row)
             else:
                 f.write(built.line)
                 n += 1
     write_jsonl(args.skipped, skipped)
+    if checker:
+        checker.save()
+        note(checker.summary())
+    missing = len(skipped) - len(reasons)
+    why = [f"{missing} for missing fields"] * bool(missing)
+    why += [f"{len(reasons)} for their image ({reason_kinds(reasons)})"] * bool(reasons)
     note(
         f"{args.output}: {n} requests for step '{step.name}'"
-        + (
-            f"; {len(skipped)} records skipped for missing fields (see {args.skipped})"
-            if skipped
-            else ""
-        )
+        + (f"; {len(skipped)} records skipped, {', '.join(why)} (see {args.skipped})" * bool(why))
     )
     return 0
+
+
+def image_arguments(parser: Any) -> None:
+    """Where local images are found and kept, and the preflight of image URLs."""
+    parser.add_argument(
+        "--image-root", type=Path, help="local image paths are relative to this (INPUT's folder)"
+    )
+    parser.add_argument("--images", type=Path, help="resized images and their index (images/)")
+    parser.add_argument(
+        "--preflight-cache", type=Path, help="check image URLs first, remembering passes here"
+    )
+    parser.add_argument("--preflight-timeout", type=float, default=10.0, help="seconds a URL")
+
+
+def step_images(
+    args: Any, step: Step, cache: Path | None, read_only: bool = False
+) -> tuple[LocalImages, Preflight | None]:
+    """The step's local-image resolver and, with --preflight-cache, its URL checker."""
+    field = "image_url" if step.kind == "question" else step.image_key
+    root = args.image_root if args.image_root is not None else Path(args.input).parent
+    local = LocalImages(root, ImageOptions.from_step(step), cache, field, read_only)
+    checker = None
+    if args.preflight_cache is not None:
+        # read_only (make plan): the cache's verdicts only; nothing is checked or saved.
+        checker = Preflight(args.preflight_cache, field, args.preflight_timeout, offline=read_only)
+    return local, checker
 
 
 if __name__ == "__main__":

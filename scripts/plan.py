@@ -22,12 +22,13 @@ from typing import Any
 
 from cli import ArgumentParser, UserError, run, step_arguments
 from config import Config, load_config, response_key_of
-from make_requests import build_requests
+from images import LocalImages, body_images, materialised_size
+from make_requests import build_requests, image_arguments, step_images
+from preflight import Preflight
 from records import iter_records, request_hash
+from request_images import reason_kinds, with_images
 from split_requests import API_MAX_REQUESTS, DEFAULT_MAX_BYTES, answered_hashes, chunks
 from tokens import estimate_tokens
-
-IMAGE_TOKENS = 85  # estimate_tokens' figure per image (a low-detail image)
 
 
 @dataclass
@@ -45,20 +46,12 @@ class Plan:
     requests: int = 0
     reused: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    image_reasons: list[str] = field(default_factory=list)  # records skipped for their image
+    unchecked_urls: int = 0  # image URLs the preflight has not checked yet
     skipped_records: int = 0
     not_selected: int = 0
     chunk_sizes: list[tuple[int, int]] = field(default_factory=list)  # (requests, bytes)
     models: dict[str, ModelTotals] = field(default_factory=dict)
-
-
-def image_count(body: dict[str, Any]) -> int:
-    return sum(
-        1
-        for message in body.get("messages") or []
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if part.get("type") == "image_url"
-    )
 
 
 def output_cap(body: dict[str, Any]) -> int | None:
@@ -76,6 +69,8 @@ def make_plan(
     max_bytes: int,
     answers: Path | None = None,
     response_key: str | None = None,
+    local: LocalImages | None = None,
+    checker: Preflight | None = None,
 ) -> Plan:
     """The plan; raises the same UserError make_requests.py would, for the same mistakes."""
     step = config.step(step_name)
@@ -89,10 +84,13 @@ def make_plan(
             yield record
 
     def lines() -> Iterator[str]:
-        for built in build_requests(counted(), step, data_key):
+        builts = build_requests(counted(), step, data_key)
+        for built, reason in with_images(builts, local, checker):
             if built.request is None:
                 plan.skipped_records += 1
                 plan.skipped.update(built.missing)
+                if reason:
+                    plan.image_reasons.append(reason)
                 continue
             request = built.request
             if done and bytes.fromhex(request_hash(request))[:16] in done:
@@ -101,11 +99,11 @@ def make_plan(
             plan.requests += 1
             body = request["body"]
             totals = plan.models.setdefault(str(body.get("model")), ModelTotals())
-            tokens, images = estimate_tokens(body), image_count(body)
+            tokens, (images, image_tokens) = estimate_tokens(body), body_images(body)
             totals.requests += 1
             totals.images += images
-            totals.image_tokens += IMAGE_TOKENS * images
-            totals.text_tokens += tokens - IMAGE_TOKENS * images
+            totals.image_tokens += image_tokens
+            totals.text_tokens += tokens - image_tokens
             cap = output_cap(body)
             if cap is None or totals.max_output_tokens is None:
                 totals.max_output_tokens = None
@@ -113,9 +111,11 @@ def make_plan(
                 totals.max_output_tokens += cap
             yield built.line
 
+    # Sizes as the chunks will have them: local images inline, as base64.
     for chunk in chunks(lines(), max_requests, max_bytes):
-        plan.chunk_sizes.append((len(chunk), sum(len(line.encode()) for line in chunk)))
+        plan.chunk_sizes.append((len(chunk), sum(materialised_size(line) for line in chunk)))
     plan.not_selected = plan.records - plan.requests - plan.reused - plan.skipped_records
+    plan.unchecked_urls = checker.counts["unchecked"] if checker else 0
     return plan
 
 
@@ -167,6 +167,9 @@ def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
         "reused_answers": plan.reused,
         "skipped": plan.skipped_records,
         "skipped_by_field": dict(sorted(plan.skipped.items())),
+        "skipped_for_image": len(plan.image_reasons),
+        "skipped_image_reasons": reason_kinds(plan.image_reasons) if plan.image_reasons else "",
+        "image_urls_not_checked": plan.unchecked_urls,
         "not_selected": plan.not_selected,
         "chunks": len(plan.chunk_sizes),
         "bytes": sum(b for _, b in plan.chunk_sizes),
@@ -199,12 +202,19 @@ def render(s: dict[str, Any], config: Config) -> str:
     out.append(row("records in the input", f"{s['records']:,}"))
     if s["not_selected"]:
         out.append(row("not selected by where:", f"{s['not_selected']:,}"))
+    by_field = s["skipped"] - s["skipped_for_image"]
     skipped = ", ".join(f"{n} missing {f}" for f, n in s["skipped_by_field"].items())
     out.append(
-        row(
-            "skipped (missing fields)", f"{s['skipped']:,}" + (f" ({skipped})" * bool(s["skipped"]))
-        )
+        row("skipped (missing fields)", f"{by_field:,}" + (f" ({skipped})" * bool(by_field)))
     )
+    if s["skipped_for_image"]:
+        reasons = s["skipped_image_reasons"]
+        out.append(row("skipped (their image)", f"{s['skipped_for_image']:,} ({reasons})"))
+    if s["image_urls_not_checked"]:
+        out.append(
+            row("image URLs not checked yet", f"{s['image_urls_not_checked']:,}")
+            + " (make caption checks them first; make preflight STEP=... now)"
+        )
     if s["reused_answers"]:
         out.append(row("already answered (reused)", f"{s['reused_answers']:,}"))
     out.append(row("requests to send", f"{s['requests']:,}"))
@@ -225,7 +235,7 @@ def render(s: dict[str, Any], config: Config) -> str:
             row(
                 "estimated input tokens",
                 f"{m['input_tokens']:,} (text {m['text_tokens']:,}, images {m['image_tokens']:,}"
-                f" for {m['images']:,} image(s) at {IMAGE_TOKENS} each)",
+                f" for {m['images']:,} image(s))",
             )
         )
         if m["max_output_tokens"] is not None:
@@ -252,8 +262,8 @@ def render(s: dict[str, Any], config: Config) -> str:
     images = any(m["images"] for m in s["models"].values())
     if images:
         out.append(
-            f"note: images are counted at {IMAGE_TOKENS} tokens (detail: low); high or auto detail "
-            "can cost several hundred more each."
+            "note: images are counted by OpenAI's rule for their detail: 85 tokens at low; at "
+            "high or auto 85 + 170 per 512 px tile (a remote URL as a 3:2 photo: 1105)."
         )
     out.append(
         "note: token counts are estimates (a token per 4 characters); prices come from "
@@ -274,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "--answers", type=Path, default=None, help="answers/ of earlier runs: leave those out"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    image_arguments(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.max_requests <= API_MAX_REQUESTS:
         raise UserError(f"MAX_REQUESTS must be 1 to {API_MAX_REQUESTS}, not {args.max_requests}")
@@ -281,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
 
     config = load_config(args.config)
+    # The image index and cache are read, never written; the preflight checks URLs (image
+    # hosts, not the API) but saves nothing.
+    local, checker = step_images(args, config.step(args.step), args.images, read_only=True)
     plan = make_plan(
         args.input,
         config,
@@ -290,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         args.max_bytes,
         args.answers,
         args.response_key,
+        local,
+        checker,
     )
+    local.close()
     s = summary(plan, config, args.step)
     print(json.dumps(s, indent=2) if args.json else render(s, config))
     return 0

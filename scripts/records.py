@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cli import UserError
+from images import canonical_body
 
 
 def dumps(obj: Any) -> str:
@@ -173,8 +174,14 @@ class RecordWriter:
 
 
 def request_hash(request: dict[str, Any]) -> str:
-    """Identity of a request for reuse: its url and body, not its custom_id."""
+    """Identity of a request for reuse: its url and body, not its custom_id.
+
+    An inline or local image counts by the sha256 of its bytes (images.canonical_body), so the
+    reference in requests.jsonl and the data URL in its chunk hash alike.
+    """
     canonical = json.dumps(
-        [request.get("url"), request.get("body")], sort_keys=True, separators=(",", ":")
+        [request.get("url"), canonical_body(request.get("body"))],
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from images import part_tokens
+
 
 def estimate_tokens(body: dict[str, Any]) -> int:
-    """Estimated prompt tokens: 4 per message, a token per 4 characters of text, 85 an image.
+    """Estimated prompt tokens: 4 per message, a token per 4 characters of text, and each image
+    by OpenAI's rule for its detail (images.part_tokens: 85 at low; tiles at high and auto).
 
     The same rule the emulator applies; real tokenizers differ, so a budget should keep a margin.
     """
-    chars, images, messages = 0, 0, body.get("messages") or []
+    chars, image_tokens, messages = 0, 0, body.get("messages") or []
     for message in messages:
         content = message.get("content")
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
@@ -19,8 +22,8 @@ def estimate_tokens(body: dict[str, Any]) -> int:
             if part.get("type") == "text":
                 chars += len(part.get("text") or "")
             elif part.get("type") == "image_url":
-                images += 1
-    return math.ceil(chars / 4) + 4 * len(messages) + 85 * images
+                image_tokens += part_tokens(part)
+    return math.ceil(chars / 4) + 4 * len(messages) + image_tokens
 
 
 # Context windows (tokens) of known models, for the plan's and make_requests' warning. A model
