@@ -10,6 +10,7 @@ from typing import Any
 import jq
 import yaml
 from cli import UserError
+from endpoints import CHAT, EMBEDDING_KEYS, EMBEDDINGS, endpoint_of
 from records import decode_utf8
 from tokens import context_window
 
@@ -23,6 +24,7 @@ TOP_LEVEL_KEYS = {
     "pipeline",
     "max_requests",
     "context_windows",
+    "max_cost",
 }
 IMAGE_DETAILS = ("auto", "low", "high")
 # Keys a step may hold besides chat-completions body parameters.
@@ -44,6 +46,9 @@ STEP_KEYS = {
     "dialog_history": str,
     "context": str,
     "image_url": str,
+    "endpoint": str,
+    "dimensions": int,
+    "encoding_format": str,
 }
 # Chat-completions parameters a step may set directly (anything else goes under `body:`).
 BODY_KEYS = {
@@ -62,7 +67,7 @@ BODY_KEYS = {
     "top_logprobs",
     "service_tier",
 }
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT = CHAT  # the default endpoint (endpoints.py has the others)
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Step:
     templates: dict[str, str] = field(default_factory=dict)  # question: dialog_history, ...
     body: dict[str, Any] = field(default_factory=dict)
     context_window: int | None = None  # the model's, in tokens (tokens.py, or the config's)
+    endpoint: str = CHAT  # /v1/chat/completions, /v1/responses or /v1/embeddings
 
     @property
     def schema(self) -> dict[str, Any] | None:
@@ -119,6 +125,22 @@ class Config:
     def context_windows(self) -> dict[str, int]:
         """The config's `context_windows: {model: tokens}` (checked by load_config)."""
         return dict(self.data.get("context_windows") or {})
+
+    def max_cost(self, override: str | None = None) -> float | None:
+        """The spending cap in USD: MAX_COST if given, else the config's max_cost:, else None."""
+        value: Any = override if override not in (None, "") else self.data.get("max_cost")
+        if value is None or value == "":
+            return None
+        what = "MAX_COST" if override not in (None, "") else f"{self.path}: max_cost"
+        try:
+            cap = float(value)
+        except (TypeError, ValueError):
+            cap = -1.0
+        if isinstance(value, bool) or not cap >= 0 or cap == float("inf"):
+            raise UserError(
+                f"{what} must be a number of US dollars, like 25 or 2.50; not {value!r}"
+            )
+        return cap
 
     def token_budget(self, model: str) -> int | None:
         budget = self.data.get("token_budget")
@@ -207,6 +229,9 @@ def parse_step(
         missing = [k for k in ("dialog_history", "context", "image_url") if k not in raw]
         if missing:
             raise UserError(f"{where} (a question step) needs templates: {', '.join(missing)}")
+    endpoint = endpoint_of(where, raw)
+    if endpoint != CHAT and kind == "question":
+        raise UserError(f"{where}: a question step sends chat completions only; remove endpoint:")
     model = raw.get("model", default_model)
     if not isinstance(model, str) or not model:
         raise UserError(f"{path}: no model; add model: gpt-4o-mini at the top or in step '{name}'")
@@ -225,7 +250,7 @@ def parse_step(
             compile_jq(raw[key], f"{where}: {key}:")
     response_format = normalise_response_format(name, raw.get("response_format"))
     check_response_format(where, response_format)
-    body = {k: raw[k] for k in BODY_KEYS if k in raw}
+    body = {k: raw[k] for k in BODY_KEYS | EMBEDDING_KEYS if k in raw}
     body.update(raw.get("body") or {})
     if body.get("stream"):
         raise UserError(f"{where}: the Batch API does not support stream: true; remove it")
@@ -234,7 +259,7 @@ def parse_step(
         model=model,
         system=raw.get("system"),
         user=raw.get("user"),
-        is_multimodal=raw.get("is_multimodal", True),
+        is_multimodal=raw.get("is_multimodal", endpoint != EMBEDDINGS),
         image_key=raw.get("image_key", "image_url"),
         image_detail=raw.get("image_detail"),
         image_max_side=raw.get("image_max_side"),
@@ -247,6 +272,7 @@ def parse_step(
         templates={k: raw[k] for k in ("dialog_history", "context", "image_url") if k in raw},
         body=body,
         context_window=context_window(model, context_windows),
+        endpoint=endpoint,
     )
 
 

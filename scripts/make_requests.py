@@ -1,4 +1,4 @@
-"""Build requests.jsonl: one /v1/chat/completions request per record of the dataset.
+"""Build requests.jsonl: one request per record of the dataset, to the step's endpoint.
 
 Reads INPUT (a JSON list of objects, or JSONL) and the step of CONFIG; writes one Batch API
 request line per selected record, with custom_id taken from the data key, and skipped.jsonl
@@ -13,6 +13,7 @@ are in skipped.jsonl with a `reason`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from cli import ArgumentParser, UserError, note, run, step_arguments
-from config import ENDPOINT, Step, compile_jq, load_config, response_key_of
+from config import Step, compile_jq, load_config, response_key_of
 from digests import DigestSet
+from endpoints import EMBEDDINGS, RESPONSES, chat_body, embeddings_body, responses_body
 from files import atomic_output, write_jsonl
 from images import ImageOptions, LocalImages
 from preflight import Preflight
@@ -33,7 +35,14 @@ from records import dumps, iter_records
 from request_images import reason_kinds, with_images
 from tokens import estimate_tokens
 
-__all__ = ["RequestBuilder", "build_requests", "compile_jq", "custom_id_of", "key_function"]
+__all__ = [
+    "RequestBuilder",
+    "build_requests",
+    "step_requests",
+    "compile_jq",
+    "custom_id_of",
+    "key_function",
+]
 
 MAX_CONSECUTIVE_MISSING = 5  # the original tool's rule: five in a row means the prompt is wrong
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
@@ -206,24 +215,36 @@ class RequestBuilder:
         return Built(index, custom_id, self.request(custom_id or "", texts, image), [])
 
     def request(self, custom_id: str, texts: list[str], image: str | None) -> dict[str, Any]:
+        """The request line; a responses step's body is a chat draft until `shaped` (below), so
+        that request_images resolves its image in `messages` first."""
         step = self.step
-        messages: list[dict[str, Any]] = []
-        if step.system:
-            messages.append({"role": "system", "content": step.system})
-        if image is None and len(texts) == 1:
-            content: Any = texts[0]
+        if step.endpoint == EMBEDDINGS:
+            body = embeddings_body(step, texts[0])
         else:
-            content = [{"type": "text", "text": t} for t in texts if t]
-            if image:
-                part: dict[str, Any] = {"url": image}
-                if step.image_detail:
-                    part["detail"] = step.image_detail
-                content.append({"type": "image_url", "image_url": part})
-        messages.append({"role": "user", "content": content})
-        body: dict[str, Any] = {"model": step.model, "messages": messages, **step.body}
-        if step.response_format:
-            body["response_format"] = step.response_format
-        return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+            body = chat_body(step, texts, image)
+        return {"custom_id": custom_id, "method": "POST", "url": step.endpoint, "body": body}
+
+
+def shaped(built: Built) -> Built:
+    """A built request in its endpoint's shape (responses: instructions and input)."""
+    request = built.request
+    if request is None or request["url"] != RESPONSES:
+        return built
+    request = {**request, "body": responses_body(request["body"])}
+    return dataclasses.replace(built, request=request)
+
+
+def step_requests(
+    records: Iterator[dict[str, Any]],
+    step: Step,
+    data_key: str,
+    local: LocalImages | None,
+    checker: Preflight | None,
+) -> Iterator[tuple[Built, str | None]]:
+    """Every record built (build_requests), its images resolved (with_images), in the shape
+    of the step's endpoint: what make_requests.py writes and plan.py counts."""
+    for built, reason in with_images(build_requests(records, step, data_key), local, checker):
+        yield shaped(built), reason
 
 
 class Oversized:
@@ -246,7 +267,7 @@ class Oversized:
         if window is None:
             return
         assert built.request is not None
-        tokens = estimate_tokens(built.request["body"])
+        tokens = estimate_tokens(built.request["body"], built.request["url"])
         if tokens > window:
             self.count += 1
             self.largest = max(self.largest, (tokens, built.custom_id or ""))
@@ -369,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     n = 0
     local, checker = step_images(args, step, args.images or args.output.parent / "images")
     with local, atomic_output(args.output) as f:
-        builts = build_requests(iter_records(args.input), step, args.data_key)
-        for built, reason in with_images(builts, local, checker):
+        records = iter_records(args.input)
+        for built, reason in step_requests(records, step, args.data_key, local, checker):
             if built.request is None:
                 row = {"index": built.index, "custom_id": built.custom_id, "missing": built.missing}
                 if reason:

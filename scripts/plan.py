@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, run, step_arguments
+from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Config, load_config, response_key_of
-from images import LocalImages, body_images, materialised_size
-from make_requests import build_requests, image_arguments, step_images
+from endpoints import CHAT, EMBEDDINGS
+from images import LocalImages, materialised_size
+from make_requests import image_arguments, step_images, step_requests
 from preflight import Preflight
-from records import iter_records, request_hash
-from request_images import reason_kinds, with_images
+from records import iter_jsonl, iter_records, request_hash
+from request_images import reason_kinds
 from split_requests import API_MAX_REQUESTS, DEFAULT_MAX_BYTES, answered_hashes, chunks
-from tokens import estimate_tokens
+from tokens import estimate_tokens, image_count
 
 
 @dataclass
@@ -51,12 +52,16 @@ class Plan:
     skipped_records: int = 0
     not_selected: int = 0
     chunk_sizes: list[tuple[int, int]] = field(default_factory=list)  # (requests, bytes)
+    endpoints: Counter[str] = field(default_factory=Counter)  # requests to send, by endpoint
     models: dict[str, ModelTotals] = field(default_factory=dict)
 
 
-def output_cap(body: dict[str, Any]) -> int | None:
-    """The most output tokens a request may produce, if the body caps it."""
+def output_cap(body: dict[str, Any], url: str | None = None) -> int | None:
+    """The most output tokens a request may produce, if the body caps it (an embedding: 0)."""
+    if url == EMBEDDINGS:
+        return 0
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    cap = cap or body.get("max_output_tokens")  # /v1/responses
     return int(cap) * int(body.get("n") or 1) if cap else None
 
 
@@ -84,8 +89,7 @@ def make_plan(
             yield record
 
     def lines() -> Iterator[str]:
-        builts = build_requests(counted(), step, data_key)
-        for built, reason in with_images(builts, local, checker):
+        for built, reason in step_requests(counted(), step, data_key, local, checker):
             if built.request is None:
                 plan.skipped_records += 1
                 plan.skipped.update(built.missing)
@@ -96,19 +100,7 @@ def make_plan(
             if done and bytes.fromhex(request_hash(request))[:16] in done:
                 plan.reused += 1
                 continue
-            plan.requests += 1
-            body = request["body"]
-            totals = plan.models.setdefault(str(body.get("model")), ModelTotals())
-            tokens, (images, image_tokens) = estimate_tokens(body), body_images(body)
-            totals.requests += 1
-            totals.images += images
-            totals.image_tokens += image_tokens
-            totals.text_tokens += tokens - image_tokens
-            cap = output_cap(body)
-            if cap is None or totals.max_output_tokens is None:
-                totals.max_output_tokens = None
-            else:
-                totals.max_output_tokens += cap
+            count(plan, request)
             yield built.line
 
     # Sizes as the chunks will have them: local images inline, as base64.
@@ -117,6 +109,71 @@ def make_plan(
     plan.not_selected = plan.records - plan.requests - plan.reused - plan.skipped_records
     plan.unchecked_urls = checker.counts["unchecked"] if checker else 0
     return plan
+
+
+def count(plan: Plan, request: dict[str, Any]) -> None:
+    """Add one request to be sent to the plan's totals for its model."""
+    plan.requests += 1
+    body, url = request.get("body") or {}, request.get("url") or CHAT
+    plan.endpoints[url] += 1
+    totals = plan.models.setdefault(str(body.get("model")), ModelTotals())
+    tokens, (images, image_tokens) = estimate_tokens(body, url), image_count(body)
+    totals.requests += 1
+    totals.images += images
+    totals.image_tokens += image_tokens
+    totals.text_tokens += tokens - image_tokens
+    cap = output_cap(body, url)
+    if cap is None or totals.max_output_tokens is None:
+        totals.max_output_tokens = None
+    else:
+        totals.max_output_tokens += cap
+
+
+def sent_plan(requests: Path, answers: Path | None) -> Plan:
+    """The cheap plan of a built requests.jsonl: only what is left to send, counted (no split,
+    no record read, nothing resolved), for the cost check before the first upload."""
+    done = answered_hashes(answers) if answers else set()
+    plan = Plan()
+    for request in iter_jsonl(requests):
+        if done and bytes.fromhex(request_hash(request))[:16] in done:
+            plan.reused += 1
+        else:
+            count(plan, request)
+    return plan
+
+
+def estimate_usd(s: dict[str, Any]) -> tuple[float, list[str]]:
+    """The plan's cost estimate (input, plus output where a cap bounds it) and what it leaves
+    out: models without a price, output no max_tokens bounds."""
+    total, unknown = 0.0, []
+    for model, m in s["models"].items():
+        if m["input_cost"] is None:
+            unknown.append(f"no price for {model}")
+            continue
+        total += m["input_cost"]
+        if m["max_output_cost"] is None:
+            unknown.append(f"output of {model} unbounded (no max_tokens)")
+        else:
+            total += m["max_output_cost"]
+    return total, unknown
+
+
+def check_cost(s: dict[str, Any], cap: float) -> str:
+    """One line under the cap; UserError (one line, nothing sent) over it, or unpriced."""
+    total, unknown = estimate_usd(s)
+    missing = [u for u in unknown if u.startswith("no price")]
+    if missing:
+        raise UserError(
+            f"MAX_COST is {usd(cap)} but the cost cannot be estimated ({', '.join(missing)}): "
+            "add the model to the config's prices:, or unset MAX_COST"
+        )
+    left = f" (not counted: {'; '.join(unknown)})" if unknown else ""
+    if total > cap:
+        raise UserError(
+            f"estimated cost {usd(total)} is over MAX_COST {usd(cap)}{left}; nothing was sent: "
+            "raise MAX_COST (or max_cost:), or send fewer requests"
+        )
+    return f"estimated cost {usd(total)}, within MAX_COST {usd(cap)}{left}"
 
 
 def price_of(config: Config, model: str) -> dict[str, float] | None:
@@ -177,6 +234,7 @@ def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
             "requests": max((n for n, _ in plan.chunk_sizes), default=0),
             "bytes": max((b for _, b in plan.chunk_sizes), default=0),
         },
+        "endpoints": dict(sorted(plan.endpoints.items())),
         "models": models,
     }
 
@@ -218,6 +276,8 @@ def render(s: dict[str, Any], config: Config) -> str:
     if s["reused_answers"]:
         out.append(row("already answered (reused)", f"{s['reused_answers']:,}"))
     out.append(row("requests to send", f"{s['requests']:,}"))
+    for url, n in s["endpoints"].items():
+        out.append(row(f"  to {url}", f"{n:,}"))
     big = s["largest_chunk"]
     out.append(
         row("chunks (batches)", f"{s['chunks']:,}")
@@ -238,7 +298,7 @@ def render(s: dict[str, Any], config: Config) -> str:
                 f" for {m['images']:,} image(s))",
             )
         )
-        if m["max_output_tokens"] is not None:
+        if m["max_output_tokens"]:
             out.append(row("output tokens, at most", f"{m['max_output_tokens']:,} (max_tokens)"))
         price = m["price"]
         if price is None:
@@ -284,6 +344,17 @@ def main(argv: list[str] | None = None) -> int:
         "--answers", type=Path, default=None, help="answers/ of earlier runs: leave those out"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--max-cost",
+        default="",
+        help="USD (MAX_COST; empty: the config's max_cost:): exit non-zero, with one line, when "
+        "the estimate is above it",
+    )
+    parser.add_argument(
+        "--requests",
+        type=Path,
+        help="the cost check only, from this built requests.jsonl (less --answers): one line",
+    )
     image_arguments(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.max_requests <= API_MAX_REQUESTS:
@@ -292,6 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
 
     config = load_config(args.config)
+    cap = config.max_cost(args.max_cost)
+    if args.requests is not None:
+        # The check before the first upload (make caption): cheap, no API, nothing printed to
+        # stdout; without a cap there is nothing to check.
+        if cap is not None:
+            if not args.requests.exists():
+                raise UserError(f"{args.requests} does not exist; run make caption to build it")
+            config.step(args.step)
+            note(check_cost(summary(sent_plan(args.requests, args.answers), config, ""), cap))
+        return 0
     # The image index and cache are read, never written; the preflight checks URLs (image
     # hosts, not the API) but saves nothing.
     local, checker = step_images(args, config.step(args.step), args.images, read_only=True)
@@ -310,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     local.close()
     s = summary(plan, config, args.step)
     print(json.dumps(s, indent=2) if args.json else render(s, config))
+    if cap is not None:
+        note(check_cost(s, cap))
     return 0
 
 

@@ -5,16 +5,36 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from images import part_tokens
+from images import body_images, part_tokens
 
 
-def estimate_tokens(body: dict[str, Any]) -> int:
+def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
     """Estimated prompt tokens: 4 per message, a token per 4 characters of text, and each image
     by OpenAI's rule for its detail (images.part_tokens: 85 at low; tiles at high and auto).
 
-    The same rule the emulator applies; real tokenizers differ, so a budget should keep a margin.
+    By the body's shape (`url` settles a bare string input): chat `messages`; a Responses body's
+    `instructions` and `input` (4 per input message); an embedding's inputs (a token per 4
+    characters of each, a token per token of a token array). The same rules the emulator
+    applies; real tokenizers differ, so a budget should keep a margin.
     """
-    chars, image_tokens, messages = 0, 0, body.get("messages") or []
+    if "messages" in body:
+        return chat_tokens(body.get("messages") or [])
+    if is_embedding(body, url):
+        return embedding_tokens(body.get("input"))
+    return response_tokens(body)
+
+
+def is_embedding(body: dict[str, Any], url: str | None) -> bool:
+    if url is not None:
+        return url == "/v1/embeddings"
+    given = body.get("input")
+    if isinstance(given, list) and given and all(isinstance(x, dict) for x in given):
+        return False
+    return "embedding" in str(body.get("model")) or "dimensions" in body
+
+
+def chat_tokens(messages: list[dict[str, Any]]) -> int:
+    chars, image_tokens = 0, 0
     for message in messages:
         content = message.get("content")
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
@@ -24,6 +44,53 @@ def estimate_tokens(body: dict[str, Any]) -> int:
             elif part.get("type") == "image_url":
                 image_tokens += part_tokens(part)
     return math.ceil(chars / 4) + 4 * len(messages) + image_tokens
+
+
+def response_tokens(body: dict[str, Any]) -> int:
+    """A /v1/responses body: instructions and input texts, 4 per input message, images."""
+    instructions = body.get("instructions")
+    chars = len(instructions) if isinstance(instructions, str) else 0
+    given = body.get("input")
+    if isinstance(given, str):
+        return math.ceil((chars + len(given)) / 4) + 4
+    items = [item for item in given if isinstance(item, dict)] if isinstance(given, list) else []
+    image_tokens = 0
+    for item in items:
+        content = item.get("content")
+        for part in [{"text": content}] if isinstance(content, str) else content or []:
+            if part.get("type") == "input_image":
+                image = {"url": part.get("image_url"), "detail": part.get("detail")}
+                image_tokens += part_tokens({"type": "image_url", "image_url": image})
+            elif isinstance(part.get("text"), str):
+                chars += len(part["text"])
+    return math.ceil(chars / 4) + 4 * len(items) + image_tokens
+
+
+def embedding_tokens(given: Any) -> int:
+    """An embedding request's input: a string, strings, a token array or token arrays."""
+    items = given if isinstance(given, list) else [given]
+    if items and all(isinstance(x, int) for x in items):
+        return len(items)
+    return sum(
+        math.ceil(len(x) / 4) if isinstance(x, str) else len(x) if isinstance(x, list) else 0
+        for x in items
+    )
+
+
+def image_count(body: dict[str, Any]) -> tuple[int, int]:
+    """(image parts, their estimated tokens) of a chat or Responses body."""
+    if "messages" in body:
+        return body_images(body)
+    count = tokens = 0
+    given = body.get("input")
+    for item in given if isinstance(given, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "input_image":
+                count += 1
+                image = {"url": part.get("image_url"), "detail": part.get("detail")}
+                tokens += part_tokens({"type": "image_url", "image_url": image})
+    return count, tokens
 
 
 # Context windows (tokens) of known models, for the plan's and make_requests' warning. A model
