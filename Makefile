@@ -36,6 +36,10 @@ MAX_REQUESTS ?= 1000
 MAX_BYTES ?= 180000000
 ## RETRIES       follow-up batches for retryable failures (429, 5xx, expired)
 RETRIES ?= 3
+## PREFLIGHT     1: check image URLs first, skipping records whose image fails; 0: off
+PREFLIGHT ?= 1
+## IMAGE_ROOT    the folder local image paths are relative to (default: INPUT's folder)
+IMAGE_ROOT ?=
 ## TOKEN_BUDGET  estimated input tokens allowed in flight per model (default: config token_budget)
 TOKEN_BUDGET ?=
 ## STRICT        1: exit non-zero when any request finally failed
@@ -90,6 +94,10 @@ MERGED := $(B)/merged.$(FMT)
 export BR_INPUT := $(value INPUT)
 export BR_CONFIG := $(value CONFIG)
 export BR_OUTPUT := $(value OUTPUT)
+export BR_IMAGE_ROOT := $(value IMAGE_ROOT)
+# make_requests and plan: where local images are (and resized ones kept), and the preflight.
+IMAGE_ARGS = $(if $(IMAGE_ROOT),--image-root "$$BR_IMAGE_ROOT") --images $(call q,$(B)/images) \
+  $(if $(filter 0,$(PREFLIGHT)),,--preflight-cache $(call q,$(B)/preflight.json))
 # Phony, or the bare .SECONDARY: would let make skip it, and the stamps would never update.
 .PHONY: FORCE
 FORCE:
@@ -109,16 +117,22 @@ $(VENV_OK): pyproject.toml
 # variables), rewritten only when it changes.
 $(B)/requests.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) --hash INPUT="$$BR_INPUT" \
-	  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY))
+	  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) \
+	  IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
+# Changes when a local image the requests use changes (or while image URLs fail the preflight,
+# so they are checked again): requests.jsonl follows the images' bytes, not just the input's.
+$(B)/images.stamp: FORCE | $(VENV_OK)
+	@$(PY) scripts/images.py stamp --cache $(call q,$(B)/images) \
+	  --preflight $(call q,$(B)/preflight.json) -o $(call q,$@)
 $(B)/split.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
 	  $(call q,MAX_BYTES=$(MAX_BYTES))
 $(B)/merge.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
 
-$(B)/requests.jsonl: $(B)/requests.params scripts/make_requests.py scripts/config.py scripts/records.py | $(VENV_OK)
+$(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py scripts/config.py scripts/records.py scripts/images.py scripts/request_images.py | $(VENV_OK)
 	$(PY) scripts/make_requests.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
-	  --step $(call q,$(STEP)) --data-key $(call q,$(DATA_KEY)) -o $(call q,$@) \
+	  --step $(call q,$(STEP)) --data-key $(call q,$(DATA_KEY)) $(IMAGE_ARGS) -o $(call q,$@) \
 	  --skipped $(call q,$(B)/skipped.jsonl)
 
 # The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
@@ -136,7 +150,12 @@ $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py 
 RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --retries $(call q,$(RETRIES)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET))) $(if $(filter 1,$(RESEND)),--resend)
+# MAX_COST (or the config's max_cost:): the plan's estimate of what is still to send is checked
+# first, so a run over the cap stops before its first upload.
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
+	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
+	  --requests $(call q,$(B)/requests.jsonl) --answers $(call q,$(B)/answers) \
+	  --max-cost $(call q,$(MAX_COST))
 	$(RUN_BATCHES) -o $(call q,$@)
 
 # One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl. The
@@ -178,12 +197,12 @@ caption: $(MERGED)
 pipeline: | $(VENV_OK)
 	@steps=$(call q,$(STEPS)); \
 	  [ -n "$$steps" ] || steps=$$($(PY) scripts/pipeline_steps.py "$$BR_CONFIG"); \
-	  input="$$BR_INPUT"; k=0; \
+	  input="$$BR_INPUT"; k=0; root="$${BR_IMAGE_ROOT:-$$(dirname "$$BR_INPUT")}"; \
 	  for step in $$steps; do \
 	    k=$$((k + 1)); dir=$(call q,$(BUILD)/$(NAME))/pipeline/$$(printf %02d $$k)-$$step; \
 	    echo "== step $$k: $$step ($$dir)"; \
 	    $(MAKE) --no-print-directory caption STEP="$$step" INPUT="$$input" B="$$dir" \
-	      NAME=$(call q,$(NAME)) FMT=$(call q,$(FMT)) OUTPUT=; \
+	      NAME=$(call q,$(NAME)) FMT=$(call q,$(FMT)) OUTPUT= IMAGE_ROOT="$$root"; \
 	    input="$$dir/merged.$(FMT)"; \
 	  done; \
 	  echo "pipeline done: $$input"; \
@@ -194,7 +213,14 @@ pipeline: | $(VENV_OK)
 plan: | $(VENV_OK)
 	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  --data-key $(call q,$(DATA_KEY)) --max-requests $(call q,$(MAX_REQUESTS)) \
-	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers)
+	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers) $(IMAGE_ARGS)
+
+.PHONY: preflight
+## preflight     check STEP's image URLs now, as make caption does first (failures: preflight.jsonl)
+preflight: | $(VENV_OK)
+	$(PY) scripts/preflight.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
+	  --step $(call q,$(STEP)) --data-key $(call q,$(DATA_KEY)) \
+	  --cache $(call q,$(B)/preflight.json) -o $(call q,$(B)/preflight.jsonl)
 
 .PHONY: report
 ## report        per chunk and in total: successes, failures, tokens, cost, time (submits nothing)
@@ -242,7 +268,7 @@ DEMO_NAME = $(word 1,$(shell python3 scripts/build_name.py data/example.json))
 demo: | $(VENV_OK)
 	$(PY) scripts/with_emulator.py --state-dir $(call q,$(BUILD)/demo/emulator) -- \
 	  $(MAKE) --no-print-directory pipeline BUILD=$(call q,$(BUILD)/demo) \
-	  INPUT=data/example.json CONFIG=configs/example.yaml
+	  INPUT=data/example.json CONFIG=configs/example.yaml PREFLIGHT=0
 	$(PY) scripts/show.py $(call q,$(BUILD)/demo/$(DEMO_NAME)/pipeline/02-caption/merged.json)
 
 .PHONY: test

@@ -104,7 +104,7 @@ def make_plan(
             yield built.line
 
     # Sizes as the chunks will have them: local images inline, as base64.
-    for chunk in chunks(lines(), max_requests, max_bytes):
+    for chunk in chunks(lines(), max_requests, max_bytes, materialised_size):
         plan.chunk_sizes.append((len(chunk), sum(materialised_size(line) for line in chunk)))
     plan.not_selected = plan.records - plan.requests - plan.reused - plan.skipped_records
     plan.unchecked_urls = checker.counts["unchecked"] if checker else 0

@@ -24,6 +24,7 @@ requests no earlier batch holds. No paid batch is abandoned.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -65,6 +66,7 @@ class Job:
     drain_below: int | None = None  # failed on the token limit: wait till fewer are in flight
     lonely: int = 0  # token-limit failures with nothing of ours in flight
     orphan: bool = False  # --collect: only its rows matter
+    reserved: bool = False  # its tokens are reserved in the machine's budget
     error: str | None = None
     done: bool = False
 
@@ -172,6 +174,7 @@ class Engine:
                     continue
                 batch_id = self.submitter.batch_id(job.info, job.attempt, job.id_file(self.out))
                 room.reserve(batch_id, job.info.tokens)
+            job.reserved = True
             self.fly(job, batch_id)
 
     def drained(self, job: Job) -> bool:
@@ -251,7 +254,10 @@ class Engine:
                 f"{job.path.name}: two batches for one chunk ({keep.id}, {newer}); "
                 f"cancelling the newer, {newer}"
             )
-            self.client.batches.cancel(newer)
+            import openai
+
+            with contextlib.suppress(openai.BadRequestError, openai.ConflictError):
+                self.client.batches.cancel(newer)  # it may have ended meanwhile
             if keep.id != job.batch_id:
                 assert job.info is not None
                 self.submitter.adopted(job.info, job.attempt, keep.id, "duplicate kept")
@@ -261,6 +267,10 @@ class Engine:
         job.batch = batch
         now = time.time()
         if batch.status not in TERMINAL:
+            if not job.reserved and job.info and self.budget(job.info.model):
+                # Adopted in flight (a resumed run): its tokens count against the budget too.
+                Budget(str(self.client.base_url), job.info.model).reserve(batch.id, job.info.tokens)
+                job.reserved = True
             if now > deadline(batch):
                 job.error = (
                     f"batch {batch.id} ({job.path.name}) is still {batch.status} past its 24-hour "
@@ -275,6 +285,7 @@ class Engine:
             self.ledger.record("ended", batch_id=batch.id, status=batch.status)
         if job.info is not None:
             Budget(str(self.client.base_url), job.info.model).release(batch.id)
+            job.reserved = False
         if batch.status == "failed":
             self.failed(job, batch)
         elif batch.status == "cancelled" and not self.acknowledged(job, batch):
@@ -536,7 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         for job in engine.jobs:
             if not job.done:
                 engine.start(job)
-    engine.run()
+    try:
+        engine.run()
+    finally:
+        for tmp in args.dir.glob(".collect-*.jsonl"):
+            tmp.unlink()  # earlier batches' input files, downloaded to collect them
     for error in engine.errors:
         note(f"error: {error}")
     if engine.errors:

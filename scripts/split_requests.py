@@ -16,13 +16,14 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
 from cli import UserError, note, run
 from digests import DigestSet
 from files import commit, move_aside, same_bytes, write_text
+from images import materialise
 from records import iter_jsonl, request_hash
 
 API_MAX_REQUESTS = 50_000
@@ -53,7 +54,9 @@ def pending_lines(requests: Path, done: DigestSet, total: list[int]) -> Iterator
                 total[0] += 1
                 if not answered:
                     total[1] += 1
-                    yield line if line.endswith("\n") else line + "\n"
+                    # A local image's reference becomes its data URL: inline bytes live only
+                    # in the chunks that send them (images.py).
+                    yield materialise(line if line.endswith("\n") else line + "\n")
 
 
 def embedding_inputs(line: str) -> int:
@@ -64,13 +67,22 @@ def embedding_inputs(line: str) -> int:
     return len(value) if isinstance(value, list) else 1
 
 
-def chunks(lines: Iterator[str], max_requests: int, max_bytes: int) -> Iterator[list[str]]:
+def utf8_size(line: str) -> int:
+    return len(line.encode())
+
+
+def chunks(
+    lines: Iterator[str],
+    max_requests: int,
+    max_bytes: int,
+    size_of: Callable[[str], int] = utf8_size,
+) -> Iterator[list[str]]:
     """Requests in batches the API accepts: at most max_requests and max_bytes each, and at most
     50,000 embedding inputs (docs/api-facts.md)."""
     chunk: list[str] = []
     size = inputs = 0
     for line in lines:
-        n = len(line.encode())
+        n = size_of(line)  # plan.py: with its images inline
         k = embedding_inputs(line)
         if n > max_bytes:
             raise UserError(

@@ -84,6 +84,9 @@ class Emulator:
         env.update(OPENAI_BASE_URL=self.url, OPENAI_API_KEY=TEST_KEY, BR_POLL_MIN="0.1")
         # The machine-wide index and budget (scripts/machine.py), per test.
         env.update(BR_STATE_DIR=str(self.state_dir.parent / "br-state"))
+        # The emulator fetches no image URL and the tests' hosts (img.test) do not exist: the
+        # preflight is off unless a test turns it on (PREFLIGHT="1").
+        env.update(PREFLIGHT="0")
         env.update(extra)
         return env
 
@@ -102,6 +105,7 @@ def make(
     """Run the real `make` in the project root, with variables such as BUILD=tmp/build."""
     args = ["make", "--no-print-directory", *targets]
     args += [f"{k}={v}" for k, v in variables.items()]
+    env = {"PREFLIGHT": "0", **env}  # no image host exists in a test unless it starts one
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(
