@@ -225,7 +225,8 @@ preflight: | $(VENV_OK)
 .PHONY: report
 ## report        per chunk and in total: successes, failures, tokens, cost, time (submits nothing)
 report: | $(VENV_OK)
-	$(PY) scripts/report.py --dir $(call q,$(B)) --config "$$BR_CONFIG" -o $(call q,$(B)/report.json)
+	$(PY) scripts/report.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
+	  --max-cost $(call q,$(MAX_COST)) -o $(call q,$(B)/report.json)
 
 .PHONY: gallery
 ## gallery       a static gallery.html of images beside their responses (after make caption)

@@ -103,6 +103,13 @@ def ledger_batches(emu: Emulator, b: Path) -> list[Any]:
     return [client.batches.retrieve(i) for i in sorted(x for x in ids if x)]
 
 
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
 def finish(run: subprocess.Popen[str]) -> tuple[int, str]:
     _, err = run.communicate(timeout=300)
     return run.returncode, err
@@ -212,10 +219,7 @@ def test_editing_a_record_while_its_batch_runs_pays_only_for_that_record(tmp_pat
     try:
         job = Job(tmp_path, 20, per_chunk=20)
         run = job.start(emu)
-        deadline = time.monotonic() + 60
-        while not (job.b / "batch_001.id").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(job.b / "batch_001.id")
         run.kill()
         run.wait()
         texts = [f"story {i}" for i in range(20)]
@@ -348,10 +352,7 @@ def test_a_cancelled_batch_without_output_is_sent_again_and_says_so(tmp_path: Pa
     try:
         job = Job(tmp_path, 10)
         run = job.start(emu)
-        deadline = time.monotonic() + 60
-        while not (job.b / "batch_001.id").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(job.b / "batch_001.id")
         emu.client().batches.cancel((job.b / "batch_001.id").read_text().strip())
         code, err = finish(run)
         assert code != 0 and "left no output file" in err
@@ -469,10 +470,7 @@ def test_tidy_deletes_only_the_files_of_fetched_batches(tmp_path: Path) -> None:
         emu.faults(processing_seconds=60)
         running = Job(tmp_path / "running", 10)
         run = running.start(emu)
-        deadline = time.monotonic() + 60
-        while not (running.b / "batch_001.id").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(running.b / "batch_001.id")
         run.kill()
         run.wait()
         before = {f.id for f in emu.client().files.list()}
