@@ -30,6 +30,7 @@ from typing import Any
 
 from cli import ArgumentParser, UserError, run
 from config import Step, load_config
+from endpoints import describe_vector
 from files import write_text
 from make_requests import RequestBuilder, custom_id_of, jq_first, key_function
 from records import dumps, iter_jsonl, iter_records
@@ -117,6 +118,9 @@ class Images:
 
 
 def response_of(value: Any) -> dict[str, Any]:
+    size = describe_vector(value)  # an embedding: its size, not its numbers
+    if size is not None:
+        return {"kind": "text", "value": size}
     if isinstance(value, str):
         return {"kind": "text", "value": value}
     if isinstance(value, list) and all(isinstance(r, dict) and "question" in r for r in value):

@@ -62,12 +62,14 @@ def add_tokens(into: dict[str, int], more: dict[str, int]) -> None:
 
 
 def response_tokens(usage: dict[str, Any] | None) -> dict[str, int]:
+    """A response's usage: chat's prompt/completion names, the Responses API's input/output
+    names, or an embedding's prompt_tokens alone."""
     usage = usage or {}
-    details = usage.get("prompt_tokens_details") or {}
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     return {
-        "input": int(usage.get("prompt_tokens") or 0),
+        "input": int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
         "cached": int(details.get("cached_tokens") or 0),
-        "output": int(usage.get("completion_tokens") or 0),
+        "output": int(usage.get("completion_tokens") or usage.get("output_tokens") or 0),
     }
 
 
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path, help="the step's build directory")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--offline", action="store_true", help="do not fetch the batches")
+    parser.add_argument("--max-cost", default="", help="MAX_COST (default: config max_cost:)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="report.json")
     args = parser.parse_args(argv)
 
@@ -302,8 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     chunks = [chunk_report(args.dir, cid, config, client) for cid in ids]
     report = {"dir": str(args.dir), "chunks": chunks, "total": totals(args.dir, chunks)}
     report["total"]["model"] = ", ".join(sorted({c["model"] for c in chunks}))
+    report["total"]["max_cost_usd"] = config.max_cost(args.max_cost)
     write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(table(report))
+    cap, spent = report["total"]["max_cost_usd"], report["total"]["cost_usd"]
+    if cap is not None:
+        share = f" ({spent / cap:.0%} of it)" if spent is not None and cap else ""
+        spend = "unknown (no price)" if spent is None else usd(spent)
+        print(f"spent {spend} against MAX_COST {usd(cap)}{share}")
     note(f"{args.output}: written")
     return 0
 
