@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 from cli import ArgumentParser, note, run, step_arguments
 from config import Step, compile_jq, load_config, response_key_of
-from files import atomic_output, write_jsonl
+from files import atomic_output
 from make_requests import custom_id_of, key_function
 from records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records, request_hash
 
@@ -42,15 +42,23 @@ class Answers:
         self.db = sqlite3.connect(self.tmp.name)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE ans(hash BLOB PRIMARY KEY, ok INT, row TEXT)")
+        # Per request hash, the best row of every batch that held it: a success, else the
+        # latest attempt's failure (answers/ has one file per batch and attempt).
+        self.db.execute("CREATE TABLE ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT)")
         self.db.execute("CREATE TABLE req(cid TEXT PRIMARY KEY, hash BLOB)")
         files = sorted(answers.glob("*.jsonl")) if answers.is_dir() else []
         for path in files:
             self.db.executemany(
-                "INSERT INTO ans VALUES (?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
-                "ok = excluded.ok, row = excluded.row WHERE excluded.ok >= ans.ok",
+                "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
+                "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
+                "(excluded.ok, excluded.n) >= (ans.ok, ans.n)",
                 (
-                    (bytes.fromhex(r["hash"]), r["outcome"] == "succeeded", dumps(r))
+                    (
+                        bytes.fromhex(r["hash"]),
+                        r["outcome"] == "succeeded",
+                        int(r.get("attempts") or 0),
+                        dumps(r),
+                    )
                     for r in iter_jsonl(path)
                 ),
             )
@@ -167,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     response_key = response_key_of(step, args.response_key)
     merger = Merger(step, args.data_key, response_key)
     answers = Answers(args.output.parent, args.requests, args.answers)
-    errors: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()  # failures by code; the rows stream to errors.jsonl
     answered = 0
     try:
-        with atomic_output(args.output) as f:
+        # errors.jsonl is committed first (the inner block ends first): once merged.json is
+        # committed make takes the step as done, so a kill between them must not lose errors.
+        with atomic_output(args.output) as f, atomic_output(args.errors) as errors:
             writer = RecordWriter(f, is_jsonl(args.output))
             for batch in batched(iter_records(args.input)):
                 keyed = [(i, r, custom_id_of(r, merger.key)) for i, r in batch]
@@ -190,15 +200,13 @@ def main(argv: list[str] | None = None) -> int:
                         answered += 1
                     except ValueError as e:
                         code, message = e.args if len(e.args) == 2 else ("error", str(e))
-                        errors.append(error_row(cid, index, code, message, row))
+                        errors.write(dumps(error_row(cid, index, code, message, row)) + "\n")
+                        reasons[code] += 1
                     writer.write(record)
             writer.close()
-            # errors.jsonl goes first: once merged.json is committed (as this block ends) make
-            # takes the step as done, so a kill between the two must not lose the error list.
-            write_jsonl(args.errors, errors)
     finally:
         answers.close()
-    summarise(args.output, answered, errors, args.errors)
+    summarise(args.output, answered, reasons, args.errors)
     return 0
 
 
@@ -218,12 +226,11 @@ def error_row(
     }
 
 
-def summarise(output: Path, answered: int, errors: list[dict[str, Any]], path: Path) -> None:
+def summarise(output: Path, answered: int, reasons: Counter[str], path: Path) -> None:
     line = f"{output}: {answered} record(s) answered"
-    if errors:
-        reasons = Counter(e["code"] for e in errors)
+    if reasons:
         why = ", ".join(f"{n} {code}" for code, n in reasons.most_common())
-        line += f", {len(errors)} failed ({why}); see {path}"
+        line += f", {sum(reasons.values())} failed ({why}); see {path}"
     note(line)
 
 
