@@ -117,7 +117,7 @@ $(VENV_OK): pyproject.toml
 # variables), rewritten only when it changes.
 $(B)/requests.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) --hash INPUT="$$BR_INPUT" \
-	  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) \
+	  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
 	  IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
 # Changes when a local image the requests use changes (or while image URLs fail the preflight,
 # so they are checked again): requests.jsonl follows the images' bytes, not just the input's.
@@ -133,6 +133,7 @@ $(B)/merge.params: FORCE | $(VENV_OK)
 $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py scripts/config.py scripts/records.py scripts/images.py scripts/request_images.py | $(VENV_OK)
 	$(PY) scripts/make_requests.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
 	  --step $(call q,$(STEP)) --data-key $(call q,$(DATA_KEY)) $(IMAGE_ARGS) -o $(call q,$@) \
+	  --response-key $(call q,$(RESPONSE_KEY)) \
 	  --skipped $(call q,$(B)/skipped.jsonl)
 
 # The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
@@ -213,7 +214,8 @@ pipeline: | $(VENV_OK)
 plan: | $(VENV_OK)
 	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  --data-key $(call q,$(DATA_KEY)) --max-requests $(call q,$(MAX_REQUESTS)) \
-	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers) $(IMAGE_ARGS)
+	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers) $(IMAGE_ARGS) \
+	  --response-key $(call q,$(RESPONSE_KEY))
 
 .PHONY: preflight
 ## preflight     check STEP's image URLs now, as make caption does first (failures: preflight.jsonl)
@@ -233,7 +235,8 @@ report: | $(VENV_OK)
 gallery: | $(VENV_OK)
 	$(PY) scripts/gallery.py --dir $(call q,$(B)) --merged $(call q,$(MERGED)) \
 	  --config "$$BR_CONFIG" --step $(call q,$(STEP)) --response-key $(call q,$(RESPONSE_KEY)) \
-	  --input "$$BR_INPUT" --data-key $(call q,$(DATA_KEY)) -o $(call q,$(B)/gallery.html)
+	  --input "$$BR_INPUT" --data-key $(call q,$(DATA_KEY)) -o $(call q,$(B)/gallery.html) \
+	  $(if $(IMAGE_ROOT),--image-root "$$BR_IMAGE_ROOT")
 
 .PHONY: status
 ## status        the last LIMIT batches on the account (FILTER: jq over each batch)

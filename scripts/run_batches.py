@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, note, run
+from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import load_config
 from files import move_aside, sha256_file, write_jsonl, write_text
@@ -399,6 +399,7 @@ class Engine:
                 self.submit_queued()
                 if not self.flying() and not self.queued():
                     break
+                before = len(self.flying())
                 try:
                     self.poll()
                     stalls = 0
@@ -410,6 +411,8 @@ class Engine:
                     time.sleep(min(2.0**stalls, 60.0))
                 if progress:
                     self.report(progress)
+                if self.queued() and len(self.flying()) < before:
+                    continue  # a batch ended: its budget is free, submit before sleeping
                 waits = [j.next_at for j in self.flying()]
                 waits += [j.next_at for j in self.queued() if j.drain_below is not None]
                 pause = min(waits, default=time.time() + interval(0)) - time.time()
@@ -514,7 +517,7 @@ def input_file(engine: Engine, batch_id: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dir", required=True, type=Path, help="the step's build directory")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--step", required=True)

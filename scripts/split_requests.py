@@ -10,7 +10,6 @@ and mtime; chunk files beyond the new count are removed with their batch id and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from cli import UserError, note, run
+from cli import ArgumentParser, UserError, note, run
 from digests import DigestSet
 from files import commit, move_aside, same_bytes, write_text
 from images import materialise
@@ -101,7 +100,7 @@ def chunks(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("requests", type=Path, help="requests.jsonl")
     parser.add_argument("--answers", required=True, type=Path, help="answers/ directory")
     parser.add_argument("--max-requests", type=int, default=1000)

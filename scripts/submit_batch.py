@@ -8,11 +8,10 @@ create), then writes batch_NNN.id. `make caption` does this for every chunk in o
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from cli import note, run
+from cli import ArgumentParser, note, run
 from client import make_client
 from config import load_config
 from files import write_text
@@ -21,7 +20,7 @@ from submission import Submitter, chunk_info
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("chunk", type=Path, help="chunk_NNN.jsonl")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--step", required=True)

@@ -10,14 +10,13 @@ reused while the file's inode, size, mtime and ctime stay the same (ctime cannot
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from cli import UserError, run
+from cli import ArgumentParser, UserError, run
 from files import atomic_output, sha256_file, write_text
 
 
@@ -41,7 +40,7 @@ def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("target", type=Path)
     parser.add_argument("lines", nargs="*", help="lines of the stamp, e.g. DATA_KEY=image_path")
     parser.add_argument("--hash", action="append", default=[], help="NAME=PATH: add its sha256")
