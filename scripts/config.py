@@ -10,7 +10,7 @@ from typing import Any
 import jq
 import yaml
 from cli import UserError
-from endpoints import CHAT, EMBEDDING_KEYS, EMBEDDINGS, endpoint_of
+from endpoints import BODY_KEYS, CHAT, EMBEDDING_KEYS, EMBEDDINGS, endpoint_of
 from records import decode_utf8
 from tokens import context_window
 
@@ -49,23 +49,6 @@ STEP_KEYS = {
     "endpoint": str,
     "dimensions": int,
     "encoding_format": str,
-}
-# Chat-completions parameters a step may set directly (anything else goes under `body:`).
-BODY_KEYS = {
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "seed",
-    "n",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "reasoning_effort",
-    "verbosity",
-    "logprobs",
-    "top_logprobs",
-    "service_tier",
 }
 ENDPOINT = CHAT  # the default endpoint (endpoints.py has the others)
 

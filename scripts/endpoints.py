@@ -35,8 +35,9 @@ NOT_IN_RESPONSES = {
     "frequency_penalty",
     "logprobs",
 }
-# Chat-completions parameters that mean nothing to an embedding.
-SAMPLING_KEYS = {
+# Chat-completions parameters a step may set directly (anything else goes under `body:`);
+# none means anything to an embedding.
+BODY_KEYS = {
     "temperature",
     "top_p",
     "max_tokens",
@@ -55,7 +56,7 @@ SAMPLING_KEYS = {
 REFUSED: dict[str, set[str]] = {
     CHAT: set(EMBEDDING_KEYS),
     RESPONSES: EMBEDDING_KEYS | NOT_IN_RESPONSES | QUESTION_KEYS,
-    EMBEDDINGS: ({"system", "response_format"} | IMAGE_KEYS | QUESTION_KEYS | SAMPLING_KEYS),
+    EMBEDDINGS: ({"system", "response_format"} | IMAGE_KEYS | QUESTION_KEYS | BODY_KEYS),
 }
 WHY = {
     CHAT: "it is an embeddings parameter (set endpoint: /v1/embeddings)",
