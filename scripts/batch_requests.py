@@ -29,7 +29,7 @@ from client import make_client
 from config import Config, Step, load_config
 from files import write_text
 from ledger import Ledger
-from make_requests import build_requests, custom_id_of
+from make_requests import build_requests, custom_id_of, shaped
 from merge_results import Merger
 from outcomes import outcome
 from records import dumps
@@ -71,7 +71,7 @@ def make_requests(
     try:
         parsed = Config(Path("config_data"), config_data).step(step)
         built = build_requests(iter(input_data), parsed, input_key)
-        return [b.request for b in built if b.request is not None]
+        return [r for b in built if (r := shaped(b).request) is not None]
     except UserError as e:
         raise BatchRequestsError(str(e)) from None
 

@@ -299,32 +299,73 @@ def canonical_url(url: str) -> str:
 
 def canonical_body(body: Any) -> Any:
     """The body with each image part's url made canonical (a copy only where one changes)."""
-    messages = body.get("messages") if isinstance(body, dict) else None
-    if not isinstance(messages, list):
-        return body
-    changed = False
-    new_messages = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                url = image_part_url(part)
-                if url is not None and (url.startswith(MARKER) or url.startswith("data:")):
-                    part = {**part, "image_url": {**part["image_url"], "url": canonical_url(url)}}
-                    changed = True
-                parts.append(part)
-            message = {**message, "content": parts}
-        new_messages.append(message)
-    return {**body, "messages": new_messages} if changed else body
+
+    def canonical(url: str) -> str:
+        return canonical_url(url) if url.startswith((MARKER, "data:")) else url
+
+    return with_image_urls(body, canonical)
 
 
-def image_part_url(part: Any) -> str | None:
-    if isinstance(part, dict) and part.get("type") == "image_url":
+def message_lists(body: Any) -> Iterator[tuple[str, list[Any]]]:
+    """The lists of messages of a chat (`messages`) or Responses (`input`) body."""
+    for key in ("messages", "input"):
+        items = body.get(key) if isinstance(body, dict) else None
+        if isinstance(items, list):
+            yield key, items
+
+
+def part_image(part: Any) -> tuple[str, str | None] | None:
+    """(url, detail) of an image part: chat's `image_url` or the Responses API's `input_image`."""
+    if not isinstance(part, dict):
+        return None
+    if part.get("type") == "image_url":
         image = part.get("image_url")
-        url = image.get("url") if isinstance(image, dict) else image
-        return url if isinstance(url, str) else None
-    return None
+        image = image if isinstance(image, dict) else {"url": image}
+        url, detail = image.get("url"), image.get("detail")
+    elif part.get("type") == "input_image":
+        url, detail = part.get("image_url"), part.get("detail")
+    else:
+        return None
+    return (url, detail) if isinstance(url, str) else None
+
+
+def image_parts(body: Any) -> Iterator[tuple[str, str | None]]:
+    """(url, detail) of every image part of a chat or Responses body."""
+    for _, items in message_lists(body):
+        for item in items:
+            content = item.get("content") if isinstance(item, dict) else None
+            for part in content if isinstance(content, list) else []:
+                found = part_image(part)
+                if found:
+                    yield found
+
+
+def with_url(part: dict[str, Any], url: str) -> dict[str, Any]:
+    if part["type"] == "input_image":
+        return {**part, "image_url": url}
+    image = part["image_url"]
+    return {**part, "image_url": {**image, "url": url} if isinstance(image, dict) else url}
+
+
+def with_image_urls(body: Any, change: Any) -> Any:
+    """The body with `change(url)` for each image part's url (a copy only where one changes)."""
+    for key, items in message_lists(body):
+        new_items, changed = [], False
+        for item in items:
+            content = item.get("content") if isinstance(item, dict) else None
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    found = part_image(part)
+                    new = change(found[0]) if found else None
+                    if found and new != found[0]:
+                        part, changed = with_url(part, new), True
+                    parts.append(part)
+                item = {**item, "content": parts}
+            new_items.append(item)
+        if changed:
+            body = {**body, key: new_items}
+    return body
 
 
 def markers_in(line: str) -> Iterator[tuple[re.Match[str], Marker]]:
@@ -405,28 +446,23 @@ def url_pixel_size(url: str) -> tuple[int, int] | None:
     return None
 
 
-def part_tokens(part: dict[str, Any]) -> int:
-    """Estimated tokens of an `image_url` content part (its detail, its image's size)."""
-    image = part.get("image_url")
-    image = image if isinstance(image, dict) else {"url": image}
-    detail = image.get("detail")
+def url_tokens(url: str, detail: str | None) -> int:
+    """Estimated tokens of an image (its detail, its size; a remote one's assumed)."""
     if detail == "low":
         return LOW_DETAIL_TOKENS
-    url = image.get("url")
-    size = url_pixel_size(url) if isinstance(url, str) else None
-    return image_tokens(*(size or ASSUMED_REMOTE_SIZE), detail)
+    return image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE), detail)
+
+
+def part_tokens(part: dict[str, Any]) -> int:
+    """Estimated tokens of an image content part (chat or Responses); 0 for another part."""
+    found = part_image(part)
+    return url_tokens(*found) if found else 0
 
 
 def body_images(body: dict[str, Any]) -> tuple[int, int]:
-    """(number of image parts, their estimated tokens) of a chat-completions body."""
-    count = tokens = 0
-    for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "image_url":
-                count += 1
-                tokens += part_tokens(part)
-    return count, tokens
+    """(number of image parts, their estimated tokens) of a chat or Responses body."""
+    found = [url_tokens(url, detail) for url, detail in image_parts(body)]
+    return len(found), sum(found)
 
 
 # ----------------------------------------------------------------------------- local images

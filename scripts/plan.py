@@ -23,13 +23,13 @@ from typing import Any
 from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Config, load_config, response_key_of
 from endpoints import CHAT, EMBEDDINGS
-from images import LocalImages, materialised_size
+from images import LocalImages, body_images, materialised_size
 from make_requests import image_arguments, step_images, step_requests
 from preflight import Preflight
 from records import iter_jsonl, iter_records, request_hash
 from request_images import reason_kinds
 from split_requests import API_MAX_REQUESTS, DEFAULT_MAX_BYTES, answered_hashes, chunks
-from tokens import estimate_tokens, image_count
+from tokens import estimate_tokens
 
 
 @dataclass
@@ -117,7 +117,7 @@ def count(plan: Plan, request: dict[str, Any]) -> None:
     body, url = request.get("body") or {}, request.get("url") or CHAT
     plan.endpoints[url] += 1
     totals = plan.models.setdefault(str(body.get("model")), ModelTotals())
-    tokens, (images, image_tokens) = estimate_tokens(body, url), image_count(body)
+    tokens, (images, image_tokens) = estimate_tokens(body, url), body_images(body)
     totals.requests += 1
     totals.images += images
     totals.image_tokens += image_tokens

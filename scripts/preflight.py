@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from cli import UserError, note, run
 from files import write_jsonl, write_text
-from images import ACCEPTED, MAX_IMAGE_BYTES, describe_format, image_part_url, sniff
+from images import ACCEPTED, MAX_IMAGE_BYTES, describe_format, image_parts, sniff
 from records import dumps, iter_jsonl
 
 T = TypeVar("T")
@@ -272,12 +272,9 @@ def has_failures(cache: Path) -> bool:
 
 def remote_url(request: dict[str, Any]) -> str | None:
     """The first http(s) image URL of a request line (the pipeline sends one image a request)."""
-    for message in (request.get("body") or {}).get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else []:
-            url = image_part_url(part)
-            if url and url.lower().startswith(("http://", "https://")):
-                return url
+    for url, _ in image_parts(request.get("body")):
+        if url.lower().startswith(("http://", "https://")):
+            return url
     return None
 
 

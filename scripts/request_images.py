@@ -19,7 +19,15 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from images import API_FILE_LIMIT, MARKER, ImageSkip, LocalImages, materialised_size
+from images import (
+    API_FILE_LIMIT,
+    MARKER,
+    ImageSkip,
+    LocalImages,
+    image_parts,
+    materialised_size,
+    with_image_urls,
+)
 from preflight import Preflight, remote_url
 from records import dumps
 
@@ -31,21 +39,9 @@ class BuiltLike(Protocol):
 B = TypeVar("B", bound=BuiltLike)
 
 
-def image_parts(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The `image_url` objects of a request's messages, to read or rewrite in place."""
-    for message in (request.get("body") or {}).get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "image_url":
-                image = part.get("image_url")
-                if isinstance(image, dict) and isinstance(image.get("url"), str):
-                    yield image
-
-
 def resolve_request(request: dict[str, Any], local: LocalImages) -> None:
     """Each image url of the request replaced by what it resolves to; ImageSkip if one fails."""
-    for image in image_parts(request):
-        image["url"] = local.resolve(image["url"]).url
+    request["body"] = with_image_urls(request.get("body"), lambda url: local.resolve(url).url)
 
 
 def size_reason(request: dict[str, Any], limit: int = API_FILE_LIMIT) -> str | None:
@@ -77,7 +73,7 @@ def with_images(
             if request is None or local is None:
                 yield built, None
                 continue
-            if not any(True for _ in image_parts(request)):
+            if not any(True for _ in image_parts(request.get("body"))):
                 yield built, None
                 continue
             try:

@@ -99,9 +99,11 @@ def run_make(variables: dict[str, str]) -> int:
 
 
 def absolute(path: str, what: str) -> str:
+    """The absolute path, for make's command line: make expands `$` there, so none may be in it
+    (spaces and the rest reach the recipes quoted, through the environment)."""
     full = Path(path).expanduser().resolve()
-    if any(c.isspace() for c in str(full)) or any(c in str(full) for c in "$#:;%"):
-        raise UserError(f"{what} path {full} has spaces or $#:;% in it, which make cannot take")
+    if "$" in str(full):
+        raise UserError(f"{what} path {full} has a $ in it, which make would expand; rename it")
     return str(full)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from images import body_images, part_tokens
+from images import part_tokens
 
 
 def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
@@ -59,8 +59,7 @@ def response_tokens(body: dict[str, Any]) -> int:
         content = item.get("content")
         for part in [{"text": content}] if isinstance(content, str) else content or []:
             if part.get("type") == "input_image":
-                image = {"url": part.get("image_url"), "detail": part.get("detail")}
-                image_tokens += part_tokens({"type": "image_url", "image_url": image})
+                image_tokens += part_tokens(part)
             elif isinstance(part.get("text"), str):
                 chars += len(part["text"])
     return math.ceil(chars / 4) + 4 * len(items) + image_tokens
@@ -75,22 +74,6 @@ def embedding_tokens(given: Any) -> int:
         math.ceil(len(x) / 4) if isinstance(x, str) else len(x) if isinstance(x, list) else 0
         for x in items
     )
-
-
-def image_count(body: dict[str, Any]) -> tuple[int, int]:
-    """(image parts, their estimated tokens) of a chat or Responses body."""
-    if "messages" in body:
-        return body_images(body)
-    count = tokens = 0
-    given = body.get("input")
-    for item in given if isinstance(given, list) else []:
-        content = item.get("content") if isinstance(item, dict) else None
-        for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "input_image":
-                count += 1
-                image = {"url": part.get("image_url"), "detail": part.get("detail")}
-                tokens += part_tokens({"type": "image_url", "image_url": image})
-    return count, tokens
 
 
 # Context windows (tokens) of known models, for the plan's and make_requests' warning. A model

@@ -186,3 +186,49 @@ def test_a_pipeline_of_local_images_in_chunks_no_bigger_than_max_bytes(
     first = next(build.glob("photos*/pipeline/01-first"))
     cached = sorted(p.suffix for p in (first / "images").iterdir())
     assert cached == [".jpg", ".png", ".sqlite", ".webp"]  # the three resized; GIF, JPEG fit
+
+
+RESPONSES = """\
+model: gpt-4o-mini
+look:
+  endpoint: /v1/responses
+  system: You describe pictures.
+  user: "Describe {title}."
+  image_key: image_path
+  image_max_side: 512
+  response_key: caption
+"""
+
+
+def test_a_responses_step_sends_local_images_inline_and_merges_each_answer(
+    emulator: Emulator, pictures: Path, tmp_path: Path
+) -> None:
+    names = ["photo.png", "photo.jpg", "still.gif"]
+    records = [{"image_path": f"img/{n}", "title": f"picture {i}"} for i, n in enumerate(names)]
+    data = pictures / "photos.json"
+    data.write_text(json.dumps(records))
+    config = tmp_path / "responses.yaml"
+    config.write_text(RESPONSES)
+    where = {"BUILD": tmp_path / "build", "INPUT": data, "CONFIG": config, "STEP": "look"}
+    make("caption", env=emulator.env(), **where)
+    b = next((tmp_path / "build").glob("photos*/look"))
+    # requests.jsonl holds references, the chunk the bytes (resized where asked), as input_image.
+    assert "base64" not in (b / "requests.jsonl").read_text()
+    chunk = {r["custom_id"]: r["body"] for r in lines_of(b / "chunk_001.jsonl")}
+    part = chunk["img/photo.jpg"]["input"][0]["content"][1]
+    assert part["type"] == "input_image" and part["image_url"].startswith("data:image/jpeg;")
+    big = Image.open(io.BytesIO(base64.b64decode(part["image_url"].split(",")[1])))
+    assert big.size == (512, 384)
+    # Every answer found its record (matched by the request's hash, images included).
+    merged = json.loads((b / "merged.json").read_text())
+    assert [r.get("caption", "")[:15] for r in merged] == ["Emulated answer"] * 3
+    assert all(r["title"] in r["caption"] for r in merged)
+    assert not (b / "errors.jsonl").read_text()
+    # The rerun sends nothing; a changed image is sent again, alone.
+    make("caption", env=emulator.env(), **where)
+    assert emulator.stats()["requests_processed"] == 3
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(pictures / "img" / "photo.png")
+    make("caption", env=emulator.env(), **where)
+    assert emulator.stats()["requests_processed"] == 4
+    resent = lines_of(next(b.glob("chunk_*.jsonl")))
+    assert [r["custom_id"] for r in resent] == ["img/photo.png"]

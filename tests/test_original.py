@@ -82,6 +82,27 @@ def test_make_requests_builds_and_skips_like_the_pipeline() -> None:
     assert make_requests(CONFIG, "caption", records(2), "title")[1]["custom_id"] == "photo 1"
 
 
+def test_make_requests_shapes_each_endpoint_as_the_pipeline_sends_it() -> None:
+    config = {
+        "model": "gpt-4o-mini",
+        "look": {"endpoint": "/v1/responses", "system": "Be brief.", "user": "Describe {title}.",
+                 "image_key": "image_path"},
+        "embed": {"endpoint": "/v1/embeddings", "model": "text-embedding-3-small",
+                  "user": "{title}", "dimensions": 8},
+    }  # fmt: skip
+    data = [{"image_path": "https://example.com/0.jpg", "title": "photo 0"}]
+    look = make_requests(config, "look", data)[0]
+    assert look["url"] == "/v1/responses" and "messages" not in look["body"]
+    assert look["body"]["instructions"] == "Be brief."
+    assert look["body"]["input"][0]["content"] == [
+        {"type": "input_text", "text": "Describe photo 0."},
+        {"type": "input_image", "image_url": "https://example.com/0.jpg", "detail": "auto"},
+    ]
+    embed = make_requests(config, "embed", data)[0]
+    assert embed["url"] == "/v1/embeddings"
+    assert embed["body"] == {"model": "text-embedding-3-small", "input": "photo 0", "dimensions": 8}
+
+
 def test_five_consecutive_records_missing_fields_raise_value_error() -> None:
     data = records(2) + [{"image_path": f"img/m{i}.jpg"} for i in range(5)]
     with pytest.raises(ValueError, match="5 consecutive records .* title"):
@@ -174,9 +195,11 @@ def job(tmp_path: Path, n: int = 4) -> tuple[Path, Path]:
 def test_send_batch_requests_writes_the_output_and_recover_then_sends_nothing(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    data, config = job(tmp_path)
+    folder = tmp_path / "my data #1; 50%: x"  # characters make could not take in a target
+    folder.mkdir()
+    data, config = job(folder)
     env = emulator.env(BUILD=str(tmp_path / "build"))
-    out = tmp_path / "out.json"
+    out = folder / "out.json"
     result = cli(SEND, "-i", str(data), "-s", "caption", "-c", str(config), "-o", str(out), env=env)
     assert result.returncode == 0, result.stderr
     final = read_json(out)
