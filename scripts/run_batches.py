@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import sys
@@ -206,7 +207,7 @@ class Engine:
         page: dict[str, Any] = {}
         if self.can_list and (len(flying) > 1 or not all(j.checked for j in due)):
             try:
-                page = {b.id: b for b in self.client.batches.list(limit=100).data}
+                page = self.listed({j.batch_id for j in due})
             except Exception as e:  # a server without the list: retrieve one by one
                 if getattr(e, "status_code", None) not in (404, 405, 501):
                     raise
@@ -218,6 +219,19 @@ class Engine:
                 self.seen(job, page[job.batch_id])
             elif job in due:
                 self.seen(job, self.retrieve(job.batch_id or ""))
+
+    def listed(self, due: set[str | None]) -> dict[str, Any]:
+        """The batch list, newest first, page by page while a page saves more than one status
+        call (two due batches not seen yet), up to one page per 100 chunks of this run: the
+        cost follows our own queue, never the account's history. A due batch not on the pages
+        read is retrieved on its own."""
+        listed: dict[str, Any] = {}
+        pages = self.client.batches.list(limit=100).iter_pages()
+        for _, page in zip(range(math.ceil(len(self.jobs) / 100)), pages, strict=False):
+            listed.update((b.id, b) for b in page.data)
+            if len(due - listed.keys()) < 2:
+                break
+        return listed
 
     def retrieve(self, batch_id: str, named_by: str = "") -> Any:
         import openai

@@ -443,6 +443,25 @@ def test_a_busy_account_costs_no_more_calls_per_chunk(emulator: Emulator, tmp_pa
     )
 
 
+def test_more_than_a_page_in_flight_is_polled_by_list_pages_not_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """120 chunks in flight at once: each poll reads the two list pages that hold them all,
+    rather than one page and a status call for each of the twenty not on it."""
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "4").start()
+    try:
+        job = Job(tmp_path, 120, per_chunk=1)
+        make("caption", env=emu.env(BR_POLL_MIN="1.5"), **job.variables())
+        counts = calls(emu)
+        assert counts["POST /v1/batches"] == 120
+        assert counts.get("GET /v1/batches/{id}", 0) == 0, counts
+        assert 2 <= counts["GET /v1/batches"] <= 20, counts
+        print(f"\n[120 in flight] {dict(counts)}")
+        assert sum("summary" in r for r in job.merged()) == 120
+    finally:
+        emu.stop()
+
+
 # ----------------------------------------------------------------------------- housekeeping
 
 
