@@ -388,15 +388,19 @@ class Engine:
             note(f"{retry.name}: retrying {len(again)} request(s), attempt {job.attempt + 1}")
             self.start(job)
             return
-        self.finalise(job)
+        self.finalise(job, rows)
 
-    def finalise(self, job: Job) -> None:
-        """results_NNN.jsonl: for each request, its row from the last attempt that sent it."""
-        final: dict[str, dict[str, Any]] = {}
-        for k in range(job.attempt + 1):
-            path = job.chunk if k == 0 else self.out / f"retry_{job.nnn}_{k}.jsonl"
-            final.update({r["custom_id"]: r for r in iter_jsonl(self.answers_path(path, k))})
-        rows = [final[r["custom_id"]] for r in iter_jsonl(job.chunk)]
+    def finalise(self, job: Job, last: dict[str, dict[str, Any]]) -> None:
+        """results_NNN.jsonl: for each request, its row from the last attempt that sent it
+        (with one attempt, the rows just fetched, in the chunk's order: nothing read again)."""
+        if job.attempt == 0:
+            rows = list(last.values())
+        else:
+            final: dict[str, dict[str, Any]] = {}
+            for k in range(job.attempt + 1):
+                path = job.chunk if k == 0 else self.out / f"retry_{job.nnn}_{k}.jsonl"
+                final.update({r["custom_id"]: r for r in iter_jsonl(self.answers_path(path, k))})
+            rows = [final[r["custom_id"]] for r in iter_jsonl(job.chunk)]
         first = self.answers_path(job.chunk, 0) if job.attempt == 0 else None
         write_results(rows, self.out / f"results_{job.nnn}.jsonl", first)
         bad = sum(r["outcome"] != "succeeded" for r in rows)
