@@ -59,7 +59,7 @@ q = '$(subst ','\'',$(1))'
 DRY_RUN ?= 0
 ## MAX_COST      USD: stop before the first upload when the plan's estimate is above it
 MAX_COST ?=
-## RESEND        1: send again a create whose answer was lost on a server that cannot list batches
+## RESEND        1: send again an unanswered create (server cannot list batches) or a batch whose results are gone (tidied, then build/ deleted)
 RESEND ?= 0
 ## BUILD         the build root (a step's directory: $(BUILD)/<input stem>-<hash>/<step>)
 BUILD ?= build

@@ -14,6 +14,7 @@ with one `write` and fsynced before the call it announces:
     {"at": t, "op": "fetched", "batch_id": id}                its rows are in answers/
     {"at": t, "op": "resend", "sha": S, "attempt": k}         RESEND=1: an unknown create let go
     {"at": t, "op": "tidied", "batch_id": id, "files": [..]}  make tidy deleted its files
+    {"at": t, "op": "lost", "batch_id": id}                   RESEND=1: its results were gone
 
 Lines are never rewritten or removed (a paid batch's record is never deleted); a torn last
 line, left by a kill in the middle of a write, is ignored when read. An "intent" without its
@@ -54,6 +55,7 @@ class Ledger:
         self.ended: dict[str, str] = {}  # batch id -> terminal status
         self.fetched: set[str] = set()
         self.tidied: set[str] = set()
+        self.lost: set[str] = set()  # ended, its results gone from the server and from answers/
         self.chunk_of: dict[str, tuple[str, int, str]] = {}  # batch id -> (sha, attempt, chunk)
         self._load()
 
@@ -91,6 +93,8 @@ class Ledger:
             self.ended[e["batch_id"]] = e["status"]
         elif op == "fetched":
             self.fetched.add(e["batch_id"])
+        elif op == "lost":
+            self.lost.add(e["batch_id"])
         elif op == "tidied":
             self.tidied.add(e["batch_id"])
             deleted = set(e.get("files") or [])
@@ -114,11 +118,14 @@ class Ledger:
         return self.creates.get((sha, attempt)) or Create()
 
     def live(self, sha: str, attempt: int) -> str | None:
-        """The newest batch made for this identity that did not fail, if any."""
+        """The newest batch made for this identity that did not fail nor lose its results."""
         for batch_id in reversed(self.create(sha, attempt).batches):
-            if self.ended.get(batch_id) != "failed":
+            if self.usable(batch_id):
                 return batch_id
         return None
+
+    def usable(self, batch_id: str) -> bool:
+        return self.ended.get(batch_id) != "failed" and batch_id not in self.lost
 
     def unfetched(self) -> list[str]:
         """Batches created and not failed whose rows never reached answers/."""

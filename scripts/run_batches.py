@@ -257,6 +257,8 @@ class Engine:
             job = by_key.get((meta.get(META_CHUNK), meta.get(META_ATTEMPT, "0")))
             if job is None or batch.id == job.batch_id or batch.status in GONE:
                 continue
+            if batch.id in self.ledger.lost:
+                continue  # its results are gone: the newer one was sent on purpose
             mine = page.get(job.batch_id or "")
             if mine is not None and mine.status in GONE:
                 continue
@@ -360,8 +362,14 @@ class Engine:
         return False
 
     def finished(self, job: Job, batch: Any) -> None:
+        import openai
+
         hashes = {r["custom_id"]: request_hash(r) for r in iter_jsonl(job.path)}
-        rows = collect(self.client, batch, set(hashes), job.attempt, job.tried_unknown)
+        try:
+            rows = collect(self.client, batch, set(hashes), job.attempt, job.tried_unknown)
+        except openai.NotFoundError:
+            self.lost(job, batch)
+            return
         if batch.status == "cancelled" and not (batch.output_file_id or batch.error_file_id):
             note(
                 f"{job.path.name}: cancelled batch {batch.id} left no output file; its requests "
@@ -371,6 +379,20 @@ class Engine:
         write_jsonl(self.answers_path(job.path, job.attempt), kept)
         self.ledger.record("fetched", batch_id=batch.id)
         self.after_rows(job, {r["custom_id"]: r for r in kept})
+
+    def lost(self, job: Job, batch: Any) -> None:
+        """An ended batch whose output is gone from the server (make tidy, or 30 days after it
+        ended) and whose rows are not in answers/ (build/ deleted since): paid, and lost."""
+        if not self.args.resend or job.orphan:
+            job.error = (
+                f"{job.path.name}: the results of batch {batch.id} are gone from the server (its "
+                "files were deleted, by make tidy or 30 days after it ended) and are not in "
+                "answers/; rerun with RESEND=1 to send its requests again (paid again)"
+            )
+            return
+        note(f"{job.path.name}: the results of batch {batch.id} are gone; sending it again")
+        self.ledger.record("lost", batch_id=batch.id)
+        self.start(job)
 
     def after_rows(self, job: Job, rows: dict[str, dict[str, Any]]) -> None:
         """The rows of one attempt are in answers/: retry what may succeed, or finish."""

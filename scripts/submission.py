@@ -197,7 +197,7 @@ class Submitter:
     def usable(self, batch_id: str) -> bool:
         """Known not to have failed: from the ledger, else from one retrieve."""
         if batch_id in self.ledger.chunk_of:
-            return self.ledger.ended.get(batch_id) != "failed"
+            return self.ledger.usable(batch_id)
         import openai
 
         try:

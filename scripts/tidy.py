@@ -12,12 +12,24 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from cli import ArgumentParser, note, run
 from client import make_client
 from config import load_config
 from ledger import Ledger
 from outcomes import TERMINAL
+
+
+def files_of(client: Any, batch_id: str) -> list[str]:
+    """The input, output and error files of a batch (none if the server lost it)."""
+    import openai
+
+    try:
+        batch = client.batches.retrieve(batch_id)
+    except openai.NotFoundError:
+        return []
+    return [f for f in (batch.input_file_id, batch.output_file_id, batch.error_file_id) if f]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,26 +47,38 @@ def main(argv: list[str] | None = None) -> int:
     import openai
 
     verb = "would delete" if args.dry_run else "deleted"
-    gone = kept = 0
+    safe, kept = [], []
     for batch_id in ledger.chunk_of:
         if batch_id in ledger.tidied:
             continue
-        if batch_id not in ledger.fetched or ledger.ended.get(batch_id) not in TERMINAL:
+        ended = ledger.ended.get(batch_id)
+        # A failed batch has nothing to fetch (its errors are on the batch, not in a file).
+        if ended == "failed" or (batch_id in ledger.fetched and ended in TERMINAL):
+            safe.append(batch_id)
+        else:
             print(f"kept    {batch_id}: not fetched yet (running, or the run has not read it)")
-            kept += 1
-            continue
-        batch = client.batches.retrieve(batch_id)
-        files = [f for f in (batch.input_file_id, batch.output_file_id, batch.error_file_id) if f]
+            kept.append(batch_id)
+    # A batch sent again after a cancel or a failure reuses its chunk's uploaded file: a file
+    # any kept batch names stays, whichever safe batch names it too.
+    keep = {f for b in kept for f in files_of(client, b)}
+    gone: set[str] = set()
+    for batch_id in safe:
+        files = [f for f in files_of(client, batch_id) if f not in keep]
         for file_id in files:
+            if file_id in gone:
+                continue
             if not args.dry_run:
                 # Already gone: deleted by hand, or expired after 30 days.
                 with contextlib.suppress(openai.NotFoundError):
                     client.files.delete(file_id)
             print(f"{verb} {file_id} (of {batch_id})")
-            gone += 1
+            gone.add(file_id)
         if not args.dry_run:
             ledger.record("tidied", batch_id=batch_id, files=files)
-    note(f"{args.dir}: {verb} {gone} file(s); kept the files of {kept} batch(es) not yet fetched")
+    note(
+        f"{args.dir}: {verb} {len(gone)} file(s); kept the files of {len(kept)} batch(es) not "
+        "yet fetched"
+    )
     return 0
 
 

@@ -500,6 +500,56 @@ def test_tidy_deletes_only_the_files_of_fetched_batches(tmp_path: Path) -> None:
         emu.stop()
 
 
+def test_tidy_keeps_a_file_a_running_batch_shares_and_results_gone_with_build_are_resent_on_ask(
+    tmp_path: Path,
+) -> None:
+    """A batch cancelled and sent again reuses its uploaded file: tidying the cancelled one
+    must not delete the input of the one running. And after tidy, build/ deleted: the batches
+    are adopted but their output is gone; the run says so, and RESEND=1 pays for them again."""
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "60").start()
+    try:
+        job = Job(tmp_path / "job", 10)
+        run = job.start(emu)
+        wait_for(job.b / "batch_001.id")
+        make("cancel", env=emu.env(), **job.variables())
+        finish(run)  # the run sees its batch cancelled outside it
+        run = job.start(emu)
+        deadline = time.monotonic() + 60
+        while len(emu.batches()) < 2:
+            assert time.monotonic() < deadline and run.poll() is None, "no second batch"
+            time.sleep(0.05)
+        running = next(b for b in emu.batches() if b.status not in ("cancelled", "cancelling"))
+        out = make("tidy", env=emu.env(), **job.variables())
+        assert f"kept    {running.id}" in out.stdout
+        emu.client().files.retrieve(running.input_file_id)  # still there
+        run.kill()
+        run.wait()
+    finally:
+        emu.stop()
+
+    emu = Emulator(tmp_path / "emu2", "--processing-seconds", "0.2").start()
+    try:
+        job = Job(tmp_path / "again", 20)
+        job.make(emu)
+        before = job.merged()
+        make("tidy", env=emu.env(), **job.variables())
+        import shutil
+
+        shutil.rmtree(job.build)
+        lost = job.make(emu, check=False)
+        assert lost.returncode != 0 and "Traceback" not in lost.stderr
+        assert "gone from the server" in lost.stderr and "RESEND=1" in lost.stderr
+        assert emu.stats()["batches_created"] == 2
+        job.make(emu, RESEND=1)
+        assert emu.stats()["batches_created"] == 4
+        assert job.merged() == before
+        emu.admin("reset_stats", {})
+        job.make(emu)  # done: nothing asked
+        assert sum(calls(emu).values()) == 0
+    finally:
+        emu.stop()
+
+
 def test_an_embeddings_split_keeps_each_batch_under_50000_inputs(tmp_path: Path) -> None:
     from split_requests import main as split
 
