@@ -152,11 +152,12 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
   --step $(call q,$(STEP)) --retries $(call q,$(RETRIES)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET))) $(if $(filter 1,$(RESEND)),--resend)
 # MAX_COST (or the config's max_cost:): the plan's estimate of what is still to send is checked
-# first, so a run over the cap stops before its first upload.
+# first, by every recipe that uploads, so a run over the cap stops before its first upload.
+CHECK_COST = @$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
+  --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
+  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST))
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
-	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
-	  --requests $(call q,$(B)/requests.jsonl) --answers $(call q,$(B)/answers) \
-	  --max-cost $(call q,$(MAX_COST))
+	$(CHECK_COST)
 	$(RUN_BATCHES) -o $(call q,$@)
 
 # One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl. The
@@ -164,9 +165,11 @@ $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
 $(B)/chunk_%.jsonl: | $(B)/chunks.mk
 	@[ -f $(call q,$@) ] || { echo error: $(call q,$@ is not a chunk of this split (see chunks.mk)) >&2; exit 1; }
 $(B)/batch_%.id: $(B)/chunk_%.jsonl | scripts/submit_batch.py $(VENV_OK)
+	$(CHECK_COST)
 	$(PY) scripts/submit_batch.py $(call q,$<) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  $(if $(filter 1,$(RESEND)),--resend) -o $(call q,$@)
 $(B)/results_%.jsonl: $(B)/chunk_%.jsonl | scripts/run_batches.py $(VENV_OK)
+	$(CHECK_COST)
 	$(RUN_BATCHES) --only $(call q,$*)
 
 $(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge.params scripts/merge_results.py | $(VENV_OK)

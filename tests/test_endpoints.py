@@ -183,6 +183,15 @@ def test_max_cost_refuses_before_any_upload(emulator: Emulator, tmp_path: Path, 
     assert stats["calls"].get("POST /v1/files", 0) == 0
     assert stats["batches_created"] == 0
     assert not (input_dir(build, data) / "answer" / "merged.json").exists()
+    # One chunk by hand is checked too.
+    for target in ("batch_001.id", "results_001.jsonl"):
+        path = input_dir(build, data) / "answer" / target
+        one = make(
+            str(path), env=emulator.env(), check=False, BUILD=build, INPUT=data, CONFIG=cfg,
+            STEP="answer", **extra,
+        )  # fmt: skip
+        assert one.returncode != 0 and "over MAX_COST $0.000001" in one.stderr, one.stderr
+    assert emulator.stats()["calls"].get("POST /v1/files", 0) == 0
 
     # A cap above the estimate lets the same command through.
     make(
