@@ -176,23 +176,41 @@ def check_cost(s: dict[str, Any], cap: float) -> str:
     return f"estimated cost {usd(total)}, within MAX_COST {usd(cap)}{left}"
 
 
-def price_of(config: Config, model: str) -> dict[str, float] | None:
-    """The model's batch prices (USD per 1M tokens), checked; None when the table lacks it."""
+def price_of(config: Config, model: str) -> dict[str, float | None] | None:
+    """The model's batch prices (USD per 1M tokens), checked; None when the table lacks it.
+    `output` may be left out (None) for a model that writes none, an embeddings model."""
     price = config.price(model)
     if price is None:
         return None
-    if not isinstance(price, dict) or not all(
-        isinstance(price.get(k), (int, float)) for k in ("input", "output")
-    ):
+
+    def number(key: str) -> bool:
+        value = price.get(key)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+    given = [k for k in ("input", "cached_input", "output") if k in price]
+    if not number("input") or not all(number(k) for k in given):
         raise UserError(
             f"{config.path}: prices: {model} must be a mapping like "
-            "{input: 0.075, cached_input: 0.0375, output: 0.30} (USD per million tokens)"
+            "{input: 0.075, cached_input: 0.0375, output: 0.30} (USD per million tokens, "
+            "output may be left out for an embeddings model)"
         )
     return {
         "input": float(price["input"]),
         "cached_input": float(price.get("cached_input", price["input"])),
-        "output": float(price["output"]),
+        "output": float(price["output"]) if "output" in price else None,
     }
+
+
+def output_cost(tokens: int, price: dict[str, float | None], model: str) -> float:
+    """The cost of `tokens` output tokens; with no output price, only none is priced."""
+    if price["output"] is None:
+        if tokens:
+            raise UserError(
+                f"prices: {model} has no output price, and its requests write output; add "
+                "output: (USD per million tokens) to it"
+            )
+        return 0.0
+    return tokens * price["output"] / 1e6
 
 
 def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
@@ -213,9 +231,9 @@ def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
             "max_output_cost": None,
         }
         if price is not None:
-            entry["input_cost"] = input_tokens * price["input"] / 1e6
+            entry["input_cost"] = input_tokens * (price["input"] or 0) / 1e6
             if t.max_output_tokens is not None:
-                entry["max_output_cost"] = t.max_output_tokens * price["output"] / 1e6
+                entry["max_output_cost"] = output_cost(t.max_output_tokens, price, model)
         models[model] = entry
     return {
         "step": step_name,

@@ -24,7 +24,7 @@ from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import Config, load_config
 from files import write_text
-from plan import price_of, usd
+from plan import output_cost, price_of, usd
 from records import iter_jsonl
 
 END_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
@@ -102,15 +102,13 @@ def batch_summary(client: Any, batch_id: str) -> dict[str, Any]:
     }
 
 
-def cost(tokens: dict[str, int], price: dict[str, float] | None) -> float | None:
+def cost(tokens: dict[str, int], price: dict[str, float | None] | None, model: str) -> float | None:
     if price is None:
         return None
     fresh = tokens["input"] - tokens["cached"]
     return (
-        fresh * price["input"]
-        + tokens["cached"] * price["cached_input"]
-        + tokens["output"] * price["output"]
-    ) / 1e6
+        fresh * (price["input"] or 0) + tokens["cached"] * (price["cached_input"] or 0)
+    ) / 1e6 + output_cost(tokens["output"], price, model)
 
 
 def chunk_model(directory: Path, cid: str, batches: list[dict[str, Any]], config: Config) -> str:
@@ -159,7 +157,7 @@ def chunk_report(directory: Path, cid: str, config: Config, client: Any) -> dict
         "tokens_from_responses": from_responses,
         "tokens_from_batches": from_batches,
         "cost_basis": basis,
-        "cost_usd": cost(from_batches or from_responses, price),
+        "cost_usd": cost(from_batches or from_responses, price, model),
         "price": price,
         "started_at": min(created) if created else None,
         "ended_at": max(ended) if ended else None,

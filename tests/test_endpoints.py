@@ -20,7 +20,7 @@ CONFIG = """\
 model: gpt-4o-mini
 prices:
   gpt-4o-mini: {input: 0.075, cached_input: 0.0375, output: 0.30}
-  text-embedding-3-small: {input: 0.01, output: 0}
+  text-embedding-3-small: {input: 0.01}  # an embeddings model writes no output
 embed:
   endpoint: /v1/embeddings
   model: text-embedding-3-small
@@ -240,6 +240,12 @@ def test_plan_reports_each_endpoint(tmp_path: Path) -> None:
     assert plan(tmp_path, "--step", "answer", "--max-cost", "1").returncode == 0
     bad = plan(tmp_path, "--step", "answer", "--max-cost", "lots")
     assert bad.returncode != 0 and "MAX_COST must be a number" in bad.stderr
+
+    # No output price: fine for embeddings (above), one line for a step that writes output.
+    setup(tmp_path, CONFIG.replace("output: 0.30}", "}"))
+    unpriced = plan(tmp_path, "--step", "answer")
+    assert unpriced.returncode != 0 and unpriced.stderr.count("\n") == 1
+    assert "prices: gpt-4o-mini has no output price" in unpriced.stderr
 
 
 def test_cost_check_from_built_requests(tmp_path: Path) -> None:
