@@ -37,6 +37,7 @@ NOT_IN_RESPONSES = {
 }
 # Chat-completions parameters a step may set directly (anything else goes under `body:`);
 # none means anything to an embedding.
+MIN_OUTPUT_TOKENS = 16  # the spec's minimum of a Responses max_output_tokens
 BODY_KEYS = {
     "temperature",
     "top_p",
@@ -78,6 +79,14 @@ def endpoint_of(where: str, raw: dict[str, Any]) -> str:
         )
     if endpoint == EMBEDDINGS:
         check_embedding_keys(where, raw)
+    if endpoint == RESPONSES:
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = raw.get(key)
+            if isinstance(value, int) and value < MIN_OUTPUT_TOKENS:
+                raise UserError(
+                    f"{where}: {key}: {value} is below the Responses API's minimum of "
+                    f"{MIN_OUTPUT_TOKENS} (sent as max_output_tokens); raise it"
+                )
     return endpoint
 
 

@@ -157,6 +157,26 @@ def test_responses_live(client: openai.OpenAI, check: Callable[[str, Any], None]
     assert structured["usage"]["input_tokens"] == math.ceil(len("judgeCaption this") / 4) + 4 + 765
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"input": 5}, "input"),
+        ({"input": "hi", "seed": 3}, "seed"),
+        ({"input": "hi", "max_output_tokens": 8}, "max_output_tokens"),
+        ({"input": "hi", "max_output_tokens": "a"}, "max_output_tokens"),
+        ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
+         "text.format.schema"),
+        ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+    ],
+)  # fmt: skip
+def test_responses_requests_the_spec_refuses_are_400(
+    client: openai.OpenAI, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.post("/responses", body={"model": MODEL, **extra}, cast_to=object)
+    assert refused.value.body["param"] == param  # type: ignore[index]
+
+
 def test_responses_batch(client: openai.OpenAI, check: Callable[[str, Any], None]) -> None:
     def line(custom_id: str, text: str, url: str = "/v1/responses") -> dict[str, Any]:
         body = {"model": MODEL, "instructions": "be brief", "input": text}

@@ -285,6 +285,10 @@ def test_cost_check_from_built_requests(tmp_path: Path) -> None:
     ("step", "message"),
     [
         ("endpoint: /v1/images\n  user: x", "endpoint '/v1/images' is not one of"),
+        (
+            "endpoint: /v1/responses\n  user: x\n  max_tokens: 8",
+            "below the Responses API's minimum of 16",
+        ),
         ("endpoint: /v1/embeddings\n  user: x\n  system: s", "'system' makes no sense"),
         ("endpoint: /v1/embeddings\n  user: x\n  temperature: 0", "'temperature' makes no sense"),
         ("endpoint: /v1/embeddings\n  user: x\n  dimensions: 0", "dimensions must be a positive"),

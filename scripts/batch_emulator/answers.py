@@ -88,6 +88,8 @@ def content_error(endpoint: str, body: dict[str, Any]) -> Answer | None:
         if endpoint == "/v1/embeddings":
             embeddings.check(body)
         else:
+            if endpoint == "/v1/responses":
+                responses_api.check(body)
             image_parts(endpoint, body)
     except images.ImageRejected as exc:
         param = "messages" if endpoint == "/v1/chat/completions" else "input"

@@ -11,7 +11,103 @@ import math
 from typing import Any
 
 from .chat import canonical_json, completion_tokens, content_for
+from .exceptions import ApiError
 from .store import sha256_hex
+
+# The properties of the spec's CreateResponse (with CreateModelResponseProperties and
+# ResponseProperties it includes), read off openapi-full.yaml: any other key is refused.
+PARAMETERS = frozenset(
+    [
+        "background",
+        "context_management",
+        "conversation",
+        "include",
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "max_tool_calls",
+        "metadata",
+        "model",
+        "moderation",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    ]
+)
+MIN_OUTPUT_TOKENS = 16  # the spec: max_output_tokens {type: integer, minimum: 16}
+FORMATS = ("text", "json_schema", "json_object")
+
+
+def check(body: dict[str, Any]) -> None:
+    """ApiError for a request the endpoint refuses with a 400 (the checks the spec makes
+    plain; the messages follow the API's usual wording, UNVERIFIED for this endpoint)."""
+    unknown = sorted(set(body) - PARAMETERS)
+    if unknown:
+        raise ApiError(
+            400, f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter"
+        )
+    given = body.get("input")
+    if "input" in body and not isinstance(given, (str, list)):
+        raise ApiError(
+            400,
+            f"Invalid type for 'input': expected a string or an array, but got "
+            f"{type(given).__name__} instead.",
+            param="input",
+            code="invalid_type",
+        )
+    limit = body.get("max_output_tokens")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise ApiError(
+            400,
+            "Invalid type for 'max_output_tokens': expected an integer.",
+            param="max_output_tokens",
+            code="invalid_type",
+        )
+    if limit is not None and limit < MIN_OUTPUT_TOKENS:
+        raise ApiError(
+            400,
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
+            f"{MIN_OUTPUT_TOKENS}, but got {limit} instead.",
+            param="max_output_tokens",
+            code="integer_below_min_value",
+        )
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in FORMATS:
+        raise ApiError(
+            400,
+            f"Invalid value for 'text.format.type': expected one of {', '.join(FORMATS)}.",
+            param="text.format.type",
+            code="invalid_value",
+        )
+    for key in ("name", "schema") if kind == "json_schema" else ():
+        if key not in fmt:
+            raise ApiError(
+                400,
+                f"Missing required parameter: 'text.format.{key}'.",
+                param=f"text.format.{key}",
+                code="missing_required_parameter",
+            )
 
 
 def input_parts(body: dict[str, Any]) -> tuple[list[str], int, list[tuple[Any, Any]]]:
