@@ -24,6 +24,7 @@ from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import Config, load_config
 from files import write_text
+from ledger import Ledger
 from plan import output_cost, price_of, usd
 from records import iter_jsonl
 
@@ -211,6 +212,29 @@ def totals(directory: Path, chunks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def ledger_spend(
+    directory: Path, config: Config, client: Any, chunks: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Every batch the step's ledger ever created (earlier splits too: a changed input or
+    prompt, retries, resends), priced from the batches' usage: what the step has cost."""
+    ledger = Ledger(directory / "ledger.jsonl")
+    if client is None or not ledger.chunk_of:
+        return None
+    known = {b["id"]: b for c in chunks for b in c["batches"]}
+    spent, unpriced = 0.0, 0
+    for batch_id in ledger.chunk_of:
+        b = known.get(batch_id) or batch_summary(client, batch_id)
+        if not b.get("usage"):
+            continue  # not ended yet, or the server does not report usage
+        price = price_of(config, str(b.get("model") or config.data.get("model")))
+        value = cost(b["usage"], price, str(b.get("model")))
+        if value is None:
+            unpriced += 1
+        else:
+            spent += value
+    return {"batches": len(ledger.chunk_of), "cost_usd": spent, "unpriced_batches": unpriced}
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -304,9 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     report = {"dir": str(args.dir), "chunks": chunks, "total": totals(args.dir, chunks)}
     report["total"]["model"] = ", ".join(sorted({c["model"] for c in chunks}))
     report["total"]["max_cost_usd"] = config.max_cost(args.max_cost)
+    report["step"] = ledger_spend(args.dir, config, client, chunks)
     write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(table(report))
     cap, spent = report["total"]["max_cost_usd"], report["total"]["cost_usd"]
+    step = report["step"]
+    if step and step["batches"] > report["total"]["batches"]:
+        print(
+            f"all {step['batches']} batches this step created (earlier inputs and prompts "
+            f"too): {usd(step['cost_usd'])}"
+            + (f", {step['unpriced_batches']} with no price" if step["unpriced_batches"] else "")
+        )
+    if step and not step["unpriced_batches"]:
+        spent = max(spent or 0.0, step["cost_usd"])
     if cap is not None:
         share = f" ({spent / cap:.0%} of it)" if spent is not None and cap else ""
         spend = "unknown (no price)" if spent is None else usd(spent)

@@ -146,6 +146,26 @@ def test_responses_steps_end_to_end(emulator: Emulator, tmp_path: Path) -> None:
     assert endpoints_of_batches(emulator) == {"/v1/responses": 2}
 
 
+def test_report_counts_every_batch_the_step_paid_for(emulator: Emulator, tmp_path: Path) -> None:
+    """A changed record is sent alone in a new split; the spend against the cap still counts
+    the first batch, which the ledger remembers."""
+    data, cfg = setup(tmp_path)
+    run_step(emulator, tmp_path, "answer")
+    records = read_json(data)
+    records[1]["title"] = "A newer bridge opens"
+    write_json(data, records)
+    run_step(emulator, tmp_path, "answer")
+    assert len(emulator.batches()) == 2
+    env, build = emulator.env(), tmp_path / "build"
+    out = make("report", env=env, BUILD=build, INPUT=data, CONFIG=cfg, STEP="answer", MAX_COST=1)
+    report = json.loads((input_dir(build, data) / "answer" / "report.json").read_text())
+    assert report["total"]["batches"] == 1 and report["step"]["batches"] == 2
+    assert report["step"]["cost_usd"] > report["total"]["cost_usd"] > 0
+    assert "all 2 batches this step created" in out.stdout
+    spent = f"spent ${report['step']['cost_usd']:.6f} against MAX_COST"
+    assert spent in out.stdout, out.stdout
+
+
 def test_one_endpoint_per_batch(emulator: Emulator, tmp_path: Path) -> None:
     setup(tmp_path)
     for step in ("chat", "answer", "embed"):
