@@ -129,7 +129,14 @@ class Config:
         budget = self.data.get("token_budget")
         if isinstance(budget, dict):
             budget = budget.get(model)
-        return int(budget) if budget else None
+        if budget is None:
+            return None
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise UserError(
+                f"{self.path}: token_budget must be a positive whole number of tokens (or "
+                f"{{model: tokens}}), not {budget!r}"
+            )
+        return budget
 
 
 def load_config(path: Path) -> Config:

@@ -61,14 +61,30 @@ class ChunkIndex:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def get(self, sha: str, attempt: int) -> str | None:
+    def read(self, sha: str, attempt: int) -> dict[str, Any]:
         try:
-            return json.loads((self.dir / f"{self.key(sha, attempt)}.json").read_text())["batch"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            data = json.loads((self.dir / f"{self.key(sha, attempt)}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
-    def put(self, sha: str, attempt: int, batch_id: str) -> None:
-        data = {"batch": batch_id, "at": round(time.time())}
+    def get(self, sha: str, attempt: int) -> str | None:
+        batch = self.read(sha, attempt).get("batch")
+        return batch if isinstance(batch, str) else None
+
+    def intent(self, sha: str, attempt: int) -> float | None:
+        """When a create for this identity was sent and not answered (the run died), if one
+        was: a run after build/ was deleted asks the server about it, back to that time."""
+        data = self.read(sha, attempt)
+        at = data.get("intent_at")
+        return float(at) if data.get("batch") is None and isinstance(at, (int, float)) else None
+
+    def put(self, sha: str, attempt: int, batch_id: str | None, intent_at: float = 0) -> None:
+        """The batch of this identity; None with `intent_at`: a create about to be sent; None
+        alone: no create outstanding (refused)."""
+        data: dict[str, Any] = {"batch": batch_id, "at": round(time.time())}
+        if batch_id is None and intent_at:
+            data["intent_at"] = intent_at
         write_text(self.dir / f"{self.key(sha, attempt)}.json", json.dumps(data) + "\n")
 
 
@@ -96,8 +112,11 @@ class Budget:
                 continue
             batch_id = path.stem
             stale = now - r.get("at", 0) > WINDOW
-            if not stale and batch_id not in mine and not alive(r.get("pid", 0)):
-                stale = ended(batch_id)
+            pid = r.get("pid", 0)
+            if not stale and batch_id not in mine:
+                # This process's own, for a batch it no longer follows, is a leak; a dead
+                # run's is checked on the server.
+                stale = pid == os.getpid() or not alive(pid) and ended(batch_id)
             if stale:
                 path.unlink(missing_ok=True)
                 continue

@@ -261,6 +261,13 @@ class Engine:
                 continue  # its results are gone: the newer one was sent on purpose
             mine = page.get(job.batch_id or "")
             if mine is not None and mine.status in GONE:
+                # Ours was cancelled (the other run's duplicate check, or by hand) while another
+                # batch holds the same chunk: that one's answers serve, nothing is sent again.
+                note(
+                    f"{job.path.name}: its batch {mine.id} was cancelled and {batch.id} holds the "
+                    f"same chunk; adopting {batch.id}"
+                )
+                self.switch(job, batch)
                 continue
             if mine is None or (batch.created_at, batch.id) < (mine.created_at, mine.id):
                 newer, keep = job.batch_id, batch
@@ -275,9 +282,16 @@ class Engine:
             with contextlib.suppress(openai.BadRequestError, openai.ConflictError):
                 self.client.batches.cancel(newer)  # it may have ended meanwhile
             if keep.id != job.batch_id:
-                assert job.info is not None
-                self.submitter.adopted(job.info, job.attempt, keep.id, "duplicate kept")
-                self.fly(job, keep.id, keep)
+                self.switch(job, keep)
+
+    def switch(self, job: Job, keep: Any) -> None:
+        """The job follows another batch of its chunk; its own batch's reservation goes."""
+        assert job.info is not None
+        if job.reserved and job.batch_id:
+            Budget(str(self.client.base_url), job.info.model).release(job.batch_id)
+            job.reserved = False
+        self.submitter.adopted(job.info, job.attempt, keep.id, "duplicate kept")
+        self.fly(job, keep.id, keep)
 
     def seen(self, job: Job, batch: Any) -> None:
         job.batch = batch
@@ -570,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.retries < 0:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
+    if args.token_budget is not None and args.token_budget < 1:
+        raise UserError(
+            f"TOKEN_BUDGET must be a positive number of tokens, not {args.token_budget}"
+        )
 
     engine = Engine(args)
     if args.collect:

@@ -181,6 +181,8 @@ class Submitter:
             if found and self.usable(found):
                 return self.adopted(chunk, attempt, found, "machine index")
             since = ledger.create(sha, attempt).unknown_since
+            if since is None:
+                since = self.index.intent(sha, attempt)  # the ledger went with build/
             if since is not None:
                 batch = self.resolve(chunk, attempt, since, id_file)
                 if batch is not None:
@@ -287,6 +289,7 @@ class Submitter:
             metadata=metadata,
         )
         started = time.time()
+        self.index.put(chunk.sha, attempt, None, intent_at=started)
 
         def find() -> Any:
             try:
@@ -315,6 +318,7 @@ class Submitter:
             self.ledger.record(
                 "create", phase="refused", sha=chunk.sha, attempt=attempt, error=str(e)[:500]
             )
+            self.index.put(chunk.sha, attempt, None)
             raise UserError(f"the API refused the batch for {chunk.path.name}: {e.message}")
         if not batch.metadata and not self.warned_metadata:
             note(

@@ -194,9 +194,10 @@ def test_two_runs_of_one_job_at_once_pay_once(emulator: Emulator, tmp_path: Path
 
 def test_two_machines_the_newer_duplicate_is_cancelled(emulator: Emulator, tmp_path: Path) -> None:
     """Two state dirs stand for two machines: no lock reaches across, so both create; the
-    first poll's list page shows two live batches for one chunk, and the newer is cancelled."""
+    first poll's list page shows two live batches for one chunk, and the newer is cancelled.
+    Each run may win some chunks and lose others: both finish, nothing is sent again."""
     emulator.faults(processing_seconds=2.0)
-    a, b = Job(tmp_path / "a", 10), Job(tmp_path / "b", 10)
+    a, b = Job(tmp_path / "a", 30), Job(tmp_path / "b", 30)
     b.input.write_bytes(a.input.read_bytes())
     runs = [
         a.start(emulator, env=emulator.env(BR_STATE_DIR=str(tmp_path / "machine-a"))),
@@ -205,10 +206,60 @@ def test_two_machines_the_newer_duplicate_is_cancelled(emulator: Emulator, tmp_p
     results = [finish(run) for run in runs]
     batches = emulator.batches()
     statuses = Counter(x.status for x in batches)
-    assert statuses["completed"] == 1 and statuses["cancelled"] == len(batches) - 1, statuses
+    assert statuses["completed"] == 3 and statuses["cancelled"] == len(batches) - 3, statuses
     assert any("two batches for one chunk" in err for _, err in results)
-    done = [job for (code, _), job in zip(results, (a, b), strict=True) if code == 0]
-    assert done and all(sum("summary" in r for r in j.merged()) == 10 for j in done)
+    assert [code for code, _ in results] == [0, 0], results
+    assert all(sum("summary" in r for r in j.merged()) == 30 for j in (a, b))
+    assert live_per_chunk(emulator) == Counter(dict.fromkeys(live_per_chunk(emulator), 1))
+    assert not list(a.b.glob("retry_*")) and not list(b.b.glob("retry_*"))
+
+
+def test_a_duplicate_given_up_frees_its_token_budget(emulator: Emulator, tmp_path: Path) -> None:
+    """A second machine sends the chunks again, finds the first machine's batches and cancels
+    its own: their reservations go with them, so a budget of two chunks still runs all three."""
+    first = Job(tmp_path / "first", 30)
+    first.make(emulator)
+    tokens = int(emulator.batches()[0].metadata["br_est_tokens"])
+    other = Job(tmp_path / "other", 30)
+    other.input.write_bytes(first.input.read_bytes())
+    env = emulator.env(BR_STATE_DIR=str(tmp_path / "machine-2"))
+    run = other.start(emulator, env=env, TOKEN_BUDGET=2 * tokens + tokens // 2)
+    _, err = run.communicate(timeout=120)  # a leaked reservation would wait here forever
+    assert run.returncode == 0, err
+    assert sum("summary" in r for r in other.merged()) == 30
+    assert emulator.stats()["requests_processed"] <= 30 + 3 * 10
+
+
+def test_a_create_killed_unanswered_then_build_deleted_pays_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """kill -9 while a create is on the wire, then rm -rf build/: the machine index holds the
+    create's intent, so the fresh run asks the server about it and adopts the batch."""
+    import os
+    import shutil
+    import signal
+
+    job = Job(tmp_path, 10)
+    emulator.faults(response_delay={"POST /v1/batches": 3})
+    args = ["make", "--no-print-directory", "caption"]
+    args += [f"{k}={v}" for k, v in job.variables().items()]
+    run = subprocess.Popen(
+        args, cwd=ROOT, env=emulator.env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    ledger = job.b / "ledger.jsonl"
+    while not (ledger.exists() and '"op":"create","phase":"intent"' in ledger.read_text()):
+        assert time.monotonic() < deadline, "no create was sent"
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    emulator.faults(response_delay={})
+    shutil.rmtree(job.build)
+    time.sleep(3.5)  # the create takes effect on the server; only its answer was lost
+    job.make(emulator)
+    assert len(emulator.batches()) == 1
+    assert sum("summary" in r for r in job.merged()) == 10
 
 
 # ----------------------------------------------------------------------------- nothing abandoned
