@@ -1,7 +1,8 @@
 """When to ask about a batch, when to give up on one, and how waiting looks.
 
 The schedule: a batch of age `a` is next polled after min(a/2, max(60 s, a/20)), never sooner
-than BR_POLL_MIN (default 1 s) nor later than BR_POLL_MAX (default none). A finished batch is
+than BR_POLL_MIN (default 1 s) nor later than BR_POLL_MAX (default none); sooner where its
+request counts say it ends sooner (`next_poll`). A finished batch is
 therefore noticed within max(60 s, 5% of its age), and a 24-hour batch costs about 120 status
 calls (ten in its first minute, twenty more to its twentieth, then growing by 5% a poll), not
 one a minute. Where several batches of a run are in flight, one page of the batch list serves
@@ -34,6 +35,23 @@ def interval(age: float) -> float:
     """Seconds until the next poll of a batch `age` seconds old."""
     age = max(age, 0.0)
     return min(max(min(age / 2, max(60.0, age / 20)), poll_min()), poll_max())
+
+
+def next_poll(batch: Any, now: float) -> float:
+    """Seconds until the next poll of a batch in flight: `interval`, or sooner when its
+    request counts say it will end sooner (the rate so far, over what is left), never
+    sooner than a quarter of the interval nor BR_POLL_MIN: a run whose queue waits for the
+    budget this batch holds starts the next batch without idling most of an interval."""
+    wait = interval(now - batch.created_at)
+    counts = getattr(batch, "request_counts", None)
+    started = getattr(batch, "in_progress_at", None)
+    if batch.status != "in_progress" or not counts or not counts.total or started is None:
+        return wait
+    done = (counts.completed or 0) + (counts.failed or 0)
+    if not 0 < done < counts.total:
+        return wait
+    eta = (now - started) * (counts.total - done) / done
+    return min(wait, max(eta, wait / 4, poll_min()))
 
 
 def deadline(batch: Any) -> float:

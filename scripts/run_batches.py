@@ -42,7 +42,7 @@ from files import move_aside, sha256_file, write_jsonl, write_text
 from ledger import Ledger
 from machine import Budget, ended_on_server
 from outcomes import TERMINAL, UNKNOWN, collect
-from polling import Progress, deadline, interval
+from polling import Progress, deadline, interval, next_poll
 from records import iter_jsonl, request_hash
 from submission import META_ATTEMPT, META_CHUNK, ChunkInfo, Submitter, Unlistable, chunk_info
 
@@ -309,7 +309,7 @@ class Engine:
                     + batch.id
                 )
                 return
-            job.next_at = now + interval(now - batch.created_at)
+            job.next_at = now + next_poll(batch, now)
             return
         if self.ledger.ended.get(batch.id) != batch.status:
             self.ledger.record("ended", batch_id=batch.id, status=batch.status)

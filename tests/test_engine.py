@@ -173,6 +173,24 @@ def test_the_schedule_of_polls_for_a_day_long_batch() -> None:
     assert interval(0) >= 1.0  # never two calls back to back
 
 
+def test_a_batch_whose_counts_say_it_ends_soon_is_polled_sooner() -> None:
+    from types import SimpleNamespace
+
+    from polling import interval, next_poll
+
+    def batch(done: int, status: str = "in_progress") -> SimpleNamespace:
+        counts = SimpleNamespace(completed=done, failed=0, total=100)
+        return SimpleNamespace(
+            status=status, created_at=0.0, in_progress_at=0.0, request_counts=counts
+        )
+
+    assert next_poll(batch(50), 100.0) == interval(100.0) == 50.0  # ends in 100 s: no sooner
+    assert next_poll(batch(99), 3600.0) == interval(3600.0) / 4  # ends in 36 s: at most 4x
+    assert next_poll(batch(96), 3600.0) == 3600.0 * 4 / 96  # ends in 150 s, not 180
+    assert next_poll(batch(100, "finalizing"), 3600.0) == interval(3600.0)
+    assert next_poll(batch(0), 3600.0) == interval(3600.0)  # no rate yet
+
+
 # ----------------------------------------------------------------------------- concurrency
 
 
