@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     merger = Merger(step, args.data_key, response_key)
     answers = Answers(args.output.parent, args.requests, args.answers)
     reasons: Counter[str] = Counter()  # failures by code; the rows stream to errors.jsonl
-    answered = 0
+    answered = cut = 0
     try:
         # errors.jsonl is committed first (the inner block ends first): once merged.json is
         # committed make takes the step as done, so a kill between them must not lose errors.
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                             raise ValueError(error["code"], error.get("message") or "")
                         record = merger.apply(record, merger.value(row["response"]))
                         answered += 1
+                        cut += bool(row.get("cut_short"))
                     except ValueError as e:
                         code, message = e.args if len(e.args) == 2 else ("error", str(e))
                         errors.write(dumps(error_row(cid, index, code, message, row)) + "\n")
@@ -207,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         answers.close()
     summarise(args.output, answered, reasons, args.errors)
+    if cut:
+        note(
+            f"warning: {cut} answer(s) stopped at the step's max_tokens and are cut short "
+            "(kept as they came); raise max_tokens to have them whole"
+        )
     return 0
 
 

@@ -51,13 +51,16 @@ def outcome(line: dict[str, Any]) -> dict[str, Any]:
             if value is None:
                 reason = refusal or "the response has no content"
                 return failed("refusal", str(reason), 200, retryable=False)
-            return {
+            row = {
                 "outcome": "succeeded",
                 "response": value,
                 "error": None,
                 "retryable": False,
                 "usage": body.get("usage"),
             }
+            if cut_short(body):
+                row["cut_short"] = True  # stopped at the step's max_tokens: kept, and counted
+            return row
         err = body.get("error") if isinstance(body.get("error"), dict) else {}
         status = status or status_in(err.get("message"))
         code = err.get("code") or err.get("type") or (f"http_{status}" if status else UNKNOWN)
@@ -94,6 +97,16 @@ def answer_of(body: dict[str, Any]) -> tuple[Any, str | None]:
         return (vectors[0] if len(vectors) == 1 else vectors), None
     message = (body.get("choices") or [{}])[0].get("message") or {}
     return message.get("content"), message.get("refusal")
+
+
+def cut_short(body: dict[str, Any]) -> bool:
+    """An answer that stopped at its output cap (chat: finish_reason "length"; responses:
+    status "incomplete" for max_output_tokens)."""
+    if body.get("object") == "response" or "output" in body:
+        details = body.get("incomplete_details") or {}
+        return body.get("status") == "incomplete" and details.get("reason") == "max_output_tokens"
+    choices = body.get("choices") or [{}]
+    return isinstance(choices[0], dict) and choices[0].get("finish_reason") == "length"
 
 
 def vector(embedding: Any) -> list[float]:

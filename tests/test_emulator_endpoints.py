@@ -157,6 +157,27 @@ def test_responses_live(client: openai.OpenAI, check: Callable[[str, Any], None]
     assert structured["usage"]["input_tokens"] == math.ceil(len("judgeCaption this") / 4) + 4 + 765
 
 
+def test_an_answer_longer_than_its_cap_stops_there(
+    client: openai.OpenAI, check: Callable[[str, Any], None]
+) -> None:
+    long = "What happened in the valley after the floods of the spring? " * 3
+    raw = client.responses.with_raw_response.create(model=MODEL, input=long, max_output_tokens=16)
+    body = raw_json(raw)
+    check("Response", body)
+    assert body["status"] == "incomplete"
+    assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["usage"]["output_tokens"] == 16
+    assert len(body["output"][0]["content"][0]["text"]) == 64
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=5
+    )
+    assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 5
+    content = chat.choices[0].message.content or ""
+    assert len(content) == 20 and content.startswith("Emulated answer ")
+    roomy = client.responses.create(model=MODEL, input=long, max_output_tokens=500)
+    assert roomy.status == "completed" and roomy.usage.output_tokens < 500
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [

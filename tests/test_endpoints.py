@@ -56,6 +56,12 @@ chat:
   user: "Headline: {title}"
   is_multimodal: false
   response_key: chat
+short:
+  endpoint: /v1/responses
+  user: "Tell the whole story behind this headline, at length, please: {title}"
+  is_multimodal: false
+  max_tokens: 16
+  response_key: answer
 """
 
 
@@ -164,6 +170,17 @@ def test_report_counts_every_batch_the_step_paid_for(emulator: Emulator, tmp_pat
     assert "all 2 batches this step created" in out.stdout
     spent = f"spent ${report['step']['cost_usd']:.6f} against MAX_COST"
     assert spent in out.stdout, out.stdout
+
+
+def test_answers_cut_short_by_max_tokens_are_kept_and_counted(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    data, cfg = setup(tmp_path)
+    build = tmp_path / "build"
+    out = make("caption", env=emulator.env(), BUILD=build, INPUT=data, CONFIG=cfg, STEP="short")
+    merged = read_json(input_dir(build, data) / "short" / "merged.json")
+    assert all(len(r["answer"]) == 64 for r in merged)  # 16 tokens of 4 characters
+    assert "warning: 4 answer(s) stopped at the step's max_tokens" in out.stderr
 
 
 def test_one_endpoint_per_batch(emulator: Emulator, tmp_path: Path) -> None:

@@ -57,6 +57,16 @@ def completion_tokens(content: str) -> int:
     return math.ceil(len(content) / 4)
 
 
+def capped(content: str, cap: Any) -> tuple[str, int, bool]:
+    """(the answer, its tokens, cut short): an answer longer than the request's output cap
+    (max_tokens, max_completion_tokens, max_output_tokens) stops at the cap, as the model's
+    would (chat: finish_reason "length"; responses: status "incomplete")."""
+    tokens = completion_tokens(content)
+    if isinstance(cap, int) and not isinstance(cap, bool) and 0 < cap < tokens:
+        return content[: cap * 4], cap, True
+    return content, tokens, False
+
+
 def last_user_text(messages: Any) -> str:
     if not isinstance(messages, list):
         return ""
@@ -87,7 +97,8 @@ def answer(body: dict[str, Any], *, created: int, image_tokens: int) -> dict[str
     text = f"Emulated answer {h8}: {last_user_text(body.get('messages'))[:60]}"
     content = content_for(body.get("response_format"), text, h8)
     prompt = prompt_tokens(body, image_tokens)
-    completion = completion_tokens(content)
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    content, completion, cut = capped(content, cap)
     return {
         "id": f"chatcmpl-{digest[8:37]}",
         "object": "chat.completion",
@@ -98,7 +109,7 @@ def answer(body: dict[str, Any], *, created: int, image_tokens: int) -> dict[str
                 "index": 0,
                 "message": {"role": "assistant", "content": content, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "length" if cut else "stop",
             }
         ],
         "usage": {

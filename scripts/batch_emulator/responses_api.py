@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .chat import canonical_json, completion_tokens, content_for
+from .chat import canonical_json, capped, content_for
 from .exceptions import ApiError
 from .store import sha256_hex
 
@@ -168,15 +168,16 @@ def answer(body: dict[str, Any], *, created: int, image_tokens: int) -> dict[str
     fmt = text_param.get("format") if isinstance(text_param.get("format"), dict) else None
     content = content_for(fmt, f"Emulated answer {h8}: {_last_text(body)[:60]}", h8)
     prompt = prompt_tokens(body, image_tokens)
-    completion = completion_tokens(content)
+    content, completion, cut = capped(content, body.get("max_output_tokens"))
+    status = "incomplete" if cut else "completed"
     return {
         "id": f"resp_{digest[8:40]}",
         "object": "response",
         "created_at": created,
-        "status": "completed",
-        "completed_at": created,
+        "status": status,
+        "completed_at": None if cut else created,
         "error": None,
-        "incomplete_details": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
         "model": str(body.get("model", "")),
@@ -185,7 +186,7 @@ def answer(body: dict[str, Any], *, created: int, image_tokens: int) -> dict[str
                 "id": f"msg_{digest[40:64]}",
                 "type": "message",
                 "role": "assistant",
-                "status": "completed",
+                "status": status,
                 "content": [
                     {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
                 ],
