@@ -19,6 +19,7 @@ from typing import Any
 from cli import UserError, run
 from client import make_client
 from config import load_config
+from files import write_text
 from make_requests import compile_jq
 from outcomes import IN_FLIGHT
 
@@ -73,6 +74,14 @@ def check(client: Any, batch_id: str) -> int:
     return 0
 
 
+def acknowledge(directory: Path, nnn: str, batch_id: str) -> None:
+    """batch_NNN.cancelled names the batch: you were told, so the next run sends the rest."""
+    ack = directory / f"batch_{nnn}.cancelled"
+    told = ack.read_text().split() if ack.exists() else []
+    if batch_id not in told:
+        write_text(ack, "".join(f"{b}\n" for b in [*told, batch_id]))
+
+
 def cancel(client: Any, directory: Path) -> int:
     ids = sorted(directory.glob("batch_*.id")) + sorted(directory.glob("retry_*.id"))
     if not ids:
@@ -83,6 +92,7 @@ def cancel(client: Any, directory: Path) -> int:
         if batch.status in IN_FLIGHT - {"cancelling"}:
             batch = client.batches.cancel(batch.id)
             cancelled += 1
+            acknowledge(directory, path.stem.split("_")[1], batch.id)
         print(f"{path.name}: {batch.id} {batch.status}")
     print(f"cancelled {cancelled} batch(es); rerun the make command to send what they did not do")
     return 0

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batches import acknowledge
 from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import load_config
@@ -91,6 +92,7 @@ class Engine:
         self.jobs: list[Job] = []
         self.can_list = True
         self.errors: list[str] = []
+        self.started = time.time()
 
     # -------------------------------------------------------------- set-up, lazily
 
@@ -357,14 +359,16 @@ class Engine:
         job.next_at = time.time() + interval(time.time() - batch.created_at)
 
     def acknowledged(self, job: Job, batch: Any) -> bool:
-        """A batch cancelled outside the run stops its chunk once; the rerun sends the rest."""
+        """A batch cancelled outside the run stops its chunk once; the rerun sends the rest.
+        `make cancel` writes the same acknowledgement: a run started after it sends the rest,
+        a run already going when it came stops the chunk (the user meant to stop spending)."""
         if job.orphan:
             return True
         ack = self.out / f"batch_{job.nnn}.cancelled"
         told = ack.read_text().split() if ack.exists() else []
-        if batch.id in told:
+        if batch.id in told and ack.stat().st_mtime < self.started:
             return True
-        write_text(ack, "".join(f"{b}\n" for b in [*told, batch.id]))
+        acknowledge(self.out, job.nnn, batch.id)
         counts = batch.request_counts
         done = counts.completed if counts else 0
         total = counts.total if counts else 0

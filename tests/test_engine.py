@@ -433,6 +433,34 @@ def test_a_cancelled_batch_without_output_is_sent_again_and_says_so(tmp_path: Pa
         emu.stop()
 
 
+def test_make_cancel_then_one_rerun_sends_the_rest(tmp_path: Path) -> None:
+    """The run is gone (Ctrl+C, a closed terminal), `make cancel` says "rerun to send the
+    rest": the next run sends it, not only the one after."""
+    import os
+    import signal
+
+    emu = Emulator(tmp_path / "emu", "--processing-seconds", "30").start()
+    try:
+        job = Job(tmp_path, 10)
+        args = ["make", "--no-print-directory", "caption"]
+        args += [f"{k}={v}" for k, v in job.variables().items()]
+        run = subprocess.Popen(
+            args, cwd=ROOT, env=emu.env(), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(job.b / "batch_001.id")
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        out = make("cancel", env=emu.env(), **job.variables())
+        assert "cancelled 1 batch(es)" in out.stdout
+        emu.faults(processing_seconds=0.3)
+        job.make(emu)
+        assert len(emu.batches()) == 2
+        assert sum("summary" in r for r in job.merged()) == 10
+    finally:
+        emu.stop()
+
+
 # ----------------------------------------------------------------------------- what comes back
 
 
