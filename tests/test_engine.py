@@ -67,6 +67,7 @@ class Job:
     def start(
         self, emu: Emulator, env: dict[str, str] | None = None, **extra: Any
     ) -> subprocess.Popen[str]:
+        """`make caption` in the background, in a session of its own (see `kill_all`)."""
         args = ["make", "--no-print-directory", "caption"]
         args += [f"{k}={v}" for k, v in self.variables(**extra).items()]
         return subprocess.Popen(
@@ -76,6 +77,7 @@ class Job:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
 
     def merged(self) -> list[dict[str, Any]]:
@@ -108,6 +110,15 @@ def wait_for(path: Path) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
+
+
+def kill_all(run: subprocess.Popen[str]) -> None:
+    """kill -9 of make and every script it runs (a crash, a machine going down)."""
+    import os
+    import signal
+
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
 
 
 def finish(run: subprocess.Popen[str]) -> tuple[int, str]:
@@ -253,25 +264,17 @@ def test_a_create_killed_unanswered_then_build_deleted_pays_once(
 ) -> None:
     """kill -9 while a create is on the wire, then rm -rf build/: the machine index holds the
     create's intent, so the fresh run asks the server about it and adopts the batch."""
-    import os
     import shutil
-    import signal
 
     job = Job(tmp_path, 10)
     emulator.faults(response_delay={"POST /v1/batches": 3})
-    args = ["make", "--no-print-directory", "caption"]
-    args += [f"{k}={v}" for k, v in job.variables().items()]
-    run = subprocess.Popen(
-        args, cwd=ROOT, env=emulator.env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    run = job.start(emulator)
     deadline = time.monotonic() + 60
     ledger = job.b / "ledger.jsonl"
     while not (ledger.exists() and '"op":"create","phase":"intent"' in ledger.read_text()):
         assert time.monotonic() < deadline, "no create was sent"
         time.sleep(0.02)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    kill_all(run)
     emulator.faults(response_delay={})
     shutil.rmtree(job.build)
     time.sleep(3.5)  # the create takes effect on the server; only its answer was lost
@@ -289,8 +292,7 @@ def test_editing_a_record_while_its_batch_runs_pays_only_for_that_record(tmp_pat
         job = Job(tmp_path, 20, per_chunk=20)
         run = job.start(emu)
         wait_for(job.b / "batch_001.id")
-        run.kill()
-        run.wait()
+        kill_all(run)
         texts = [f"story {i}" for i in range(20)]
         texts[7] = "story 7, edited"
         job.write(texts)
@@ -436,21 +438,12 @@ def test_a_cancelled_batch_without_output_is_sent_again_and_says_so(tmp_path: Pa
 def test_make_cancel_then_one_rerun_sends_the_rest(tmp_path: Path) -> None:
     """The run is gone (Ctrl+C, a closed terminal), `make cancel` says "rerun to send the
     rest": the next run sends it, not only the one after."""
-    import os
-    import signal
-
     emu = Emulator(tmp_path / "emu", "--processing-seconds", "30").start()
     try:
         job = Job(tmp_path, 10)
-        args = ["make", "--no-print-directory", "caption"]
-        args += [f"{k}={v}" for k, v in job.variables().items()]
-        run = subprocess.Popen(
-            args, cwd=ROOT, env=emu.env(), start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        run = job.start(emu)
         wait_for(job.b / "batch_001.id")
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
+        kill_all(run)
         out = make("cancel", env=emu.env(), **job.variables())
         assert "cancelled 1 batch(es)" in out.stdout
         emu.faults(processing_seconds=0.3)
@@ -544,14 +537,15 @@ def test_more_than_a_page_in_flight_is_polled_by_list_pages_not_one_by_one(
     tmp_path: Path,
 ) -> None:
     """120 chunks in flight at once: each poll reads the two list pages that hold them all,
-    rather than one page and a status call for each of the twenty not on it."""
+    rather than one page and a status call for each of the twenty not on it (60 in all)."""
     emu = Emulator(tmp_path / "emu", "--processing-seconds", "4").start()
     try:
         job = Job(tmp_path, 120, per_chunk=1)
         make("caption", env=emu.env(BR_POLL_MIN="1.5"), **job.variables())
         counts = calls(emu)
         assert counts["POST /v1/batches"] == 120
-        assert counts.get("GET /v1/batches/{id}", 0) == 0, counts
+        # A due batch alone off the pages read is retrieved (a page would cost the same).
+        assert counts.get("GET /v1/batches/{id}", 0) <= 10, counts  # one by one: 60
         assert 2 <= counts["GET /v1/batches"] <= 20, counts
         print(f"\n[120 in flight] {dict(counts)}")
         assert sum("summary" in r for r in job.merged()) == 120
@@ -587,8 +581,7 @@ def test_tidy_deletes_only_the_files_of_fetched_batches(tmp_path: Path) -> None:
         running = Job(tmp_path / "running", 10)
         run = running.start(emu)
         wait_for(running.b / "batch_001.id")
-        run.kill()
-        run.wait()
+        kill_all(run)
         before = {f.id for f in emu.client().files.list()}
         out = make("tidy", env=emu.env(), **running.variables())
         assert "kept" in out.stdout and "deleted" not in out.stdout.replace("deleted 0", "")
@@ -619,8 +612,7 @@ def test_tidy_keeps_a_file_a_running_batch_shares_and_results_gone_with_build_ar
         out = make("tidy", env=emu.env(), **job.variables())
         assert f"kept    {running.id}" in out.stdout
         emu.client().files.retrieve(running.input_file_id)  # still there
-        run.kill()
-        run.wait()
+        kill_all(run)
     finally:
         emu.stop()
 
