@@ -80,9 +80,15 @@ def endpoint_of(where: str, raw: dict[str, Any]) -> str:
     if endpoint == EMBEDDINGS:
         check_embedding_keys(where, raw)
     if endpoint == RESPONSES:
-        for key in ("max_tokens", "max_completion_tokens"):
-            value = raw.get(key)
-            if isinstance(value, int) and value < MIN_OUTPUT_TOKENS:
+        body = raw.get("body") if isinstance(raw.get("body"), dict) else {}
+        caps = {k: raw.get(k) for k in ("max_tokens", "max_completion_tokens")}
+        caps["body: max_output_tokens"] = body.get("max_output_tokens")
+        for key, value in caps.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{where}: {key} must be a whole number of tokens, not {value!r}")
+            if value < MIN_OUTPUT_TOKENS:
                 raise UserError(
                     f"{where}: {key}: {value} is below the Responses API's minimum of "
                     f"{MIN_OUTPUT_TOKENS} (sent as max_output_tokens); raise it"

@@ -37,18 +37,20 @@ def interval(age: float) -> float:
     return min(max(min(age / 2, max(60.0, age / 20)), poll_min()), poll_max())
 
 
-def next_poll(batch: Any, now: float) -> float:
+def next_poll(batch: Any, now: float, done_before: int = -1) -> float:
     """Seconds until the next poll of a batch in flight: `interval`, or sooner when its
     request counts say it will end sooner (the rate so far, over what is left), never
     sooner than a quarter of the interval nor BR_POLL_MIN: a run whose queue waits for the
-    budget this batch holds starts the next batch without idling most of an interval."""
+    budget this batch holds starts the next batch without idling most of an interval.
+    Counts that have not moved since the last poll (`done_before`) predict nothing: a batch
+    stalled near its end is polled on the schedule, not four times as often."""
     wait = interval(now - batch.created_at)
     counts = getattr(batch, "request_counts", None)
     started = getattr(batch, "in_progress_at", None)
     if batch.status != "in_progress" or not counts or not counts.total or started is None:
         return wait
     done = (counts.completed or 0) + (counts.failed or 0)
-    if not 0 < done < counts.total:
+    if not 0 < done < counts.total or done == done_before:
         return wait
     eta = (now - started) * (counts.total - done) / done
     return min(wait, max(eta, wait / 4, poll_min()))

@@ -69,6 +69,7 @@ class Job:
     lonely: int = 0  # token-limit failures with nothing of ours in flight
     orphan: bool = False  # --collect: only its rows matter
     reserved: bool = False  # its tokens are reserved in the machine's budget
+    done_seen: int = -1  # requests ended at the last poll (polling.next_poll)
     error: str | None = None
     done: bool = False
 
@@ -259,7 +260,7 @@ class Engine:
             job = by_key.get((meta.get(META_CHUNK), meta.get(META_ATTEMPT, "0")))
             if job is None or batch.id == job.batch_id or batch.status in GONE:
                 continue
-            if batch.id in self.ledger.lost:
+            if batch.id in self.ledger.lost or not self.has_results(batch):
                 continue  # its results are gone: the newer one was sent on purpose
             mine = page.get(job.batch_id or "")
             if mine is not None and mine.status in GONE:
@@ -286,6 +287,20 @@ class Engine:
             if keep.id != job.batch_id:
                 self.switch(job, keep)
 
+    def has_results(self, batch: Any) -> bool:
+        """An ended batch still holds its answers on the server (make tidy, or 30 days, may
+        have deleted them; then it cannot stand in for a live one). One call, asked only
+        where a duplicate is found."""
+        if batch.status not in TERMINAL or not batch.output_file_id:
+            return True
+        import openai
+
+        try:
+            self.client.files.retrieve(batch.output_file_id)
+        except openai.NotFoundError:
+            return False
+        return True
+
     def switch(self, job: Job, keep: Any) -> None:
         """The job follows another batch of its chunk; its own batch's reservation goes."""
         assert job.info is not None
@@ -311,7 +326,9 @@ class Engine:
                     + batch.id
                 )
                 return
-            job.next_at = now + next_poll(batch, now)
+            job.next_at = now + next_poll(batch, now, job.done_seen)
+            counts = batch.request_counts
+            job.done_seen = (counts.completed or 0) + (counts.failed or 0) if counts else -1
             return
         if self.ledger.ended.get(batch.id) != batch.status:
             self.ledger.record("ended", batch_id=batch.id, status=batch.status)

@@ -326,6 +326,11 @@ def test_cost_check_from_built_requests(tmp_path: Path) -> None:
             "endpoint: /v1/responses\n  user: x\n  max_tokens: 8",
             "below the Responses API's minimum of 16",
         ),
+        (
+            "endpoint: /v1/responses\n  user: x\n  body: {max_output_tokens: 10}",
+            "below the Responses API's minimum of 16",
+        ),
+        ("endpoint: /v1/responses\n  user: x\n  max_tokens: true", "a whole number"),
         ("endpoint: /v1/embeddings\n  user: x\n  system: s", "'system' makes no sense"),
         ("endpoint: /v1/embeddings\n  user: x\n  temperature: 0", "'temperature' makes no sense"),
         ("endpoint: /v1/embeddings\n  user: x\n  dimensions: 0", "dimensions must be a positive"),

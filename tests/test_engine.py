@@ -200,6 +200,13 @@ def test_a_batch_whose_counts_say_it_ends_soon_is_polled_sooner() -> None:
     assert next_poll(batch(96), 3600.0) == 3600.0 * 4 / 96  # ends in 150 s, not 180
     assert next_poll(batch(100, "finalizing"), 3600.0) == interval(3600.0)
     assert next_poll(batch(0), 3600.0) == interval(3600.0)  # no rate yet
+    # Stalled at 99 since the last poll: the schedule, not a quarter of it, until it ends.
+    assert next_poll(batch(99), 3600.0, done_before=99) == interval(3600.0)
+    age, polls, done_before = 600.0, 0, -1
+    while age < 86400:
+        age += next_poll(batch(99), age, done_before)
+        done_before, polls = 99, polls + 1
+    assert polls <= 100  # the schedule from ten minutes on; at a quarter of it: about 300
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -631,6 +638,13 @@ def test_tidy_keeps_a_file_a_running_batch_shares_and_results_gone_with_build_ar
         assert emu.stats()["batches_created"] == 2
         job.make(emu, RESEND=1)
         assert emu.stats()["batches_created"] == 4
+        assert job.merged() == before
+        # build/ deleted once more: the resent batches are adopted, and the tidied ones,
+        # older, are not taken for the batches to keep.
+        shutil.rmtree(job.build)
+        job.make(emu)
+        assert emu.stats()["batches_created"] == 4
+        assert Counter(b.status for b in emu.batches()) == {"completed": 4}
         assert job.merged() == before
         emu.admin("reset_stats", {})
         job.make(emu)  # done: nothing asked
