@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 import cli
 from cli import UserError, note
 from config import Config
+
+PROVIDER_HOST = "api.openai.com"  # where OpenAI's own key belongs
 
 
 def make_client(
@@ -43,5 +46,15 @@ def make_client(
         raise UserError(
             "OPENAI_API_KEY is not set: export OPENAI_API_KEY=sk-... (or put it in .env); "
             "to try the tool without a key, run 'make demo'"
+        )
+    # A config is trusted like code, but may come from someone else: its base_url receives the
+    # user's own key. OPENAI_BASE_URL is the user's own choice, and a key in the config goes
+    # where the same config says.
+    from_config = base_url and not os.environ.get("OPENAI_BASE_URL")
+    host = urlparse(str(base_url)).hostname
+    if from_config and cli.KEY_SOURCE != "config" and host != PROVIDER_HOST:
+        note(
+            f"warning: {config.path if config else 'the config'} sets base_url: your API key is "
+            f"sent to {host}, not {PROVIDER_HOST}; remove base_url: unless you trust that host"
         )
     return openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries)

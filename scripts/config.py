@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +12,15 @@ from typing import Any
 import jq
 import yaml
 from cli import UserError
-from endpoints import BODY_KEYS, CHAT, EMBEDDING_KEYS, EMBEDDINGS, endpoint_of
+from endpoints import BODY_KEYS, CHAT, EMBEDDING_KEYS, EMBEDDINGS, check_parameters, endpoint_of
 from records import decode_utf8
 from tokens import context_window
 
-# Config keys that are not steps.
+# Config keys that are not steps (response_key: the original tool's default, for
+# send_batch_requests.py).
 TOP_LEVEL_KEYS = {
     "model",
+    "response_key",
     "api_key",
     "base_url",
     "prices",
@@ -102,8 +106,10 @@ class Config:
         return parse_step(self.path, name, raw, self.data.get("model"), self.context_windows())
 
     def price(self, model: str) -> dict[str, float] | None:
-        prices = self.data.get("prices") or {}
-        return prices.get(model)
+        """The model's entry in `prices:`, checked (a Config not from load_config included)."""
+        prices = self.data.get("prices")
+        check_prices(self.path, prices)
+        return (prices or {}).get(model)
 
     def context_windows(self) -> dict[str, int]:
         """The config's `context_windows: {model: tokens}` (checked by load_config)."""
@@ -151,8 +157,18 @@ def load_config(path: Path) -> Config:
         raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a YAML mapping with 'model' and one mapping per step")
+    check_top_level_keys(path, data)
     if "model" in data and not isinstance(data["model"], str):
         raise UserError(f"{path}: 'model' must be a string such as gpt-4o-mini")
+    base_url = data.get("base_url")
+    if base_url is not None and not (
+        isinstance(base_url, str) and base_url.startswith(("https://", "http://"))
+    ):
+        raise UserError(
+            f"{path}: base_url must be an http(s) URL such as https://api.openai.com/v1, "
+            f"not {base_url!r}"
+        )
+    check_prices(path, data.get("prices"))
     windows = data.get("context_windows")
     if windows is not None and not (
         isinstance(windows, dict)
@@ -166,6 +182,57 @@ def load_config(path: Path) -> Config:
             "like {gpt-4o-mini: 128000}"
         )
     return Config(path, data)
+
+
+def near_miss(key: Any, known: set[str]) -> str:
+    """' (did you mean 'max_cost'?)' for a key that resembles a known one, else ''."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_top_level_keys(path: Path, data: dict[Any, Any]) -> None:
+    """Every top-level key is a setting or a step (a mapping): a typo such as `max_cots: 5`
+    would silently drop the cost cap. A mapping named like a setting and holding no step key
+    (`token_budjet: {gpt-4o-mini: 1000}`) is a mistyped setting too, not a step."""
+    step_keys = set(STEP_KEYS) | BODY_KEYS | EMBEDDING_KEYS
+    for key, value in data.items():
+        if key in TOP_LEVEL_KEYS:
+            continue
+        hint = near_miss(key, TOP_LEVEL_KEYS)
+        if isinstance(value, dict) and not (hint and not set(value) & step_keys):
+            continue
+        raise UserError(
+            f"{path}: unknown setting '{key}'{hint}; the settings are "
+            f"{', '.join(sorted(TOP_LEVEL_KEYS))}, and a step is a mapping (user: ...)"
+        )
+
+
+PRICE_KEYS = ("input", "cached_input", "output")
+
+
+def check_prices(path: Path, prices: Any) -> None:
+    """`prices: {model: {input, cached_input, output}}` (USD per million tokens), or one line.
+    `output` may be left out for a model that writes none, an embeddings model."""
+    example = (
+        "{gpt-4o-mini: {input: 0.075, cached_input: 0.0375, output: 0.30}} (USD per million "
+        "tokens; output may be left out for an embeddings model)"
+    )
+    if prices is None:
+        return
+    if not isinstance(prices, dict):
+        raise UserError(f"{path}: prices must map model names to prices, like {example}")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+    for model, price in prices.items():
+        if not (
+            isinstance(price, dict)
+            and number(price.get("input"))
+            and all(number(price[k]) for k in PRICE_KEYS if k in price)
+            and set(price) <= set(PRICE_KEYS)
+        ):
+            raise UserError(f"{path}: prices: {model} must be a mapping like {example}")
 
 
 def compile_jq(expression: str, what: str) -> Any:
@@ -184,6 +251,11 @@ def response_key_of(step: Step, override: str | None = None) -> str:
         raise UserError(
             f"no response key for step '{step.name}': set RESPONSE_KEY=... or add "
             "response_key: to the step in the config"
+        )
+    if step.kind == "question" and key == "dialog_history":
+        raise UserError(
+            f"response_key 'dialog_history' of step '{step.name}' is where a question step "
+            "keeps its history; choose another response_key (or RESPONSE_KEY=...)"
         )
     return key
 
@@ -207,8 +279,9 @@ def parse_step(
                     f"{where}: '{key}' must be a {want.__name__}, not {type(value).__name__}"
                 )
         elif key not in BODY_KEYS:
+            hint = near_miss(key, set(STEP_KEYS) | BODY_KEYS)
             raise UserError(
-                f"{where}: unknown key '{key}'; put extra request parameters under 'body:' "
+                f"{where}: unknown key '{key}'{hint}; put extra request parameters under 'body:' "
                 f"(known keys: {', '.join(sorted(set(STEP_KEYS) | BODY_KEYS))})"
             )
     if kind not in {"plain", "question"}:
@@ -240,10 +313,14 @@ def parse_step(
             compile_jq(raw[key], f"{where}: {key}:")
     response_format = normalise_response_format(name, raw.get("response_format"))
     check_response_format(where, response_format)
+    bare = response_format is not raw.get("response_format")
+    response_format = strict_format(where, response_format, complete=bare)
     body = {k: raw[k] for k in BODY_KEYS | EMBEDDING_KEYS if k in raw}
     body.update(raw.get("body") or {})
     if body.get("stream"):
         raise UserError(f"{where}: the Batch API does not support stream: true; remove it")
+    if endpoint != EMBEDDINGS:
+        check_parameters(where, body, endpoint)
     return Step(
         name=name,
         model=model,
@@ -297,3 +374,69 @@ def check_response_format(where: str, value: dict[str, Any] | None) -> None:
             f"{where}: response_format is not a valid JSON schema (at {at}: {message}); "
             "see https://json-schema.org/understanding-json-schema"
         )
+
+
+def strict_format(
+    where: str, value: dict[str, Any] | None, complete: bool
+) -> dict[str, Any] | None:
+    """A `strict: true` json_schema format that strict mode accepts, or one line saying why not.
+
+    Strict mode (OpenAI's Structured Outputs) needs an object at the top, and in every object
+    `additionalProperties: false` and every property listed in `required`; the API refuses
+    anything else with a 400 per request, after the batch is paid for. A bare schema
+    (`complete`: the config gave no `strict:` of its own) gets `additionalProperties: false`
+    where it says nothing, since that only forbids keys the schema never names. An optional
+    property is refused, not made required: that would change what the answers hold. A full
+    response_format with `strict: true` is the user's own, sent as given: refused, not changed.
+    """
+    spec = (value or {}).get("json_schema")
+    if not isinstance(spec, dict) or spec.get("strict") is not True:
+        return value
+    schema = copy.deepcopy(spec["schema"])
+    loose = (
+        "give response_format as {type: json_schema, json_schema: {name, schema, strict: false}}"
+    )
+    if schema.get("type") != "object":
+        raise UserError(
+            f"{where}: response_format: strict mode needs an object at the top (type: object), "
+            f"not type {schema.get('type')!r}; put the value in a property of an object"
+        )
+
+    def walk(node: Any, at: str) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{at}/{i}")
+            return
+        if not isinstance(node, dict):
+            return
+        kind = node.get("type")
+        if (
+            kind == "object"
+            or (isinstance(kind, list) and "object" in kind)
+            or "properties" in node
+        ):
+            place = at.lstrip("/") or "the top level"
+            if "additionalProperties" not in node and complete:
+                node["additionalProperties"] = False
+            elif node.get("additionalProperties") is not False:
+                raise UserError(
+                    f"{where}: response_format: strict mode needs additionalProperties: false "
+                    f"in every object (not at {place}); add it, or {loose}"
+                )
+            required = node.get("required") or []
+            optional = [k for k in node.get("properties") or {} if k not in required]
+            if optional:
+                raise UserError(
+                    f"{where}: response_format: property '{optional[0]}' of {place} is not in "
+                    f"required, and strict mode needs every property required: make it required "
+                    f"(type: [string, 'null'] if it may be empty), or {loose}"
+                )
+        for key in ("properties", "$defs", "definitions"):
+            for name, sub in (node.get(key) or {}).items():
+                walk(sub, f"{at}/{key}/{name}")
+        for key in ("items", "anyOf", "allOf"):
+            if key in node:
+                walk(node[key], f"{at}/{key}")
+
+    walk(schema, "")
+    return {**value, "json_schema": {**spec, "schema": schema}} if value else value

@@ -54,6 +54,29 @@ BODY_KEYS = {
     "top_logprobs",
     "service_tier",
 }
+# The documented ranges of the request parameters (openapi-full.yaml: CreateChatCompletionRequest
+# and CreateResponse), checked when the config is read: out of range, every request of the
+# batch would come back a 400, after the batch is paid for. (kind, lowest, highest); None: no
+# bound. The spec gives max_tokens and max_completion_tokens no minimum, but the API refuses
+# less than 1 (a Responses max_output_tokens: less than 16, checked in endpoint_of).
+RANGES: dict[str, tuple[str, float | None, float | None]] = {
+    "temperature": ("number", 0, 2),
+    "top_p": ("number", 0, 1),
+    "presence_penalty": ("number", -2, 2),
+    "frequency_penalty": ("number", -2, 2),
+    "n": ("integer", 1, 128),
+    "seed": ("integer", -(2**63), 2**63 - 1),
+    "max_tokens": ("integer", 1, None),
+    "max_completion_tokens": ("integer", 1, None),
+    "top_logprobs": ("integer", 0, 20),
+}
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "reasoning_effort": REASONING_EFFORTS,
+    "verbosity": ("low", "medium", "high"),
+    "service_tier": SERVICE_TIERS,
+}
 REFUSED: dict[str, set[str]] = {
     CHAT: set(EMBEDDING_KEYS),
     RESPONSES: EMBEDDING_KEYS | NOT_IN_RESPONSES | QUESTION_KEYS,
@@ -94,6 +117,53 @@ def endpoint_of(where: str, raw: dict[str, Any]) -> str:
                     f"{MIN_OUTPUT_TOKENS} (sent as max_output_tokens); raise it"
                 )
     return endpoint
+
+
+def check_parameters(where: str, body: dict[str, Any], endpoint: str) -> None:
+    """The step's request parameters (its keys and its body:) within the API's documented types
+    and ranges, or one line naming the first that is not. null is the API's default."""
+    for key, value in body.items():
+        if value is None:
+            continue
+        problem = parameter_problem(key, value, endpoint)
+        if problem:
+            raise UserError(f"{where}: '{key}' {problem}, not {value!r}")
+    if (
+        endpoint == CHAT
+        and body.get("top_logprobs") is not None
+        and body.get("logprobs") is not True
+    ):
+        raise UserError(
+            f"{where}: 'top_logprobs' needs logprobs: true; add it, or remove top_logprobs"
+        )
+
+
+def parameter_problem(key: str, value: Any, endpoint: str) -> str | None:
+    """What a parameter's value must be, if it is not."""
+    if key in RANGES:
+        kind, low, high = RANGES[key]
+        types = (int,) if kind == "integer" else (int, float)
+        noun = "a whole number" if kind == "integer" else "a number"
+        span = f" from {low:g} to {high:g}" if high is not None else f" of at least {low:g}"
+        if key == "seed":
+            span = ""
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if not ok or (low is not None and value < low) or (high is not None and value > high):
+            return f"must be {noun}{span}"
+        return None
+    if key == "logprobs" and not isinstance(value, bool):
+        return "must be true or false"
+    if key == "stop":
+        many = isinstance(value, list) and 1 <= len(value) <= 4
+        if not (isinstance(value, str) or (many and all(isinstance(s, str) for s in value))):
+            return "must be a string or a list of 1 to 4 strings"
+    if key in CHOICES:
+        choices = CHOICES[key] + (
+            ("ultrafast",) if key == "service_tier" and endpoint == RESPONSES else ()
+        )
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}"
+    return None
 
 
 def check_embedding_keys(where: str, raw: dict[str, Any]) -> None:

@@ -240,11 +240,33 @@ def step_requests(
     data_key: str,
     local: LocalImages | None,
     checker: Preflight | None,
+    response_key: str | None = None,
 ) -> Iterator[tuple[Built, str | None]]:
     """Every record built (build_requests), its images resolved (with_images), in the shape
     of the step's endpoint: what make_requests.py writes and plan.py counts."""
-    for built, reason in with_images(build_requests(records, step, data_key), local, checker):
+    built_ones = build_requests(records, step, data_key, response_key)
+    for built, reason in with_images(built_ones, local, checker):
         yield shaped(built), reason
+
+
+def is_rounds(value: Any) -> bool:
+    """A question step's earlier rounds: a list of {question, answer}, which it appends to."""
+    return isinstance(value, list) and all(
+        isinstance(r, dict) and {"question", "answer"} <= set(r) for r in value
+    )
+
+
+def check_response_key(step: Step, key: str, index: int, record: dict[str, Any]) -> None:
+    """Merging puts each answer under the response key: a field the record already holds would
+    be overwritten in every record, the user's own data lost. The question step's earlier
+    rounds are the exception: it appends to them."""
+    if record.get(key) is None or (step.kind == "question" and is_rounds(record[key])):
+        return
+    raise UserError(
+        f"response_key '{key}' of step '{step.name}' is a field record {index} already holds; "
+        "merging would overwrite it in every record: choose another response_key in the config "
+        "(or RESPONSE_KEY=...)"
+    )
 
 
 class Oversized:
@@ -285,12 +307,14 @@ class Oversized:
         )
 
 
-def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str) -> Iterator[Built]:
+def build_requests(
+    records: Iterator[dict[str, Any]], step: Step, data_key: str, response_key: str | None = None
+) -> Iterator[Built]:
     """Every selected record, built or skipped, after checking data keys and the missing rule.
 
     Also warns about unclosed placeholders, requests over the context window and a `where:`
     that selects nothing; stops (UserError) on `where:` errors, a request over the file limit,
-    missing or duplicate data keys.
+    missing or duplicate data keys, and a `response_key` a record to be sent already holds.
     """
     builder = RequestBuilder(step, data_key)
     for warning in builder.warnings:
@@ -339,6 +363,8 @@ def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str)
             else:
                 streak = []
                 oversized.check(built)
+                if response_key is not None:
+                    check_response_key(step, response_key, index, record)
             yield built
         count(seen.flush())
     if builder.first_where_error is not None:
@@ -384,14 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     step = load_config(args.config).step(args.step)
-    response_key_of(step, args.response_key)  # merge will need one: say so before paying
+    response_key = response_key_of(step, args.response_key)  # merge needs one: say so first
     skipped: list[dict[str, Any]] = []
     reasons: list[str] = []
     n = 0
     local, checker = step_images(args, step, args.images or args.output.parent / "images")
     with local, atomic_output(args.output) as f:
         records = iter_records(args.input)
-        for built, reason in step_requests(records, step, args.data_key, local, checker):
+        built_ones = step_requests(records, step, args.data_key, local, checker, response_key)
+        for built, reason in built_ones:
             if built.request is None:
                 row = {"index": built.index, "custom_id": built.custom_id, "missing": built.missing}
                 if reason:

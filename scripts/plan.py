@@ -79,7 +79,7 @@ def make_plan(
 ) -> Plan:
     """The plan; raises the same UserError make_requests.py would, for the same mistakes."""
     step = config.step(step_name)
-    response_key_of(step, response_key)
+    key = response_key_of(step, response_key)
     done = answered_hashes(answers) if answers else set()
     plan = Plan()
 
@@ -89,7 +89,7 @@ def make_plan(
             yield record
 
     def lines() -> Iterator[str]:
-        for built, reason in step_requests(counted(), step, data_key, local, checker):
+        for built, reason in step_requests(counted(), step, data_key, local, checker, key):
             if built.request is None:
                 plan.skipped_records += 1
                 plan.skipped.update(built.missing)
@@ -177,23 +177,12 @@ def check_cost(s: dict[str, Any], cap: float) -> str:
 
 
 def price_of(config: Config, model: str) -> dict[str, float | None] | None:
-    """The model's batch prices (USD per 1M tokens), checked; None when the table lacks it.
-    `output` may be left out (None) for a model that writes none, an embeddings model."""
+    """The model's batch prices (USD per 1M tokens); None when the table lacks it. The table's
+    shape is checked when the config is read (config.check_prices); `output` may be left out
+    (None) for a model that writes none, an embeddings model."""
     price = config.price(model)
     if price is None:
         return None
-
-    def number(key: str) -> bool:
-        value = price.get(key)
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-
-    given = [k for k in ("input", "cached_input", "output") if k in price]
-    if not number("input") or not all(number(k) for k in given):
-        raise UserError(
-            f"{config.path}: prices: {model} must be a mapping like "
-            "{input: 0.075, cached_input: 0.0375, output: 0.30} (USD per million tokens, "
-            "output may be left out for an embeddings model)"
-        )
     return {
         "input": float(price["input"]),
         "cached_input": float(price.get("cached_input", price["input"])),

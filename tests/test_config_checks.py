@@ -86,7 +86,9 @@ def test_a_response_key_the_records_already_hold_is_refused(tmp_path: Path, caps
     refused(build(tmp_path, data, config, capsys, "--response-key", "title"), "'title'")
     assert not (tmp_path / "requests.jsonl").exists()
     # A key no selected record holds is fine (here the only holder is not selected).
-    mixed = write_json(tmp_path / "m.json", [*records(2), {"image_path": "x", "title": "t", "out": 1}])
+    mixed = write_json(
+        tmp_path / "m.json", [*records(2), {"image_path": "x", "title": "t", "out": 1}]
+    )
     where = config_file(tmp_path, {**STEP, "where": ".out == null"})
     assert build(tmp_path, mixed, where, capsys)[0] == 0
     assert len(requests_of(tmp_path)) == 2
@@ -334,9 +336,10 @@ def test_a_schema_without_strict_is_sent_as_it_is(tmp_path: Path, capsys: Any) -
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": False}}
     data = write_json(tmp_path / "d.json", records(1))
-    assert build(tmp_path, data, config_file(tmp_path, {**STEP, "response_format": fmt}), capsys)[
-        0
-    ] == 0
+    assert (
+        build(tmp_path, data, config_file(tmp_path, {**STEP, "response_format": fmt}), capsys)[0]
+        == 0
+    )
     assert requests_of(tmp_path)[0]["body"]["response_format"] == fmt
 
 
@@ -362,12 +365,22 @@ CHAT_CASES: dict[str, tuple[dict[str, Any], str | None, str | None]] = {
     "tlp": ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "integer_above_max_value"),
     "seed": ({"seed": "x"}, "seed", "invalid_type"),
     "loose": (
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": LOOSE, "strict": True}}},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": LOOSE, "strict": True},
+            }
+        },
         "response_format",
         None,
     ),
     "optional": (
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": OPTIONAL, "strict": True}}},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": OPTIONAL, "strict": True},
+            }
+        },
         "response_format",
         None,
     ),

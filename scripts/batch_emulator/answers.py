@@ -90,6 +90,8 @@ def content_error(endpoint: str, body: dict[str, Any]) -> Answer | None:
         else:
             if endpoint == "/v1/responses":
                 responses_api.check(body)
+            else:
+                chat.check(body)
             image_parts(endpoint, body)
     except images.ImageRejected as exc:
         param = "messages" if endpoint == "/v1/chat/completions" else "input"

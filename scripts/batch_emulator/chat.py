@@ -6,8 +6,137 @@ import json
 import math
 from typing import Any
 
+from .exceptions import ApiError, InvalidType, InvalidValue
 from .schema_values import example_for_schema
 from .store import sha256_hex
+
+# The spec's bounds of the sampling and length parameters (openapi-full.yaml:
+# CreateChatCompletionRequest; CreateResponse shares temperature, top_p and top_logprobs):
+# (JSON type, lowest, highest), None for no bound. null is always accepted (the default).
+RANGES: dict[str, tuple[str, float | None, float | None]] = {
+    "temperature": ("number", 0, 2),
+    "top_p": ("number", 0, 1),
+    "presence_penalty": ("number", -2, 2),
+    "frequency_penalty": ("number", -2, 2),
+    "n": ("integer", 1, 128),
+    "seed": ("integer", -(2**63), 2**63 - 1),
+    # UNVERIFIED: the spec gives no minimum; the API refuses a cap below 1.
+    "max_tokens": ("integer", 1, None),
+    "max_completion_tokens": ("integer", 1, None),
+    "top_logprobs": ("integer", 0, 20),
+    "logprobs": ("boolean", None, None),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "reasoning_effort": ("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+    "verbosity": ("low", "medium", "high"),
+    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast"),
+}
+EXPECTED = {"number": "a decimal", "integer": "an integer", "boolean": "a boolean"}
+
+
+def check_parameters(body: dict[str, Any], names: Any, choices: dict[str, tuple[str, ...]]) -> None:
+    """ApiError (400) for the first of ``names`` out of its type or range, in the API's words
+    (``decimal_above_max_value``, ``integer_below_min_value``, ``invalid_type``, ...)."""
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if name in choices:
+            if value not in choices[name]:
+                raise InvalidValue(name, value, choices[name])
+            continue
+        kind, low, high = RANGES[name]
+        types = {"number": (int, float), "integer": (int,), "boolean": (bool,)}[kind]
+        if not isinstance(value, types) or (kind != "boolean" and isinstance(value, bool)):
+            raise InvalidType(name, EXPECTED[kind], value)
+        word = "decimal" if kind == "number" else "integer"
+        if low is not None and value < low:
+            raise _out_of_range(name, word, value, "below_min", f">= {low:g}")
+        if high is not None and value > high:
+            raise _out_of_range(name, word, value, "above_max", f"<= {high:g}")
+
+
+def _out_of_range(name: str, word: str, value: float, side: str, expected: str) -> ApiError:
+    direction = "below minimum" if side == "below_min" else "above maximum"
+    return ApiError(
+        400,
+        f"Invalid '{name}': {word} {direction} value. Expected a value {expected}, but got "
+        f"{value:g} instead.",
+        param=name,
+        code=f"{word}_{side}_value",
+    )
+
+
+def strict_schema_error(schema: Any) -> str | None:
+    """Why strict mode refuses a schema, in the API's words, or None: an object at the top,
+    and in every object ``additionalProperties: false`` and every property required."""
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        return f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{kind}\"'."
+
+    def walk(node: Any, context: tuple[str, ...]) -> str | None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                found = walk(item, (*context, str(i)))
+                if found:
+                    return found
+            return None
+        if not isinstance(node, dict):
+            return None
+        kind = node.get("type")
+        if (
+            kind == "object"
+            or (isinstance(kind, list) and "object" in kind)
+            or "properties" in node
+        ):
+            if node.get("additionalProperties") is not False:
+                return (
+                    f"In context={context}, 'additionalProperties' is required to be supplied "
+                    "and to be false."
+                )
+            required = node.get("required") or []
+            missing = [k for k in node.get("properties") or {} if k not in required]
+            if missing:
+                return (
+                    f"In context={context}, 'required' is required to be supplied and to be an "
+                    f"array including every key in properties. Missing '{missing[0]}'."
+                )
+        subs: list[tuple[tuple[str, ...], Any]] = []
+        for key in ("properties", "$defs", "definitions"):
+            subs += [((*context, key, n), v) for n, v in (node.get(key) or {}).items()]
+        subs += [((*context, key), node[key]) for key in ("items", "anyOf", "allOf") if key in node]
+        for where, sub in subs:
+            found = walk(sub, where)
+            if found:
+                return found
+        return None
+
+    return walk(schema, ())
+
+
+def check_strict(name: Any, schema: Any, param: str) -> None:
+    """ApiError (400, code null, as the API answers) for a strict schema strict mode refuses."""
+    problem = strict_schema_error(schema)
+    if problem:
+        raise ApiError(400, f"Invalid schema for response_format '{name}': {problem}", param=param)
+
+
+def check(body: dict[str, Any]) -> None:
+    """ApiError for a chat-completions body the endpoint refuses with a 400: a parameter out of
+    its documented type or range, or a strict json_schema that strict mode refuses."""
+    check_parameters(body, [*RANGES, *CHOICES], CHOICES)
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        # UNVERIFIED: the message; the spec says logprobs must be true with top_logprobs.
+        raise ApiError(
+            400,
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    fmt = body.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    if isinstance(spec, dict) and spec.get("strict") is True:
+        check_strict(spec.get("name"), spec.get("schema"), "response_format")
 
 
 def canonical_json(obj: Any) -> str:

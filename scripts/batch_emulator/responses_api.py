@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .chat import canonical_json, capped, content_for
+from .chat import CHOICES, canonical_json, capped, check_parameters, check_strict, content_for
 from .exceptions import ApiError
 from .store import sha256_hex
 
@@ -53,6 +53,8 @@ PARAMETERS = frozenset(
 )
 MIN_OUTPUT_TOKENS = 16  # the spec: max_output_tokens {type: integer, minimum: 16}
 FORMATS = ("text", "json_schema", "json_object")
+# CreateResponse's own service tiers (ServiceTierResponses): chat's and ultrafast.
+SERVICE_TIERS = {"service_tier": (*CHOICES["service_tier"], "ultrafast")}
 
 
 def check(body: dict[str, Any]) -> None:
@@ -72,6 +74,7 @@ def check(body: dict[str, Any]) -> None:
             param="input",
             code="invalid_type",
         )
+    check_parameters(body, ("temperature", "top_p", "top_logprobs", "service_tier"), SERVICE_TIERS)
     limit = body.get("max_output_tokens")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
         raise ApiError(
@@ -108,6 +111,9 @@ def check(body: dict[str, Any]) -> None:
                 param=f"text.format.{key}",
                 code="missing_required_parameter",
             )
+    if kind == "json_schema" and fmt.get("strict") is True:
+        # UNVERIFIED: the param for this endpoint; the message is chat's.
+        check_strict(fmt.get("name"), fmt.get("schema"), "text.format.schema")
 
 
 def input_parts(body: dict[str, Any]) -> tuple[list[str], int, list[tuple[Any, Any]]]:
