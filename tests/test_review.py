@@ -366,7 +366,9 @@ def test_an_unclosed_placeholder_warns_and_several_data_keys_name_the_record(
 
 
 def test_an_extract_error_names_the_expression(tmp_path: Path) -> None:
-    step = {**STEP, "response_format": {"type": "object"}, "extract": ".keep | tonumber"}
+    # (A bare schema is sent strict: every property required, no other key.)
+    schema = {"type": "object", "properties": {"keep": {"type": "string"}}, "required": ["keep"]}
+    step = {**STEP, "response_format": schema, "extract": ".keep | tonumber"}
     config = config_file(tmp_path, step)
     data = write_json(tmp_path / "data.json", records(2))
     assert build(tmp_path, data, config).returncode == 0
