@@ -263,9 +263,9 @@ def check_response_key(step: Step, key: str, index: int, record: dict[str, Any])
     if record.get(key) is None or (step.kind == "question" and is_rounds(record[key])):
         return
     raise UserError(
-        f"response_key '{key}' of step '{step.name}' is a field record {index} already holds; "
-        "merging would overwrite it in every record: choose another response_key in the config "
-        "(or RESPONSE_KEY=...)"
+        f"response_key '{key}' of step '{step.name}' names a field the data already has "
+        f"(record {index}, maybe more); merging would overwrite it with the answers: choose "
+        "another response_key in the config (or RESPONSE_KEY=...)"
     )
 
 
