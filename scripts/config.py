@@ -187,8 +187,8 @@ def check_step_name(path: Path, what: str, name: Any) -> None:
 
 # Every jq program runs inside this: `env` and `$ENV` are empty, so no DATA_KEY, placeholder,
 # where:, extract: or FILTER can copy the API key (or any variable) into a request or a file.
-# The newlines keep a trailing `# comment` from swallowing the `)`; inside the parentheses no
-# `import` or `include` can read a module from disk.
+# The newlines keep a trailing `# comment` from swallowing the `)`; inside the parentheses an
+# `import` or `include` is a syntax error, so no program brings in a module.
 JQ_SANDBOX = "def env: {{}}; {{}} as $ENV | (\n{}\n)"
 
 
