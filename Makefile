@@ -63,6 +63,27 @@ MAX_COST ?=
 RESEND ?= 0
 ## BUILD         the build root (a step's directory: $(BUILD)/<input stem>-<hash>/<step>)
 BUILD ?= build
+# A value given on the command line or in the environment is text, never make syntax: make
+# would otherwise run the `$(shell ...)` in INPUT='x$(shell ...).json' and read
+# data/price$list.json as data/priceist.json. From here on each is a simple variable holding
+# exactly what was typed (B, NAME and FMT too: `make pipeline` passes them on).
+USER_VARIABLES := INPUT CONFIG STEP STEPS DATA_KEY RESPONSE_KEY OUTPUT MAX_REQUESTS MAX_BYTES \
+  RETRIES PREFLIGHT IMAGE_ROOT TOKEN_BUDGET STRICT LIMIT FILTER BATCH N PORT DRY_RUN MAX_COST \
+  RESEND BUILD B NAME FMT
+$(foreach v,$(USER_VARIABLES),$(if $(filter command environment,$(firstword $(origin $(v)))),\
+  $(eval override $(v) := $$(value $(v)))))
+# A step name is one path component of letters, digits, _ . and - (not . or ..), so a step's
+# directory stays inside BUILD; checked for STEP and every word of STEPS before anything runs.
+STEP_CHARACTERS := A B C D E F G H I J K L M N O P Q R S T U V W X Y Z \
+  a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 _ . -
+comma := ,
+# $(1) without the characters $(2): <> around the step stays exactly <> for a safe name.
+without = $(if $(2),$(call without,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
+step_error = $(if $(1),$(if $(filter-out <>,$(call without,<$(1)>,$(STEP_CHARACTERS)))$(filter . ..,$(1)),\
+  $(error STEP=$(1) is not a step name: use letters$(comma) digits$(comma) _ . and - only (one path component$(comma) not . or ..))),\
+  $(error STEP is empty; set STEP to a step of CONFIG))
+$(call step_error,$(STEP))
+$(foreach s,$(STEPS),$(call step_error,$(s)))
 # The build directory of INPUT: its readable stem and a hash of its absolute path, so two
 # inputs never share one (scripts/build_name.py); and whether merged output is .json or .jsonl.
 ifeq ($(origin NAME)$(origin FMT),undefinedundefined)

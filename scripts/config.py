@@ -30,6 +30,7 @@ TOP_LEVEL_KEYS = {
     "context_windows",
     "max_cost",
 }
+STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # one path component: see check_step_name
 IMAGE_DETAILS = ("auto", "low", "high")
 # Keys a step may hold besides chat-completions body parameters.
 STEP_KEYS = {
@@ -181,6 +182,12 @@ def load_config(path: Path) -> Config:
             f"{path}: 'context_windows' must map model names to token counts, "
             "like {gpt-4o-mini: 128000}"
         )
+    for key, value in data.items():
+        if key not in TOP_LEVEL_KEYS and isinstance(value, dict):
+            check_step_name(path, "step", key)
+    pipeline = data.get("pipeline")
+    for entry in pipeline if isinstance(pipeline, list) else []:
+        check_step_name(path, "pipeline: entry", entry)
     return Config(path, data)
 
 
@@ -235,10 +242,29 @@ def check_prices(path: Path, prices: Any) -> None:
             raise UserError(f"{path}: prices: {model} must be a mapping like {example}")
 
 
+def check_step_name(path: Path, what: str, name: Any) -> None:
+    """A step name is one path component (its directory stays inside BUILD): the rule the
+    Makefile applies to STEP and STEPS."""
+    if not isinstance(name, str) or not STEP_NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(
+            f"{path}: {what} {name!r} is not a step name: use letters, digits, _ . and - only "
+            "(one path component, not . or ..)"
+        )
+
+
+# Every jq program runs inside this: `env` and `$ENV` are empty, so no DATA_KEY, placeholder,
+# where:, extract: or FILTER can copy the API key (or any variable) into a request or a file.
+# The newlines keep a trailing `# comment` from swallowing the `)`; inside the parentheses an
+# `import` or `include` is a syntax error, so no program brings in a module.
+JQ_SANDBOX = "def env: {{}}; {{}} as $ENV | (\n{}\n)"
+
+
 def compile_jq(expression: str, what: str) -> Any:
-    """A compiled jq program; an invalid expression is one line naming what it is for."""
+    """A compiled jq program that sees no environment; an invalid expression is one line
+    naming what it is for."""
     try:
-        return jq.compile(expression)
+        jq.compile(expression)  # a mistake is reported at its line and column in the user's text
+        return jq.compile(JQ_SANDBOX.format(expression))
     except ValueError as e:
         first = str(e).splitlines()[0]
         raise UserError(f"{what} '{expression}' is not a valid jq expression: {first}")

@@ -53,7 +53,7 @@ def answer_of(raw: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def post(path: str, headers: str, body: bytes = b"") -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + body
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode() + body
 
 
 AUTH = "Authorization: Bearer k\r\n"

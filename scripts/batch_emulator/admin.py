@@ -4,7 +4,9 @@
 ``POST seed``, ``GET health``. A POST must be ``Content-Type: application/json`` (so no web
 page can post to it: a cross-site form or ``text/plain`` post is refused before anything is
 read), and when ``--api-key`` (or ``--admin-token``) is set, every call but health must
-carry it as a bearer key.
+carry it as a bearer key. Like every route, it answers only requests whose Host (and Origin,
+if any) names this emulator (server.HostGuard): no page of another site reaches it, even by
+DNS rebinding.
 """
 
 from __future__ import annotations

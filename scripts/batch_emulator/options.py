@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Options:
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
+    allow_hosts: list[str] = field(default_factory=list)  # more Host names to answer ("*": any)
     api_key: str | None = None
     admin_token: str | None = None
     validating_seconds: float = 0.1
@@ -76,7 +78,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> _Parser:
     p = _Parser(description="Local emulator of the OpenAI Files + Batches API.")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="the address to serve on")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable; * for any); "
+        "by default only --host, localhost, 127.0.0.1 and [::1]",
+    )
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--state-dir", required=True, type=Path)
     p.add_argument("--api-key", default=None, help="only accept this bearer key")
@@ -127,6 +137,16 @@ def _parser() -> _Parser:
     return p
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an address to serve on is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every address)
+
+
 def parse_args(argv: list[str] | None = None) -> Options:
     p = _parser()
     a = p.parse_args(argv)
@@ -147,6 +167,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
             f"--upstream-api-key would show the key in the process list; set {KEY_VARIABLE} "
             "in the environment instead"
         )
+    if not is_loopback(a.host) and not a.api_key:
+        p.error(
+            f"--host {a.host} serves the network, and without --api-key anyone there could use "
+            "the emulator and its admin endpoint; set --api-key KEY (or serve on 127.0.0.1)"
+        )
     if a.upstream and not a.api_key and not a.allow_open_relay:
         p.error(
             "--upstream without --api-key would forward anyone's calls with the upstream key; "
@@ -156,6 +181,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         state_dir=a.state_dir,
         host=a.host,
         port=a.port,
+        allow_hosts=[h.strip().lower() for h in a.allow_host if h.strip()],
         api_key=a.api_key,
         admin_token=a.admin_token,
         validating_seconds=a.validating_seconds,

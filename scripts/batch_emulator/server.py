@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import threading
 import time
 import traceback
 from typing import Any
+from urllib.parse import urlsplit
 
 import h11
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import admin, routes
@@ -105,7 +109,69 @@ class Protocol(H11Protocol):
         self.transport.close()
 
 
-def build_app(emu: Emulator) -> Starlette:
+# A Host header (or an Origin's host part): a name or bracketed IPv6 address, and a port.
+HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::[0-9]{1,5})?")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def host_name(value: str) -> str | None:
+    """`127.0.0.1` of `127.0.0.1:8000`, `[::1]` of `[::1]:8000`; None when it is not a host."""
+    match = HOST.fullmatch(value.strip().lower())
+    return match.group(1) if match else None
+
+
+def as_host(address: str) -> str:
+    """An address as a Host header names it: IPv6 in brackets."""
+    address = address.strip("[]").lower()
+    return f"[{address}]" if ":" in address else address
+
+
+class HostGuard:
+    """Every route, /_emulator/* included, answers only requests addressed to this emulator.
+
+    A web page reaches a server on 127.0.0.1 by DNS rebinding (its own name now resolves to
+    127.0.0.1, and its requests carry that name in Host), or posts to it across sites (with
+    its Origin). Both are refused before any route: Host must name the address served on,
+    localhost, 127.0.0.1, [::1] or an --allow-host name, and so must an Origin when one is
+    sent (the SDK sends none).
+    """
+
+    def __init__(self, app: ASGIApp, options: Options) -> None:
+        self.app = app
+        names = [options.host, *options.allow_hosts]
+        self.names = {*LOOPBACK_NAMES, *map(as_host, names)}
+
+    def allowed(self, host: str | None) -> bool:
+        return "*" in self.names or (host is not None and host_name(host) in self.names)
+
+    def refusal(self, headers: Headers) -> ApiError | None:
+        host, origin = headers.get("host"), headers.get("origin")
+        if not self.allowed(host):
+            return ApiError(
+                400,
+                f"The Host header {host!r} does not name this emulator; it answers "
+                f"{', '.join(sorted(self.names))} (start it with --allow-host NAME for more).",
+                code="invalid_host",
+            )
+        if origin is not None and not self.allowed(urlsplit(origin).netloc):
+            return ApiError(
+                403,
+                f"A page of {origin!r} may not call this emulator: it answers pages of "
+                f"{', '.join(sorted(self.names))} only.",
+                code="cross_origin_request",
+            )
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refused = self.refusal(Headers(scope=scope)) if scope["type"] == "http" else None
+        if refused is not None:
+            log(f"refused {scope['method']} {scope['path']}: {refused.message}")
+            await error_answer(refused)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(emu: Emulator) -> ASGIApp:
     async def not_found(request: Request) -> Response:
         return error_answer(InvalidUrl(request.method, request.url.path))
 
@@ -114,10 +180,11 @@ def build_app(emu: Emulator) -> Starlette:
         return error_answer(ApiError(500, f"Emulator internal error: {exc}", type_="server_error"))
 
     catch_all = Route("/{path:path}", not_found, methods=routes.ALL_METHODS)
-    return Starlette(
+    app = Starlette(
         routes=[*routes.table(emu), *admin.table(emu), catch_all],
         exception_handlers={Exception: internal},
     )
+    return HostGuard(app, emu.options)
 
 
 def _ticker(emu: Emulator, stop: threading.Event) -> None:
@@ -158,7 +225,7 @@ def serve(options: Options) -> int:
     )
     server = uvicorn.Server(config)
     sock = _listen(options)
-    host = options.host if options.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    host = as_host(options.host) if options.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
     print(f"http://{host}:{sock.getsockname()[1]}/v1", flush=True)
     stop = threading.Event()
     ticker = threading.Thread(target=_ticker, args=(emu, stop), name="ticker", daemon=True)
