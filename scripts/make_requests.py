@@ -240,10 +240,13 @@ def step_requests(
     data_key: str,
     local: LocalImages | None,
     checker: Preflight | None,
+    warn: Callable[[str], None] = note,
 ) -> Iterator[tuple[Built, str | None]]:
     """Every record built (build_requests), its images resolved (with_images), in the shape
-    of the step's endpoint: what make_requests.py writes and plan.py counts."""
-    for built, reason in with_images(build_requests(records, step, data_key), local, checker):
+    of the step's endpoint: what make_requests.py writes, plan.py counts and merge_results.py
+    checks the answered requests against."""
+    builts = build_requests(records, step, data_key, warn)
+    for built, reason in with_images(builts, local, checker):
         yield shaped(built), reason
 
 
@@ -285,16 +288,22 @@ class Oversized:
         )
 
 
-def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str) -> Iterator[Built]:
+def build_requests(
+    records: Iterator[dict[str, Any]],
+    step: Step,
+    data_key: str,
+    warn: Callable[[str], None] = note,
+) -> Iterator[Built]:
     """Every selected record, built or skipped, after checking data keys and the missing rule.
 
     Also warns about unclosed placeholders, requests over the context window and a `where:`
     that selects nothing; stops (UserError) on `where:` errors, a request over the file limit,
-    missing or duplicate data keys.
+    missing or duplicate data keys. `warn` prints the warnings (the merge, which builds the
+    requests again, passes one that keeps them quiet: make_requests said them already).
     """
     builder = RequestBuilder(step, data_key)
     for warning in builder.warnings:
-        note(warning)
+        warn(warning)
     oversized = Oversized(step)
     duplicates: dict[str, int] = {}  # the first few duplicated keys, with their counts
     repeated = 0  # every record whose key came before
@@ -349,13 +358,13 @@ def build_requests(records: Iterator[dict[str, Any]], step: Step, data_key: str)
             "'?' or '// false' skip a record instead); nothing was written"
         )
     if step.where and total and not selected:
-        note(
+        warn(
             f"warning: step '{step.name}' where: '{step.where}' selects 0 of {total} records; "
             "nothing will be sent (check the expression against the data)"
         )
     warning = oversized.warning()
     if warning:
-        note(warning)
+        warn(warning)
     if no_key:
         shown = ", ".join(map(str, no_key[:5])) + (" ..." if len(no_key) > 5 else "")
         raise UserError(
