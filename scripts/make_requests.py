@@ -142,6 +142,7 @@ class Built:
     custom_id: str | None
     request: dict[str, Any] | None  # None: skipped
     missing: list[str]
+    selected: bool = True  # False: left out by `where:` (yielded only with every=True)
 
     @cached_property
     def line(self) -> str:
@@ -241,11 +242,12 @@ def step_requests(
     local: LocalImages | None,
     checker: Preflight | None,
     warn: Callable[[str], None] = note,
+    every: bool = False,
 ) -> Iterator[tuple[Built, str | None]]:
     """Every record built (build_requests), its images resolved (with_images), in the shape
     of the step's endpoint: what make_requests.py writes, plan.py counts and merge_results.py
     checks the answered requests against."""
-    builts = build_requests(records, step, data_key, warn)
+    builts = build_requests(records, step, data_key, warn, every)
     for built, reason in with_images(builts, local, checker):
         yield shaped(built), reason
 
@@ -293,13 +295,15 @@ def build_requests(
     step: Step,
     data_key: str,
     warn: Callable[[str], None] = note,
+    every: bool = False,
 ) -> Iterator[Built]:
     """Every selected record, built or skipped, after checking data keys and the missing rule.
 
     Also warns about unclosed placeholders, requests over the context window and a `where:`
     that selects nothing; stops (UserError) on `where:` errors, a request over the file limit,
     missing or duplicate data keys. `warn` prints the warnings (the merge, which builds the
-    requests again, passes one that keeps them quiet: make_requests said them already).
+    requests again, passes one that keeps them quiet: make_requests said them already), and
+    `every` yields the records `where:` leaves out too (selected=False), one Built a record.
     """
     builder = RequestBuilder(step, data_key)
     for warning in builder.warnings:
@@ -322,6 +326,8 @@ def build_requests(
         for index, record in enumerate(records):
             total += 1
             if not builder.selected(record, index):
+                if every:
+                    yield Built(index, None, None, [], selected=False)
                 continue
             selected += 1
             try:

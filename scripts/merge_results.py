@@ -120,20 +120,16 @@ def rebuilt(
 ) -> Iterator[tuple[int, dict[str, Any], Built | None]]:
     """Every record of INPUT, in order, with the request make_requests.py builds for it now
     (None: not selected by `where:`; a Built without request: skipped)."""
-    held: dict[int, dict[str, Any]] = {}  # read, and not yet matched with what was built
+    held: dict[int, dict[str, Any]] = {}  # read, and not yet built: one or two records
 
     def records() -> Iterator[dict[str, Any]]:
         for index, record in enumerate(iter_records(path)):
             held[index] = record
             yield record
 
-    builts = step_requests(records(), step, data_key, local, None, warn=lambda _: None)
-    for built, _ in builts:
-        for index in sorted(i for i in held if i < built.index):
-            yield index, held.pop(index), None
-        yield built.index, held.pop(built.index), built
-    for index in sorted(held):
-        yield index, held.pop(index), None
+    quiet = step_requests(records(), step, data_key, local, None, warn=lambda _: None, every=True)
+    for built, _ in quiet:
+        yield built.index, held.pop(built.index), built if built.selected else None
 
 
 class Changed:
