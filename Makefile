@@ -136,10 +136,12 @@ $(VENV_OK): pyproject.toml
 # ----------------------------------------------------------------------------- the pipeline
 # Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
 # variables), rewritten only when it changes.
+# (caption checks the same lines again before it says "up to date": INPUT may change mid-run.)
+REQUEST_PARAMS = --hash INPUT="$$BR_INPUT" \
+  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
+  IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
 $(B)/requests.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) --hash INPUT="$$BR_INPUT" \
-	  --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
-	  IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
+	@$(PY) scripts/write_if_changed.py $(call q,$@) $(REQUEST_PARAMS)
 # Changes when a local image the requests use changes (or while image URLs fail the preflight,
 # so they are checked again): requests.jsonl follows the images' bytes, not just the input's.
 $(B)/images.stamp: FORCE | $(VENV_OK)
@@ -197,7 +199,8 @@ $(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge
 	$(PY) scripts/merge_results.py --input "$$BR_INPUT" --requests $(call q,$(B)/requests.jsonl) \
 	  --answers $(call q,$(B)/answers) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  --data-key $(call q,$(DATA_KEY)) --response-key $(call q,$(RESPONSE_KEY)) \
-	  --errors $(call q,$(B)/errors.jsonl) -o $(call q,$@)
+	  --errors $(call q,$(B)/errors.jsonl) --skipped $(call q,$(B)/skipped.jsonl) $(IMAGE_ARGS) \
+	  -o $(call q,$@)
 
 # ----------------------------------------------------------------------------- verbs
 .PHONY: help
@@ -211,6 +214,7 @@ help:
 .PHONY: caption
 ## caption       run STEP over INPUT: requests, batches, results, merged.json in BUILD/<input>-<hash>/STEP
 caption: $(MERGED)
+	@$(PY) scripts/write_if_changed.py --check $(call q,$(B)/requests.params) $(REQUEST_PARAMS)
 	@m=$(call q,$(MERGED)); e=$(call q,$(B)/errors.jsonl); n=$$(grep -c '' "$$e" || true); \
 	  echo "$$m is up to date; $$n request(s) failed$$( [ $$n = 0 ] || echo ": see $$e")"; \
 	  if [ -n "$$BR_OUTPUT" ]; then $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --from "$$m"; fi; \

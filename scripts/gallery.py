@@ -4,7 +4,8 @@ Reads the merged dataset (merged.json or .jsonl), the step of CONFIG, and the st
 requests.jsonl (which records were sent), skipped.jsonl (left out, and why) and
 errors.jsonl (failures, matched by record index). Writes one static, self-contained HTML file
 (inline CSS and JS, no network needed, works from a file:// URL): failures are marked, a filter
-shows all / answered / failed / skipped records, a search box narrows them, and the records are
+shows all / answered / failed / skipped (skipped.jsonl: a missing field or a bad image) / not
+selected (by the step's `where:`) records, a search box narrows them, and the records are
 embedded as JSON and drawn a page at a time (--per-page), so a large dataset stays fast. Local
 images (the record's image_path, relative to the INPUT dataset's folder) are embedded as data:
 URIs when they are small in total, else linked by relative path; only files under that folder
@@ -33,6 +34,7 @@ from config import Step, load_config
 from endpoints import describe_vector
 from files import write_text
 from make_requests import RequestBuilder, custom_id_of, jq_first, key_function
+from pipeline_steps import moved, no_step, step_dir
 from records import dumps, iter_jsonl, iter_records
 
 LOCAL_IMAGE_FIELDS = ("image_path",)
@@ -142,7 +144,7 @@ def collect(args: argparse.Namespace, step: Step) -> dict[str, Any]:
     base = args.input.parent if args.input else args.merged.parent
     images = Images(base, args.image_root or base, args.output.parent, step)
     rows: list[dict[str, Any]] = []
-    counts = {"answered": 0, "failed": 0, "skipped": 0}
+    counts = {"answered": 0, "failed": 0, "skipped": 0, "not_selected": 0}
     for index, record in enumerate(iter_records(args.merged)):
         cid = custom_id_of(record, key)
         img, img_note = images.find(record)
@@ -166,9 +168,13 @@ def collect(args: argparse.Namespace, step: Step) -> dict[str, Any]:
         elif cid is not None and cid in sent:
             row["status"] = "answered"
             row["response"] = response_of(record.get(response_key))
-        else:
-            row["status"] = "skipped"
-            row["why"] = "not selected by where: " + step.where if step.where else "not sent"
+        else:  # "skipped" is kept for skipped.jsonl's records
+            row["status"] = "not_selected"
+            row["why"] = (
+                f"not selected by where: {step.where}"
+                if step.where
+                else "not sent (not in requests.jsonl)"
+            )
         counts[row["status"]] += 1
         rows.append(row)
     srcs = images.sources(args.images)
@@ -232,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, help="gallery.html")
     args = parser.parse_args(argv)
     args.per_page = max(1, args.per_page)
+    found = step_dir(args.dir)  # after make pipeline: its NN-<step>, and the files in it
+    args.merged, args.output = (moved(p, args.dir, found) for p in (args.merged, args.output))
+    args.dir = found
     if not args.merged.exists():
+        if not args.dir.exists():
+            raise UserError(no_step(args.dir))
         raise UserError(f"{args.merged} does not exist; run make caption for this step first")
 
     step = load_config(args.config).step(args.step)
@@ -241,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     c = data["counts"]
     print(
         f"{args.output}: {len(data['records'])} records ({c['answered']} answered, "
-        f"{c['failed']} failed, {c['skipped']} skipped); open file://{args.output.resolve()}"
+        f"{c['failed']} failed, {c['skipped']} skipped, {c['not_selected']} not selected); "
+        f"open file://{args.output.resolve()}"
     )
     return 0
 
@@ -283,6 +295,8 @@ main { padding: 14px 20px; display: grid; gap: 12px; }
   border-radius: 10px; color: #fff; background: var(--ok); margin-right: 6px; }
 .failed .badge { background: var(--bad); }
 .skipped .badge { background: var(--skip); }
+.card.not_selected { border-left-color: var(--muted); }
+.not_selected .badge { background: var(--muted); }
 dl { margin: 0; }
 dt { font-size: 11px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); }
 dd { margin: 0 0 6px; white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -316,7 +330,9 @@ details pre { color: #1f2328; }
 <script>
 "use strict";
 const D = JSON.parse(document.getElementById("data").textContent);
-const KINDS = ["all", "answered", "failed", "skipped"];
+const KINDS = ["all", "answered", "failed", "skipped", "not_selected"];
+const LABELS = {"not_selected": "not selected"};
+const label = k => LABELS[k] || k;
 const state = { filter: "all", page: 1, q: "" };
 const el = (tag, cls, text) => {
   const e = document.createElement(tag);
@@ -380,8 +396,9 @@ function response(r) {
     box.append(el("div", "error", msg));
     return box;
   }
-  if (r.status === "skipped") {
-    box.append(el("h2", "", "not sent"), el("div", "why", r.why));
+  if (r.status === "skipped" || r.status === "not_selected") {
+    box.append(el("h2", "", r.status === "skipped" ? "not sent" : "not selected"));
+    box.append(el("div", "why", r.why));
     return box;
   }
   box.append(el("h2", "", "response (" + D.response_key + ")"));
@@ -406,8 +423,8 @@ function card(r) {
   c.dataset.index = String(r.i);
   const mid = el("div", "fields");
   const meta = el("div", "meta");
-  const label = "#" + r.i + "  " + (r.id ?? "");
-  meta.append(el("span", "badge", r.status), document.createTextNode(label));
+  const text = "#" + r.i + "  " + (r.id ?? "");
+  meta.append(el("span", "badge", label(r.status)), document.createTextNode(text));
   mid.append(meta);
   const dl = el("dl");
   for (const [k, v] of Object.entries(r.fields)) dl.append(el("dt", "", k), el("dd", "", v));
@@ -438,7 +455,7 @@ function draw() {
 }
 const counts = Object.assign({ all: D.records.length }, D.counts);
 for (const k of KINDS) {
-  const b = el("button", "", k + " (" + counts[k] + ")");
+  const b = el("button", "", label(k) + " (" + counts[k] + ")");
   b.type = "button";
   b.dataset.filter = k;
   b.addEventListener("click", () => { state.filter = k; state.page = 1; draw(); });

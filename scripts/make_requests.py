@@ -142,6 +142,7 @@ class Built:
     custom_id: str | None
     request: dict[str, Any] | None  # None: skipped
     missing: list[str]
+    selected: bool = True  # False: left out by `where:` (yielded only with every=True)
 
     @cached_property
     def line(self) -> str:
@@ -241,11 +242,14 @@ def step_requests(
     local: LocalImages | None,
     checker: Preflight | None,
     response_key: str | None = None,
+    warn: Callable[[str], None] = note,
+    every: bool = False,
 ) -> Iterator[tuple[Built, str | None]]:
     """Every record built (build_requests), its images resolved (with_images), in the shape
-    of the step's endpoint: what make_requests.py writes and plan.py counts."""
-    built_ones = build_requests(records, step, data_key, response_key)
-    for built, reason in with_images(built_ones, local, checker):
+    of the step's endpoint: what make_requests.py writes, plan.py counts and merge_results.py
+    checks the answered requests against."""
+    builts = build_requests(records, step, data_key, response_key, warn, every)
+    for built, reason in with_images(builts, local, checker):
         yield shaped(built), reason
 
 
@@ -308,17 +312,25 @@ class Oversized:
 
 
 def build_requests(
-    records: Iterator[dict[str, Any]], step: Step, data_key: str, response_key: str | None = None
+    records: Iterator[dict[str, Any]],
+    step: Step,
+    data_key: str,
+    response_key: str | None = None,
+    warn: Callable[[str], None] = note,
+    every: bool = False,
 ) -> Iterator[Built]:
     """Every selected record, built or skipped, after checking data keys and the missing rule.
 
     Also warns about unclosed placeholders, requests over the context window and a `where:`
     that selects nothing; stops (UserError) on `where:` errors, a request over the file limit,
     missing or duplicate data keys, and a `response_key` a record to be sent already holds.
+    `warn` prints the warnings (the merge, which builds the requests again, passes one that
+    keeps them quiet: make_requests said them already), and `every` yields the records
+    `where:` leaves out too (selected=False), one Built a record.
     """
     builder = RequestBuilder(step, data_key)
     for warning in builder.warnings:
-        note(warning)
+        warn(warning)
     oversized = Oversized(step)
     duplicates: dict[str, int] = {}  # the first few duplicated keys, with their counts
     repeated = 0  # every record whose key came before
@@ -337,6 +349,8 @@ def build_requests(
         for index, record in enumerate(records):
             total += 1
             if not builder.selected(record, index):
+                if every:
+                    yield Built(index, None, None, [], selected=False)
                 continue
             selected += 1
             try:
@@ -375,13 +389,13 @@ def build_requests(
             "'?' or '// false' skip a record instead); nothing was written"
         )
     if step.where and total and not selected:
-        note(
+        warn(
             f"warning: step '{step.name}' where: '{step.where}' selects 0 of {total} records; "
             "nothing will be sent (check the expression against the data)"
         )
     warning = oversized.warning()
     if warning:
-        note(warning)
+        warn(warning)
     if no_key:
         shown = ", ".join(map(str, no_key[:5])) + (" ..." if len(no_key) > 5 else "")
         raise UserError(

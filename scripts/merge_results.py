@@ -1,12 +1,19 @@
 """Merge answers back into the dataset: merged.json (or .jsonl), errors.jsonl, and a summary.
 
-Reads INPUT, requests.jsonl and every result in answers/ (this run's results_NNN.jsonl and
-earlier runs' reusable ones), matched by data key through the request-body hash. Each answered
-record gets the response under the response key: the text, or for structured output the parsed
-JSON (checked against the step's schema), passed through the step's `extract:` jq expression.
-The `question` step appends a question/answer pair to a list and to dialog_history instead.
-Records not selected by `where:` or skipped for missing fields pass through untouched; failures
-are listed in errors.jsonl. The index lives in a temporary SQLite file, so memory stays flat.
+Reads INPUT, requests.jsonl, skipped.jsonl and every result in answers/ (this run's
+results_NNN.jsonl and earlier runs' reusable ones). Each record's request is built again from
+the record as it is now, exactly as make_requests.py builds it, and an answer is attached only
+when that request is the one in requests.jsonl for the record's data key: the answer found by
+its request-body hash. If INPUT, CONFIG or an image changed since requests.jsonl was built (a
+record edited, added, or newly selected by `where:` while the batches ran), nothing is written:
+one line says how many records changed and to rerun, which sends just their requests.
+
+Each answered record gets the response under the response key: the text, or for structured
+output the parsed JSON (checked against the step's schema), passed through the step's
+`extract:` jq expression. The `question` step appends a question/answer pair to a list and to
+dialog_history instead. Records not selected by `where:` or skipped for missing fields pass
+through untouched; failures are listed in errors.jsonl. The index lives in a temporary SQLite
+file, so memory stays flat.
 """
 
 from __future__ import annotations
@@ -17,27 +24,37 @@ import sqlite3
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
-from cli import ArgumentParser, note, run, step_arguments
+from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Step, compile_jq, load_config, response_key_of
 from files import atomic_output
-from make_requests import custom_id_of, key_function
+from images import LocalImages
+from make_requests import (
+    Built,
+    custom_id_of,
+    image_arguments,
+    key_function,
+    step_images,
+    step_requests,
+)
 from records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records, request_hash
 
 QA = re.compile(
     r"(?:Q(?:uestion)?\s*[:.]\s*)(?P<q>.+?)\s*A(?:nswer)?\s*[:.]\s*(?P<a>.+)", re.S | re.I
 )
 BATCH = 500
+T = TypeVar("T")
 
 
 class Answers:
-    """custom_id -> final result row, through a temporary on-disk index."""
+    """The answered requests, and what requests.jsonl and skipped.jsonl hold per custom_id,
+    through a temporary on-disk index."""
 
-    def __init__(self, directory: Path, requests: Path, answers: Path) -> None:
+    def __init__(self, directory: Path, requests: Path, answers: Path, skipped: Path) -> None:
         self.tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=".merge-", suffix=".db")  # noqa: SIM115 (closed in close())
         self.db = sqlite3.connect(self.tmp.name)
         self.db.execute("PRAGMA journal_mode=OFF")
@@ -46,6 +63,9 @@ class Answers:
         # latest attempt's failure (answers/ has one file per batch and attempt).
         self.db.execute("CREATE TABLE ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT)")
         self.db.execute("CREATE TABLE req(cid TEXT PRIMARY KEY, hash BLOB)")
+        # Records make_requests left out for their image (a failed preflight among them): the
+        # merge, which checks no URL, would build their requests.
+        self.db.execute("CREATE TABLE skip(cid TEXT PRIMARY KEY)")
         files = sorted(answers.glob("*.jsonl")) if answers.is_dir() else []
         for path in files:
             self.db.executemany(
@@ -66,22 +86,73 @@ class Answers:
             "INSERT OR REPLACE INTO req VALUES (?, ?)",
             ((r["custom_id"], bytes.fromhex(request_hash(r))) for r in iter_jsonl(requests)),
         )
+        if skipped.exists():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO skip VALUES (?)",
+                ((r["custom_id"],) for r in iter_jsonl(skipped) if r.get("reason")),
+            )
 
-    def lookup(self, cids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """For each custom_id that has a request: its result row, or None if none came back."""
-        marks = ",".join("?" * len(cids))
-        found: dict[str, dict[str, Any] | None] = {}
-        query = (
-            f"SELECT req.cid, ans.row FROM req LEFT JOIN ans ON ans.hash = req.hash "
-            f"WHERE req.cid IN ({marks})"
-        )
-        for cid, row in self.db.execute(query, cids):
-            found[cid] = json.loads(row) if row else None
-        return found
+    def select(self, query: str, keys: list[Any]) -> dict[Any, Any]:
+        marks = ",".join("?" * len(keys))
+        return dict(self.db.execute(query.format(marks=marks), keys)) if keys else {}
+
+    def lookup(
+        self, cids: list[str]
+    ) -> tuple[dict[str, bytes], set[str], Callable[[list[bytes]], dict[bytes, Any]]]:
+        """For these custom_ids: the hash of each one's request in requests.jsonl, the ones
+        skipped for their image, and a lookup of result rows by request hash."""
+        sent = self.select("SELECT cid, hash FROM req WHERE cid IN ({marks})", cids)
+        skipped = set(self.select("SELECT cid, 1 FROM skip WHERE cid IN ({marks})", cids))
+
+        def rows(hashes: list[bytes]) -> dict[bytes, Any]:
+            found = self.select("SELECT hash, row FROM ans WHERE hash IN ({marks})", hashes)
+            return {h: json.loads(row) for h, row in found.items()}
+
+        return sent, skipped, rows
 
     def close(self) -> None:
         self.db.close()
         self.tmp.close()
+
+
+def rebuilt(
+    path: Path, step: Step, data_key: str, local: LocalImages
+) -> Iterator[tuple[int, dict[str, Any], Built | None]]:
+    """Every record of INPUT, in order, with the request make_requests.py builds for it now
+    (None: not selected by `where:`; a Built without request: skipped)."""
+    held: dict[int, dict[str, Any]] = {}  # read, and not yet built: one or two records
+
+    def records() -> Iterator[dict[str, Any]]:
+        for index, record in enumerate(iter_records(path)):
+            held[index] = record
+            yield record
+
+    quiet = step_requests(records(), step, data_key, local, None, warn=lambda _: None, every=True)
+    for built, _ in quiet:
+        yield built.index, held.pop(built.index), built if built.selected else None
+
+
+class Changed:
+    """Records whose request now is not the one in requests.jsonl: counted, the first named."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: tuple[int, str | None] | None = None
+
+    def add(self, index: int, cid: str | None) -> None:
+        self.count += 1
+        self.first = self.first or (index, cid)
+
+    def check(self, input_path: Path) -> None:
+        if self.first is None:
+            return
+        index, cid = self.first
+        raise UserError(
+            f"{self.count} record(s) of {input_path} changed since requests.jsonl was built "
+            f"(first: record {index} '{cid}'): INPUT, CONFIG or an image changed while the "
+            "step ran, so nothing was merged; rerun the same make command to send their "
+            "requests (answers already paid for are reused)"
+        )
 
 
 class Merger:
@@ -150,9 +221,9 @@ def question_answer(value: Any) -> tuple[str, str]:
     return m["q"].strip(), m["a"].strip()
 
 
-def batched(records: Iterator[dict[str, Any]]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-    batch: list[tuple[int, dict[str, Any]]] = []
-    for item in enumerate(records):
+def batched(items: Iterator[T]) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
         batch.append(item)
         if len(batch) >= BATCH:
             yield batch
@@ -169,27 +240,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-key", default="", help="default: the step's response_key")
     parser.add_argument("--errors", required=True, type=Path, help="errors.jsonl")
     parser.add_argument("-o", "--output", required=True, type=Path, help="merged.json(l)")
+    parser.add_argument(
+        "--skipped", type=Path, help="skipped.jsonl (default: beside requests.jsonl)"
+    )
+    image_arguments(parser)  # where make_requests found the local images
     args = parser.parse_args(argv)
 
     step = load_config(args.config).step(args.step)
     response_key = response_key_of(step, args.response_key)
     merger = Merger(step, args.data_key, response_key)
-    answers = Answers(args.output.parent, args.requests, args.answers)
+    skipped_path = args.skipped or args.requests.with_name("skipped.jsonl")
+    answers = Answers(args.output.parent, args.requests, args.answers, skipped_path)
+    args.preflight_cache = None  # no URL is checked again: skipped.jsonl has the verdicts
+    local, _ = step_images(args, step, args.images or args.requests.parent / "images", True)
     reasons: Counter[str] = Counter()  # failures by code; the rows stream to errors.jsonl
+    changed = Changed()
     answered = cut = 0
     try:
         # errors.jsonl is committed first (the inner block ends first): once merged.json is
         # committed make takes the step as done, so a kill between them must not lose errors.
-        with atomic_output(args.output) as f, atomic_output(args.errors) as errors:
+        with local, atomic_output(args.output) as f, atomic_output(args.errors) as errors:
             writer = RecordWriter(f, is_jsonl(args.output))
-            for batch in batched(iter_records(args.input)):
-                keyed = [(i, r, custom_id_of(r, merger.key)) for i, r in batch]
-                rows = answers.lookup([cid for _, _, cid in keyed if cid is not None])
-                for index, record, cid in keyed:
-                    if cid not in rows:  # not selected, or skipped: passes through untouched
+            for batch in batched(rebuilt(args.input, step, args.data_key, local)):
+                keyed = [(i, r, b, custom_id_of(r, merger.key)) for i, r, b in batch]
+                sent, skipped, rows_of = answers.lookup([c for *_, c in keyed if c is not None])
+                now = {
+                    i: bytes.fromhex(request_hash(b.request))
+                    for i, _, b, _ in keyed
+                    if b is not None and b.request is not None
+                }
+                rows = rows_of(list(set(now.values())))
+                for index, record, _, cid in keyed:
+                    was = sent.get(cid) if cid is not None else None
+                    if index not in now or (was is None and cid in skipped):
+                        # Not selected, or skipped (for a field, or its image): untouched,
+                        # unless its request was sent: then the record changed since.
+                        if index not in now and was is not None:
+                            changed.add(index, cid)
                         writer.write(record)
                         continue
-                    row = rows[cid]
+                    if was != now[index]:  # edited, added or newly selected: never answered
+                        changed.add(index, cid)
+                        continue
+                    assert cid is not None
+                    row = rows.get(was)
                     try:
                         if row is None:
                             raise ValueError("no_result", "no result came back for this request")
@@ -204,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                         errors.write(dumps(error_row(cid, index, code, message, row)) + "\n")
                         reasons[code] += 1
                     writer.write(record)
+            changed.check(args.input)  # before either file is committed: nothing is written
             writer.close()
     finally:
         answers.close()

@@ -25,6 +25,7 @@ from client import make_client
 from config import Config, load_config
 from files import write_text
 from ledger import Ledger
+from pipeline_steps import moved, no_step, step_dir
 from plan import output_cost, price_of, usd
 from records import iter_jsonl
 
@@ -320,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
+    found = step_dir(args.dir)  # after make pipeline: its NN-<step>
+    args.dir, args.output = found, moved(args.output, args.dir, found)
     if not args.dir.is_dir():
-        raise UserError(f"{args.dir} does not exist; run make caption for this step first")
+        raise UserError(no_step(args.dir))
     ids = chunk_ids(args.dir)
     client = None if args.offline or not ids else make_client(config)
     chunks = [chunk_report(args.dir, cid, config, client) for cid in ids]

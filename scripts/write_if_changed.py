@@ -5,7 +5,9 @@ sha256 of INPUT and CONFIG, ...) keeps its mtime while they stay the same, so Ma
 exactly when one of them really changed, whatever the files' mtimes say (`cp -p`, `tar x` and
 `rsync -a` keep old ones). `--hash NAME=PATH` adds the line `NAME=<sha256 of PATH>`; a digest is
 reused while the file's inode, size, mtime and ctime stay the same (ctime cannot be set back).
-`--from FILE` copies a file instead (make caption OUTPUT=...).
+`--from FILE` copies a file instead (make caption OUTPUT=...). `--check` writes nothing and
+stops with one line naming what changed if the stamp would change: make caption checks that
+INPUT and CONFIG are still what its requests were built from before it says "up to date".
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lines", nargs="*", help="lines of the stamp, e.g. DATA_KEY=image_path")
     parser.add_argument("--hash", action="append", default=[], help="NAME=PATH: add its sha256")
     parser.add_argument("--from", dest="source", type=Path, help="copy this file instead")
+    parser.add_argument("--check", action="store_true", help="fail if the stamp would change")
     args = parser.parse_intermixed_args(argv)
     if args.source:
         if not args.source.exists():
@@ -63,11 +66,30 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.hash:
             name, _, path = item.partition("=")
             lines.append(f"{name}_SHA256={digest(name, Path(path), cache)}")
-        os.makedirs(store.parent, exist_ok=True)
-        write_text(store, json.dumps(cache, sort_keys=True) + "\n")
+        if not args.check:
+            os.makedirs(store.parent, exist_ok=True)
+            write_text(store, json.dumps(cache, sort_keys=True) + "\n")
+    if args.check:
+        check(args.target, lines)
+        return 0
     with atomic_output(args.target) as f:
         f.writelines(line + "\n" for line in lines)
     return 0
+
+
+def check(target: Path, lines: list[str]) -> None:
+    """One line naming what changed since the stamp was written (INPUT, not INPUT_SHA256)."""
+    try:
+        written = dict(line.partition("=")[::2] for line in target.read_text().splitlines())
+    except OSError:
+        written = {}
+    now = dict(line.partition("=")[::2] for line in lines)
+    changed = [name.removesuffix("_SHA256") for name in now if written.get(name) != now[name]]
+    if changed:
+        raise UserError(
+            f"{' and '.join(changed)} changed while make ran: {target.parent} was built from "
+            "the earlier one, so it is not up to date; rerun the same make command"
+        )
 
 
 if __name__ == "__main__":
