@@ -5,7 +5,8 @@ sha256 of INPUT and CONFIG, ...) keeps its mtime while they stay the same, so Ma
 exactly when one of them really changed, whatever the files' mtimes say (`cp -p`, `tar x` and
 `rsync -a` keep old ones). `--hash NAME=PATH` adds the line `NAME=<sha256 of PATH>`; a digest is
 reused while the file's inode, size, mtime and ctime stay the same (ctime cannot be set back).
-`--from FILE` copies a file instead (make caption OUTPUT=...).
+`--from FILE` copies a file instead (make caption OUTPUT=...); `--check` only checks that the
+target can be written, before a run that will copy to it sends anything.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cli import ArgumentParser, UserError, run
-from files import atomic_output, sha256_file, write_text
+from files import atomic_output, check_target, sha256_file, write_text
 
 
 def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:
@@ -41,21 +42,27 @@ def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("target", type=Path)
+    parser.add_argument("target")  # text: a trailing / says "a directory"
     parser.add_argument("lines", nargs="*", help="lines of the stamp, e.g. DATA_KEY=image_path")
     parser.add_argument("--hash", action="append", default=[], help="NAME=PATH: add its sha256")
     parser.add_argument("--from", dest="source", type=Path, help="copy this file instead")
+    parser.add_argument("--check", action="store_true", help="only check the target is writable")
     args = parser.parse_intermixed_args(argv)
+    if args.check or args.source:
+        check_target("OUTPUT", args.target)  # --from is make's OUTPUT=...
+    target = Path(args.target)
+    if args.check:
+        return 0
     if args.source:
         if not args.source.exists():
             raise UserError(f"{args.source} does not exist; run the step first")
-        with open(args.source, "rb") as src, atomic_output(args.target, "wb") as dst:
+        with open(args.source, "rb") as src, atomic_output(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        print(f"wrote {args.target}", file=sys.stderr)
+        print(f"wrote {target}", file=sys.stderr)
         return 0
     lines = list(args.lines)
     if args.hash:
-        store = args.target.parent / ".hashes.json"
+        store = target.parent / ".hashes.json"
         try:
             cache = json.loads(store.read_text())
         except (OSError, ValueError):
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{name}_SHA256={digest(name, Path(path), cache)}")
         os.makedirs(store.parent, exist_ok=True)
         write_text(store, json.dumps(cache, sort_keys=True) + "\n")
-    with atomic_output(args.target) as f:
+    with atomic_output(target) as f:
         f.writelines(line + "\n" for line in lines)
     return 0
 
