@@ -13,6 +13,11 @@ are in skipped.jsonl with a `reason`.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run, step_arguments
+
+# isort: split
+
 import dataclasses
 import itertools
 import json
@@ -24,7 +29,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Step, compile_jq, load_config, response_key_of
 from digests import DigestSet
 from endpoints import EMBEDDINGS, RESPONSES, chat_body, embeddings_body, responses_body

@@ -11,6 +11,11 @@ are listed in errors.jsonl. The index lives in a temporary SQLite file, so memor
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, note, run, step_arguments
+
+# isort: split
+
 import json
 import re
 import sqlite3
@@ -22,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from cli import ArgumentParser, note, run, step_arguments
 from config import Step, compile_jq, load_config, response_key_of
 from files import atomic_output
 from make_requests import custom_id_of, key_function

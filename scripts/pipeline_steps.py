@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError, run
+
+# isort: split
+
 import argparse
 import sys
 from pathlib import Path
 
-from cli import UserError, run
 from config import load_config
 
 

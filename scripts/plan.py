@@ -12,6 +12,11 @@ does. Rerunning it only prints the same plan again.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run, step_arguments
+
+# isort: split
+
 import json
 import sys
 from collections import Counter
@@ -20,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Config, load_config, response_key_of
 from endpoints import CHAT, EMBEDDINGS
 from images import LocalImages, body_images, materialised_size

@@ -10,6 +10,11 @@ and mtime; chunk files beyond the new count are removed with their batch id and 
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run
+
+# isort: split
+
 import json
 import os
 import shutil
@@ -19,7 +24,6 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from cli import ArgumentParser, UserError, note, run
 from digests import DigestSet
 from files import commit, move_aside, same_bytes, write_text
 from images import materialise

@@ -11,13 +11,17 @@ target can be written, before a run that will copy to it sends anything.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, run
+
+# isort: split
+
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from cli import ArgumentParser, UserError, run
 from files import atomic_output, check_target, sha256_file, write_text
 
 

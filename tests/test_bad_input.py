@@ -221,14 +221,15 @@ def entry_scripts() -> list[str]:
     )
 
 
-# The interpreter sends itself SIGINT when the script imports its first module (after
-# __future__): the moment the review's Ctrl+C hit. The hook uses only modules loaded at start-up.
+# The interpreter sends itself SIGINT when the script imports its first module after
+# __future__ and cli (which installs the handler: its own loading is the one window left), the
+# moment the review's Ctrl+C hit. The hook uses only modules loaded at start-up.
 INTERRUPT_AT_FIRST_IMPORT = """
 import _signal, os, sys
 path = sys.argv[1]
 sys.path.insert(0, os.path.dirname(path))
 def hook(event, args):
-    if event == "import" and not hook.sent and args[0] != "__future__":
+    if event == "import" and not hook.sent and args[0] not in ("__future__", "cli"):
         hook.sent = True
         os.kill(os.getpid(), _signal.SIGINT)
 hook.sent = False
