@@ -75,7 +75,11 @@ FMT ?= json
 B ?= $(BUILD)/$(NAME)/$(STEP)
 # Goals that read INPUT and CONFIG check them first: one line, before anything runs.
 ifneq ($(filter caption gallery $(B)/%,$(MAKECMDGOALS)),)
-ifneq ($(shell [ -f $(call q,$(INPUT)) ] && echo ok),ok)
+_INPUT_IS := $(shell { [ -f $(call q,$(INPUT)) ] && echo file; } || { [ -d $(call q,$(INPUT)) ] && echo directory; } || true)
+ifeq ($(_INPUT_IS),directory)
+$(error INPUT=$(INPUT) is a directory, not a file; set INPUT=path/to/data.json (a JSON list, or .jsonl))
+endif
+ifneq ($(_INPUT_IS),file)
 $(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
 endif
 ifneq ($(shell [ -f $(call q,$(CONFIG)) ] && echo ok),ok)

@@ -18,6 +18,7 @@ from cli import ArgumentParser, UserError, note, run, step_arguments
 # isort: split
 
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -273,7 +274,10 @@ def human_bytes(n: int) -> str:
 def usd(x: float) -> str:
     if x >= 1 or x == 0:
         return f"${x:,.2f}"
-    return f"${x:.4f}" if x >= 0.01 else f"${x:.6f}"
+    if x >= 0.01:
+        return f"${x:.4f}"
+    # At least two significant digits: MAX_COST=0.0000001 is not shown as $0.000000.
+    return f"${x:.{max(6, 1 - math.floor(math.log10(x)))}f}"
 
 
 def render(s: dict[str, Any], config: Config) -> str:

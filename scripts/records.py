@@ -288,6 +288,8 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"input file {path} does not exist; set INPUT=path/to/data.json")
+    if path.is_dir():
+        raise UserError(f"input {path} is a directory, not a file; set INPUT=path/to/data.json")
     records = iter_jsonl(path) if is_jsonl(path) else iter_json_list(path)
     for i, record in enumerate(records):
         if not isinstance(record, dict):

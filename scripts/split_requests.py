@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CHUNK_IDS := {' '.join(ids)}\n",
     )
     if not total[0]:
-        note(f"warning: {args.requests} holds no requests: nothing to send (is the input empty?)")
+        note(f"warning: {args.requests} holds no requests: nothing to send")
     reused = total[0] - total[1]
     note(
         f"{args.manifest.parent}: {total[1]} request(s) in {len(ids)} chunk(s) to send"
