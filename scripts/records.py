@@ -98,8 +98,8 @@ def value_error(where: str, e: Exception) -> str:
     """One line for a record the decoder refused for its content, not its syntax."""
     if isinstance(e, RecursionError):
         return (
-            f"{where} nests lists or objects too deep to read (more than about 1,000 levels); "
-            "flatten it"
+            f"{where} nests lists or objects too deep to read (deeper than the JSON parser's "
+            "recursion limit, about 1,000 levels); flatten it"
         )
     if isinstance(e, NotJSON):
         return f"{where} has {e}, which is not JSON; write null or a string instead"
