@@ -96,7 +96,11 @@ FMT ?= json
 B ?= $(BUILD)/$(NAME)/$(STEP)
 # Goals that read INPUT and CONFIG check them first: one line, before anything runs.
 ifneq ($(filter caption gallery $(B)/%,$(MAKECMDGOALS)),)
-ifneq ($(shell [ -f $(call q,$(INPUT)) ] && echo ok),ok)
+_INPUT_IS := $(shell { [ -f $(call q,$(INPUT)) ] && echo file; } || { [ -d $(call q,$(INPUT)) ] && echo directory; } || true)
+ifeq ($(_INPUT_IS),directory)
+$(error INPUT=$(INPUT) is a directory, not a file; set INPUT=path/to/data.json (a JSON list, or .jsonl))
+endif
+ifneq ($(_INPUT_IS),file)
 $(error INPUT=$(INPUT) does not exist; set INPUT=path/to/data.json (a JSON list, or .jsonl))
 endif
 ifneq ($(shell [ -f $(call q,$(CONFIG)) ] && echo ok),ok)
@@ -175,8 +179,10 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
   --step $(call q,$(STEP)) --retries $(call q,$(RETRIES)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET))) $(if $(filter 1,$(RESEND)),--resend)
 # MAX_COST (or the config's max_cost:): the plan's estimate of what is still to send is checked
-# first, by every recipe that uploads, so a run over the cap stops before its first upload.
-CHECK_COST = @$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
+# first, by every recipe that uploads, so a run over the cap stops before its first upload; and
+# so is OUTPUT, which is written only after the batches are paid.
+CHECK_OUTPUT = $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --writable
+CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
   --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST))
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
@@ -224,7 +230,7 @@ caption: $(MERGED)
 .PHONY: pipeline
 ## pipeline      run STEPS (or the config's pipeline:) in order, each on the previous step's output
 pipeline: | $(VENV_OK)
-	@steps=$(call q,$(STEPS)); \
+	@$(if $(OUTPUT),$(CHECK_OUTPUT);) steps=$(call q,$(STEPS)); \
 	  [ -n "$$steps" ] || steps=$$($(PY) scripts/pipeline_steps.py "$$BR_CONFIG"); \
 	  input="$$BR_INPUT"; k=0; root="$${BR_IMAGE_ROOT:-$$(dirname "$$BR_INPUT")}"; \
 	  for step in $$steps; do \

@@ -8,6 +8,11 @@
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError, run
+
+# isort: split
+
 import argparse
 import itertools
 import json
@@ -16,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, run
 from client import make_client
 from config import load_config
 from files import write_text

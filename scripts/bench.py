@@ -26,6 +26,11 @@ touched.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError, note, run
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -44,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from build_name import name_of
-from cli import UserError, note, run
 from polling import interval
 from submission import chunk_info
 

@@ -7,22 +7,25 @@ while a script still imports, says how to resume.
 
 from __future__ import annotations
 
-import argparse
-import errno
-import signal
+import _signal  # loaded with the interpreter; `signal` would import enum first
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 
-def _interrupted(signum: int, frame: Any) -> None:
+def _interrupted(signum: int, frame: object) -> None:
     """Ctrl+C, even while a script is still importing: one line, no traceback."""
     print("interrupted: rerun the same make command to resume.", file=sys.stderr)
     sys.exit(130)
 
 
-signal.signal(signal.SIGINT, _interrupted)
+# Before any other import, here and in every script (each imports cli first): a Ctrl+C while
+# the rest loads is this one line too.
+_signal.signal(_signal.SIGINT, _interrupted)
+
+import argparse  # noqa: E402
+import errno  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 
 class UserError(Exception):

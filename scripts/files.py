@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from cli import UserError
 from records import dumps
 
 UMASK = os.umask(0o022)
@@ -61,6 +62,22 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not x:
                 return True
+
+
+def check_target(name: str, text: str) -> None:
+    """One line (UserError) when `text` cannot be written as a file, such as OUTPUT=...: checked
+    before a run sends anything, so a mistyped path never costs a paid run. A missing directory
+    is made when the file is written."""
+    path = Path(text)
+    if text.endswith("/") or path.is_dir():
+        raise UserError(
+            f"{name}={text} is a directory; give a file path, e.g. {name}={path / 'merged.json'}"
+        )
+    ancestor = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise UserError(f"{name}={text} is under {ancestor}, which is a file; give another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{name}={text} cannot be written: {ancestor} is not writable")
 
 
 def write_text(path: Path, text: str) -> None:

@@ -16,6 +16,11 @@ timestamp, so a rerun over the same files leaves gallery.html untouched.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, run
+
+# isort: split
+
 import argparse
 import base64
 import html
@@ -29,7 +34,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, run
 from config import Step, load_config
 from endpoints import describe_vector
 from files import write_text

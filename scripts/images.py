@@ -36,6 +36,11 @@ that changed.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError
+
+# isort: split
+
 import base64
 import binascii
 import contextlib
@@ -52,8 +57,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cli import UserError
 
 MARKER = "br-image:"
 ACCEPTED = {"image/png", "image/jpeg", "image/webp", "image/gif"}

@@ -13,9 +13,13 @@ are in skipped.jsonl with a `reason`.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run, step_arguments
+
+# isort: split
+
 import dataclasses
 import itertools
-import json
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +28,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Step, compile_jq, load_config, response_key_of
 from digests import DigestSet
 from endpoints import EMBEDDINGS, RESPONSES, chat_body, embeddings_body, responses_body
@@ -93,7 +96,7 @@ def custom_id_of(record: dict[str, Any], key: Callable[[dict[str, Any]], Any]) -
     value = key(record)
     if value is None or isinstance(value, (dict, list)):
         return None
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else dumps(value)
 
 
 class Template:
@@ -427,10 +430,17 @@ def main(argv: list[str] | None = None) -> int:
     response_key = response_key_of(step, args.response_key)  # merge needs one: say so first
     skipped: list[dict[str, Any]] = []
     reasons: list[str] = []
-    n = 0
+    n = read = 0
     local, checker = step_images(args, step, args.images or args.output.parent / "images")
+
+    def counted(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal read
+        for record in records:
+            read += 1
+            yield record
+
     with local, atomic_output(args.output) as f:
-        records = iter_records(args.input)
+        records = counted(iter_records(args.input))
         built_ones = step_requests(records, step, args.data_key, local, checker, response_key)
         for built, reason in built_ones:
             if built.request is None:
@@ -453,6 +463,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.output}: {n} requests for step '{step.name}'"
         + (f"; {len(skipped)} records skipped, {', '.join(why)} (see {args.skipped})" * bool(why))
     )
+    # Nothing to send: say why (a where: selecting nothing has said so above).
+    if not read:
+        note(f"warning: {args.input} holds no records: nothing to send")
+    elif not n and skipped:
+        selected = "selected " if step.where else ""
+        note(
+            f"warning: all {len(skipped)} {selected}records were skipped ({', '.join(why)}): "
+            f"nothing to send (see {args.skipped})"
+        )
     return 0
 
 

@@ -18,6 +18,11 @@ file, so memory stays flat.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run, step_arguments
+
+# isort: split
+
 import json
 import re
 import sqlite3
@@ -29,7 +34,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
-from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Step, compile_jq, load_config, response_key_of
 from files import atomic_output
 from images import LocalImages

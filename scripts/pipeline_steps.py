@@ -6,11 +6,15 @@ Also where a pipeline's step is: `make pipeline` builds step k in BUILD/<name>/p
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError, note, run
+
+# isort: split
+
 import argparse
 import sys
 from pathlib import Path
 
-from cli import UserError, note, run
 from config import load_config
 
 

@@ -12,7 +12,13 @@ does. Rerunning it only prints the same plan again.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run, step_arguments
+
+# isort: split
+
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, note, run, step_arguments
 from config import Config, load_config, response_key_of
 from endpoints import CHAT, EMBEDDINGS
 from images import LocalImages, body_images, materialised_size
@@ -258,7 +263,10 @@ def human_bytes(n: int) -> str:
 def usd(x: float) -> str:
     if x >= 1 or x == 0:
         return f"${x:,.2f}"
-    return f"${x:.4f}" if x >= 0.01 else f"${x:.6f}"
+    if x >= 0.01:
+        return f"${x:.4f}"
+    # At least two significant digits: MAX_COST=0.0000001 is not shown as $0.000000.
+    return f"${x:.{max(6, 1 - math.floor(math.log10(x)))}f}"
 
 
 def render(s: dict[str, Any], config: Config) -> str:

@@ -25,6 +25,11 @@ Both print one summary line on stderr and list each failure (custom_id, url, rea
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError, note, run
+
+# isort: split
+
 import argparse
 import http.client
 import json
@@ -38,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cli import UserError, note, run
 from files import write_jsonl, write_text
 from images import ACCEPTED, MAX_IMAGE_BYTES, describe_format, image_parts, sniff
 from records import dumps, iter_jsonl

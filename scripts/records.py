@@ -1,9 +1,19 @@
-"""JSON and JSONL records: the one serialisation of build files, and reading datasets."""
+"""JSON and JSONL records: the one serialisation of build files, and reading datasets.
+
+Both dataset readers parse with the same decoder (`_DECODER`), so a JSON list and JSONL accept
+the same records and keep their values the same way: integers of any size stay exact, and a
+number beyond a double's range (1e400, 1e-400) is kept as written (`ExactFloat`) instead of
+becoming Infinity or 0. What JSON cannot carry through the pipeline is refused in one line
+naming the record: NaN and Infinity (not JSON), a lone UTF-16 surrogate (`"\\ud800"`: not
+text), and nesting deeper than the parser's recursion limit.
+"""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -12,13 +22,97 @@ from cli import UserError
 from images import canonical_body
 
 
+class ExactFloat(float):
+    """A JSON number a double cannot hold (1e400 is inf, 1e-400 is 0.0), kept as written."""
+
+    text: str
+
+    def __new__(cls, text: str) -> ExactFloat:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+
+_exact_read = False  # set once an ExactFloat is read: dumps then writes each as its text
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _parse_float(text: str) -> float:
+    global _exact_read
+    value = float(text)
+    overflow = value in (float("inf"), float("-inf"))
+    underflow = value == 0 and any(c in "123456789" for c in text.lower().partition("e")[0])
+    if not (overflow or underflow):
+        return value
+    _exact_read = True
+    return ExactFloat(text)
+
+
+class NotJSON(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, but they are not JSON."""
+
+
+def _parse_constant(name: str) -> Any:
+    raise NotJSON(name)
+
+
+_DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
+# A \u escape of a UTF-16 surrogate: paired, it is one character; alone, it is not text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def dumps(obj: Any) -> str:
     """The one JSON serialisation used for build files (stable, compact, readable UTF-8)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _exact(obj) if _exact_read else _encode(obj)
+
+
+def _exact(obj: Any) -> str:
+    """`dumps` in Python, writing each ExactFloat as its text (only once one was read)."""
+    if isinstance(obj, ExactFloat):
+        return obj.text
+    if isinstance(obj, dict):
+        return "{" + ",".join(f"{_encode(str(k))}:{_exact(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ",".join(map(_exact, obj)) + "]"
+    return _encode(obj)
+
+
+def lone_surrogate(value: Any, text: str, start: int, end: int) -> str | None:
+    """A lone UTF-16 surrogate in `value` (parsed from text[start:end]) as its escape, or None."""
+    if _SURROGATE_ESCAPE.search(text, start, end):
+        try:
+            dumps(value).encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"\\u{ord(e.object[e.start]):04x}"
+    return None
+
+
+def surrogate_error(where: str, escape: str) -> str:
+    return (
+        f"{where} has a lone UTF-16 surrogate ({escape}), which is not text; remove it, or "
+        "pair it as in \\ud83d\\ude00"
+    )
+
+
+def value_error(where: str, e: Exception) -> str:
+    """One line for a record the decoder refused for its content, not its syntax."""
+    if isinstance(e, RecursionError):
+        return (
+            f"{where} nests lists or objects too deep to read (deeper than the JSON parser's "
+            "recursion limit, about 1,000 levels); flatten it"
+        )
+    if isinstance(e, NotJSON):
+        return f"{where} has {e}, which is not JSON; write null or a string instead"
+    return f"{where} cannot be read ({e}); fix or remove it"
 
 
 BOM = b"\xef\xbb\xbf"
-EXACT_ERRORS_UP_TO = 16_000_000  # a bad JSON list this small is parsed again for the exact line
+BLOCK = 1 << 16
+_SPACE = re.compile(r"[ \t\n\r]*")
+# How close to the end of what is read a parse error may be a record cut off by the read ("tru",
+# "1.5e", "\u12"), to be retried with more text; farther back it is the file's own error.
+# (An unterminated string is always retried: the rest of the file may close it.)
+_CUT_OFF = 16
 
 
 def not_utf8(path: Path, head: bytes) -> None:
@@ -59,50 +153,108 @@ def iter_jsonl(path: Path) -> Iterator[Any]:
             except UnicodeDecodeError as e:
                 raise UserError(decode_error(path, raw, e, n))
             if line.strip():
+                where = f"{path}:{n}"
                 try:
-                    yield json.loads(line)
+                    value = _DECODER.decode(line)
                 except json.JSONDecodeError as e:
-                    raise UserError(
-                        f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line"
-                    )
+                    raise UserError(f"{where}: not valid JSON ({e.msg}); fix or remove that line")
+                except (ValueError, RecursionError) as e:
+                    raise UserError(value_error(where, e))
+                escape = lone_surrogate(value, line, 0, len(line))
+                if escape:
+                    raise UserError(surrogate_error(where, escape))
+                yield value
 
 
 def is_jsonl(path: Path) -> bool:
     return Path(path).suffix.lower() in {".jsonl", ".ndjson"}
 
 
-def ijson_backend() -> Any:
-    """ijson's C backend (yajl2_c) when it is built, else the best one installed."""
-    import ijson
+class _Text:
+    """A UTF-8 file's text, read as the parser needs it: `buf` from the line `line` on.
 
-    try:
-        return ijson.get_backend("yajl2_c")
-    except ImportError:
-        return ijson
+    Only the record being parsed and one block sit in memory. A record longer than a block is
+    retried with twice the text each time, so it is parsed a bounded number of times per byte.
+    """
 
+    def __init__(self, path: Path, raw: IO[bytes], head: bytes) -> None:
+        self.path, self.raw = path, raw
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.bytes_lines = 0  # newlines in the bytes decoded so far, for a decoding error
+        self.add(head, final=False)
 
-class _Reader:
-    """A raw file read through ijson, after the bytes already peeked at; counts the position."""
+    def add(self, data: bytes, final: bool) -> None:
+        try:
+            self.buf += self.decoder.decode(data, final)
+        except UnicodeDecodeError as e:
+            raw = e.object
+            raise UserError(
+                decode_error(self.path, raw, e, self.bytes_lines + 1 + raw.count(b"\n", 0, e.start))
+            )
+        self.bytes_lines += data.count(b"\n")
 
-    def __init__(self, raw: IO[bytes], head: bytes) -> None:
-        self.raw, self.head = raw, head
-        self.offset = self.lines = 0  # bytes and newlines read so far
-        self.chunk = (0, 0)  # (offset, newlines) at the start of the last chunk read
+    def more(self) -> bool:
+        """Read on (at least as much again as is held); False at the end of the file."""
+        if self.eof:
+            return False
+        self.line += self.buf.count("\n", 0, self.pos)
+        self.buf, self.pos = self.buf[self.pos :], 0
+        data = self.raw.read(max(BLOCK, len(self.buf)))
+        self.eof = not data
+        self.add(data, final=self.eof)
+        return not self.eof
 
-    def read(self, n: int = -1) -> bytes:
-        if n == 0:  # ijson's probe: bytes or text?
-            return b""
-        data, self.head = (self.head, b"") if self.head else (self.raw.read(n), b"")
-        self.chunk = (self.offset, self.lines)
-        self.offset += len(data)
-        self.lines += data.count(b"\n")
-        return data
+    def next_char(self) -> str:
+        """The next character after white space ("" at the end), not consumed."""
+        while True:
+            self.pos = _SPACE.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def line_at(self, pos: int) -> int:
+        return self.line + self.buf.count("\n", 0, pos)
+
+    def value(self, index: int) -> Any:
+        """Record `index`, the JSON value at `pos`, read on as far as it needs."""
+        self.next_char()
+        while True:
+            start = self.pos
+
+            try:
+                value, end = _DECODER.raw_decode(self.buf, start)
+            except json.JSONDecodeError as e:
+                cut = e.pos >= len(self.buf) - _CUT_OFF or e.msg.startswith("Unterminated")
+                if cut and self.more():
+                    continue
+                raise self.error(e.msg, e.pos, f"record {index}")
+            except (ValueError, RecursionError) as e:
+                raise UserError(value_error(self.where(index, start), e))
+            # A number or literal that ends where the text read does may go on ("12" of "123").
+            if end == len(self.buf) and not isinstance(value, (dict, list, str)) and self.more():
+                continue
+            self.pos = end
+            escape = lone_surrogate(value, self.buf, start, end)
+            if escape:
+                raise UserError(surrogate_error(self.where(index, start), escape))
+            return value
+
+    def where(self, index: int, pos: int) -> str:
+        return f"{self.path}: record {index} (line {self.line_at(pos)})"
+
+    def error(self, message: str, pos: int, where: str) -> UserError:
+        return UserError(
+            f"{self.path} is not valid JSON (line {self.line_at(pos)}, {where}: {message}); "
+            "give a JSON list of objects, or JSONL with a .jsonl name"
+        )
 
 
 def iter_json_list(path: Path) -> Iterator[Any]:
     """The items of a JSON list, parsed incrementally: the list never sits in memory."""
     with open(path, "rb", buffering=0) as raw:
-        head = raw.read(1 << 16).removeprefix(BOM)
+        head = raw.read(BLOCK).removeprefix(BOM)
         not_utf8(path, head)
         start = head.lstrip()[:1]
         if start and start != b"[":
@@ -110,35 +262,25 @@ def iter_json_list(path: Path) -> Iterator[Any]:
                 f"{path} must hold a JSON list of objects, not a JSON "
                 f"{'object' if start == b'{' else 'value'} (or be JSONL named .jsonl)"
             )
-        reader = _Reader(raw, head)
+        text = _Text(path, raw, head)
+        if text.next_char() != "[":
+            raise text.error("Expecting '['", text.pos, "at the start")
+        text.pos += 1
         count = 0
-        try:
-            for item in ijson_backend().items(reader, "item", use_float=True):
-                yield item
+        if text.next_char() == "]":
+            text.pos += 1
+        else:
+            while True:
+                yield text.value(count)
                 count += 1
-        except Exception as e:  # ijson's JSONError, or its backends' decoding errors
-            raise UserError(json_error(path, e, count, reader)) from None
-
-
-def json_error(path: Path, e: Exception, count: int, reader: _Reader) -> str:
-    """One line for a JSON list ijson could not parse, with the position."""
-    fix = "give a JSON list of objects, or JSONL with a .jsonl name"
-    if path.is_file() and path.stat().st_size <= EXACT_ERRORS_UP_TO:
-        data = path.read_bytes().removeprefix(BOM)
-        try:
-            json.loads(decode_utf8(path, data))
-        except json.JSONDecodeError as exact:
-            return f"{path} is not valid JSON (line {exact.lineno}: {exact.msg}); {fix}"
-    # yajl's message spans lines (or is a bytes repr with escaped ones): keep the first.
-    text = str(e).removeprefix("b'").replace("\\n", "\n").strip()
-    first = text.splitlines()[0].strip() if text else type(e).__name__
-    if "UTF8" in first:
-        first += " (the file is not UTF-8: save it as UTF-8)"
-    offset, lines = reader.chunk
-    return (
-        f"{path} is not valid JSON after record {count} (between line {lines + 1} and line "
-        f"{reader.lines + 1}, from byte {offset:,}: {first}); {fix}"
-    )
+                c = text.next_char()
+                text.pos += c in ",]"
+                if c == "]":
+                    break
+                if c != ",":
+                    raise text.error("Expecting ',' or ']'", text.pos, f"after record {count - 1}")
+        if text.next_char():
+            raise text.error("Extra data after the list", text.pos, f"after record {count - 1}")
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -146,6 +288,8 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"input file {path} does not exist; set INPUT=path/to/data.json")
+    if path.is_dir():
+        raise UserError(f"input {path} is a directory, not a file; set INPUT=path/to/data.json")
     records = iter_jsonl(path) if is_jsonl(path) else iter_json_list(path)
     for i, record in enumerate(records):
         if not isinstance(record, dict):

@@ -11,10 +11,14 @@ Exits with make's code.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import run
+
+# isort: split
+
 import argparse
 import sys
 
-from cli import run
 from send_batch_requests import TARGET, load_state, run_make, state_path
 
 

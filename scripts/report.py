@@ -13,6 +13,11 @@ if something changed.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run
+
+# isort: split
+
 import json
 import re
 import sys
@@ -20,7 +25,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import Config, load_config
 from files import write_text

@@ -23,6 +23,11 @@ requests no earlier batch holds. No paid batch is abandoned.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run
+
+# isort: split
+
 import argparse
 import contextlib
 import math
@@ -36,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from batches import acknowledge
-from cli import ArgumentParser, UserError, note, run
 from client import make_client
 from config import load_config
 from files import move_aside, sha256_file, write_jsonl, write_text

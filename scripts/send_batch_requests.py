@@ -12,6 +12,11 @@ BUILD (the build root, default build/) is read from the environment.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run
+
+# isort: split
+
 import contextlib
 import fcntl
 import json
@@ -23,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, UserError, note, run
 from config import load_config
 from files import write_text
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import run
+
+# isort: split
+
 import argparse
 import itertools
 import json
 import sys
 from pathlib import Path
 
-from cli import run
 from records import iter_records
 
 

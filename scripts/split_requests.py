@@ -10,6 +10,11 @@ and mtime; chunk files beyond the new count are removed with their batch id and 
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, note, run
+
+# isort: split
+
 import json
 import os
 import shutil
@@ -19,7 +24,6 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from cli import ArgumentParser, UserError, note, run
 from digests import DigestSet
 from files import commit, move_aside, same_bytes, write_text
 from images import materialise
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CHUNK_IDS := {' '.join(ids)}\n",
     )
     if not total[0]:
-        note(f"warning: {args.requests} holds no requests: nothing to send (is the input empty?)")
+        note(f"warning: {args.requests} holds no requests: nothing to send")
     reused = total[0] - total[1]
     note(
         f"{args.manifest.parent}: {total[1]} request(s) in {len(ids)} chunk(s) to send"

@@ -8,10 +8,14 @@ create), then writes batch_NNN.id. `make caption` does this for every chunk in o
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, note, run
+
+# isort: split
+
 import sys
 from pathlib import Path
 
-from cli import ArgumentParser, note, run
 from client import make_client
 from config import load_config
 from files import write_text

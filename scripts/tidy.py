@@ -9,12 +9,16 @@ would go and deletes nothing. Batches themselves cannot be deleted through the A
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, note, run
+
+# isort: split
+
 import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, note, run
 from client import make_client
 from config import load_config
 from ledger import Ledger

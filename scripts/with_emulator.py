@@ -9,6 +9,11 @@ reaches the emulator or its state directory.
 
 from __future__ import annotations
 
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import UserError, run
+
+# isort: split
+
 import argparse
 import os
 import shlex
@@ -16,8 +21,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-
-from cli import UserError, run
 
 HERE = Path(__file__).resolve().parent
 

@@ -5,12 +5,19 @@ sha256 of INPUT and CONFIG, ...) keeps its mtime while they stay the same, so Ma
 exactly when one of them really changed, whatever the files' mtimes say (`cp -p`, `tar x` and
 `rsync -a` keep old ones). `--hash NAME=PATH` adds the line `NAME=<sha256 of PATH>`; a digest is
 reused while the file's inode, size, mtime and ctime stay the same (ctime cannot be set back).
-`--from FILE` copies a file instead (make caption OUTPUT=...). `--check` writes nothing and
-stops with one line naming what changed if the stamp would change: make caption checks that
-INPUT and CONFIG are still what its requests were built from before it says "up to date".
+`--from FILE` copies a file instead (make caption OUTPUT=...); `--writable` only checks that
+the target can be written, before a run that will copy to it sends anything. `--check` writes
+nothing and stops with one line naming what changed if the stamp would change: make caption
+checks that INPUT and CONFIG are still what its requests were built from before it says "up to
+date".
 """
 
 from __future__ import annotations
+
+# cli first: its Ctrl+C handling then covers the imports below.
+from cli import ArgumentParser, UserError, run
+
+# isort: split
 
 import json
 import os
@@ -18,8 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cli import ArgumentParser, UserError, run
-from files import atomic_output, sha256_file, write_text
+from files import atomic_output, check_target, sha256_file, write_text
 
 
 def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:
@@ -43,22 +49,28 @@ def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("target", type=Path)
+    parser.add_argument("target")  # text: a trailing / says "a directory"
     parser.add_argument("lines", nargs="*", help="lines of the stamp, e.g. DATA_KEY=image_path")
     parser.add_argument("--hash", action="append", default=[], help="NAME=PATH: add its sha256")
     parser.add_argument("--from", dest="source", type=Path, help="copy this file instead")
     parser.add_argument("--check", action="store_true", help="fail if the stamp would change")
+    parser.add_argument("--writable", action="store_true", help="only check the target is writable")
     args = parser.parse_intermixed_args(argv)
+    if args.writable or args.source:
+        check_target("OUTPUT", args.target)  # --from is make's OUTPUT=...
+    target = Path(args.target)
+    if args.writable:
+        return 0
     if args.source:
         if not args.source.exists():
             raise UserError(f"{args.source} does not exist; run the step first")
-        with open(args.source, "rb") as src, atomic_output(args.target, "wb") as dst:
+        with open(args.source, "rb") as src, atomic_output(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        print(f"wrote {args.target}", file=sys.stderr)
+        print(f"wrote {target}", file=sys.stderr)
         return 0
     lines = list(args.lines)
     if args.hash:
-        store = args.target.parent / ".hashes.json"
+        store = target.parent / ".hashes.json"
         try:
             cache = json.loads(store.read_text())
         except (OSError, ValueError):
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         check(args.target, lines)
         return 0
-    with atomic_output(args.target) as f:
+    with atomic_output(target) as f:
         f.writelines(line + "\n" for line in lines)
     return 0
 
