@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(store.parent, exist_ok=True)
             write_text(store, json.dumps(cache, sort_keys=True) + "\n")
     if args.check:
-        check(args.target, lines)
+        check(target, lines)
         return 0
     with atomic_output(target) as f:
         f.writelines(line + "\n" for line in lines)
