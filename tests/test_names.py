@@ -77,7 +77,7 @@ def test_a_changed_input_with_an_old_mtime_is_rebuilt(emulator: Emulator, tmp_pa
 def test_hostile_and_spaced_names_are_never_run(emulator: Emulator, tmp_path: Path) -> None:
     folder = tmp_path / "my data"
     folder.mkdir()
-    # (Make itself expands $(...) in command-line values, so a `$` would need `$$` there.)
+    # (Make never expands a value: a `$` in a name is kept as typed, tests/test_security.py.)
     data = dataset(folder / "x`touch PWNED1`;touch PWNED2|'q'\"dq\"(p)>PWNED3 & echo.json", "bad")
     config = folder / "my config; touch PWNED4.yaml"
     config.write_text(CONFIG)
