@@ -112,6 +112,13 @@ $(error BUILD=$(BUILD) has a space; make cannot name targets in it: choose anoth
 endif
 
 VENV := .venv
+# The library under the commands (scripts/br/): its ground floor and three rooms. A stage is
+# rebuilt when any module of a package it uses changes; the paid step is order-only on its own
+# (results.list below), so an edit never resends anything.
+LIB := $(wildcard scripts/br/*.py)
+PROMPTS := $(wildcard scripts/br/prompts/*.py scripts/br/prompts/*/*.py)
+BATCHES := $(wildcard scripts/br/batches/*.py scripts/br/batches/*/*.py)
+ANSWERS := $(wildcard scripts/br/answers/*.py scripts/br/answers/*/*.py)
 PY := $(VENV)/bin/python
 VENV_OK := $(VENV)/.installed
 MERGED := $(B)/merged.$(FMT)
@@ -157,7 +164,7 @@ $(B)/split.params: FORCE | $(VENV_OK)
 $(B)/merge.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
 
-$(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py scripts/config.py scripts/records.py scripts/images.py scripts/request_images.py | $(VENV_OK)
+$(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py $(LIB) $(PROMPTS) | $(VENV_OK)
 	$(PY) scripts/make_requests.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
 	  --step $(call q,$(STEP)) --data-key $(call q,$(DATA_KEY)) $(IMAGE_ARGS) -o $(call q,$@) \
 	  --response-key $(call q,$(RESPONSE_KEY)) \
@@ -165,7 +172,7 @@ $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_request
 
 # The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
 # sent and never fetched is collected into answers/: a changed input never abandons one.
-$(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py | $(VENV_OK)
+$(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py $(LIB) $(PROMPTS) $(BATCHES) | $(VENV_OK)
 	$(PY) scripts/run_batches.py --collect --dir $(call q,$(B)) --config "$$BR_CONFIG" \
 	  --step $(call q,$(STEP))
 	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
@@ -201,7 +208,7 @@ $(B)/results_%.jsonl: $(B)/chunk_%.jsonl | scripts/run_batches.py $(VENV_OK)
 	$(CHECK_COST)
 	$(RUN_BATCHES) --only $(call q,$*)
 
-$(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge.params scripts/merge_results.py | $(VENV_OK)
+$(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge.params scripts/merge_results.py $(LIB) $(PROMPTS) $(ANSWERS) | $(VENV_OK)
 	$(PY) scripts/merge_results.py --input "$$BR_INPUT" --requests $(call q,$(B)/requests.jsonl) \
 	  --answers $(call q,$(B)/answers) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  --data-key $(call q,$(DATA_KEY)) --response-key $(call q,$(RESPONSE_KEY)) \

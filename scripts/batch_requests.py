@@ -23,18 +23,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from batches import last_batches
-from cli import UserError, note
-from client import make_client
-from config import Config, Step, load_config
-from files import write_text
-from ledger import Ledger
-from make_requests import build_requests, custom_id_of, shaped
-from merge_results import Merger
-from outcomes import outcome
-from records import dumps
-from split_requests import DEFAULT_MAX_BYTES, chunks
-from submission import Submitter, chunk_info
+from br.answers.merge import Merger
+from br.answers.outcomes import outcome
+from br.batches.account import last_batches
+from br.batches.client import make_client
+from br.batches.ledger import Ledger
+from br.batches.split import DEFAULT_MAX_BYTES, chunks
+from br.batches.submission import Submitter, chunk_info
+from br.cli import UserError, note
+from br.config import Config, Step, load_config
+from br.files import write_text
+from br.prompts.build import build_requests, custom_id_of, shaped
+from br.records import dumps
 
 MAX_PER_FILE = 1000  # the original's chunk size
 

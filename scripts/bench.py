@@ -27,7 +27,7 @@ touched.
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import UserError, note, run
+from br.cli import UserError, note, run
 
 # isort: split
 
@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from build_name import name_of
-from polling import interval
-from submission import chunk_info
+from br.batches.polling import interval
+from br.batches.submission import chunk_info
+from br.layout import name_of
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = "caption"

@@ -7,18 +7,11 @@ tracked separately (requests.params holds its sha256), because mtimes are not id
 Standard library only: it runs before the virtual environment exists.
 """
 
-import hashlib
-import os
-import re
+from __future__ import annotations
+
 import sys
 
-
-def name_of(path: str) -> tuple[str, str]:
-    """(directory name, "json" or "jsonl") of an input path, relative to the current folder."""
-    stem, ext = os.path.splitext(os.path.basename(path))
-    readable = re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:40] or "input"
-    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
-    return f"{readable}-{digest[:8]}", "jsonl" if ext.lower() in (".jsonl", ".ndjson") else "json"
+from br.layout import name_of
 
 
 def main() -> int:

@@ -12,14 +12,14 @@ Exits with make's code.
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import run
+from br.cli import run
 
 # isort: split
 
 import argparse
 import sys
 
-from send_batch_requests import TARGET, load_state, run_make, state_path
+from br.original import TARGET, load_state, run_make, state_path
 
 
 def main(argv: list[str] | None = None) -> int:

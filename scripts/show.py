@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import run
+from br.cli import run
 
 # isort: split
 
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from records import iter_records
+from br.records import iter_records
 
 
 def main(argv: list[str] | None = None) -> int:

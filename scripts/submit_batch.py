@@ -9,18 +9,18 @@ create), then writes batch_NNN.id. `make caption` does this for every chunk in o
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import ArgumentParser, note, run
+from br.cli import ArgumentParser, note, run
 
 # isort: split
 
 import sys
 from pathlib import Path
 
-from client import make_client
-from config import load_config
-from files import write_text
-from ledger import Ledger
-from submission import Submitter, chunk_info
+from br.batches.client import make_client
+from br.batches.ledger import Ledger
+from br.batches.submission import Submitter, chunk_info
+from br.config import load_config
+from br.files import write_text
 
 
 def main(argv: list[str] | None = None) -> int:

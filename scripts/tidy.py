@@ -10,30 +10,19 @@ would go and deletes nothing. Batches themselves cannot be deleted through the A
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import ArgumentParser, note, run
+from br.cli import ArgumentParser, note, run
 
 # isort: split
 
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
 
-from client import make_client
-from config import load_config
-from ledger import Ledger
-from outcomes import TERMINAL
-
-
-def files_of(client: Any, batch_id: str) -> list[str]:
-    """The input, output and error files of a batch (none if the server lost it)."""
-    import openai
-
-    try:
-        batch = client.batches.retrieve(batch_id)
-    except openai.NotFoundError:
-        return []
-    return [f for f in (batch.input_file_id, batch.output_file_id, batch.error_file_id) if f]
+from br.answers.outcomes import TERMINAL
+from br.batches.client import make_client
+from br.batches.ledger import Ledger
+from br.batches.tidy import files_of
+from br.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ reaches the emulator or its state directory.
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import UserError, run
+from br.cli import UserError, run
 
 # isort: split
 

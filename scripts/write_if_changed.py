@@ -15,7 +15,7 @@ date".
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from cli import ArgumentParser, UserError, run
+from br.cli import ArgumentParser, UserError, run
 
 # isort: split
 
@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from files import atomic_output, check_target, sha256_file, write_text
+from br.files import atomic_output, check_target, sha256_file, write_text
 
 
 def digest(name: str, path: Path, cache: dict[str, list[object]]) -> str:

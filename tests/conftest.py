@@ -117,7 +117,7 @@ def make(
 
 def input_dir(build: Path, input: Path | str = "data/example.json") -> Path:
     """The build directory `make` gives INPUT (scripts/build_name.py): BUILD/<stem>-<hash>."""
-    from build_name import name_of
+    from br.layout import name_of
 
     path = Path(input) if Path(input).is_absolute() else ROOT / input
     return Path(build) / name_of(str(path))[0]

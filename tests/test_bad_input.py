@@ -86,7 +86,7 @@ EXACT += '"tiny": -1e-400, "x": 1.5, "n": -9223372036854775809}'
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_both_readers_keep_big_numbers_exactly(tmp_path: Path, suffix: str) -> None:
-    from records import RecordWriter, iter_records
+    from br.records import RecordWriter, iter_records
 
     data = dataset(tmp_path, suffix, EXACT)
     [record] = list(iter_records(data))
@@ -138,7 +138,7 @@ def test_values_json_cannot_carry_are_one_line_in_both_readers(
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_a_surrogate_pair_is_one_character(tmp_path: Path, suffix: str) -> None:
-    from records import iter_records
+    from br.records import iter_records
 
     data = dataset(tmp_path, suffix, '{"image_path": "a", "title": "\\ud83d\\ude00 \\u00e9"}')
     assert [r["title"] for r in iter_records(data)] == ["\U0001f600 \u00e9"]
@@ -160,7 +160,7 @@ def test_a_parse_error_in_a_large_list_names_its_line(tmp_path: Path) -> None:
 
 
 def test_a_record_longer_than_a_block_is_read(tmp_path: Path) -> None:
-    from records import iter_records
+    from br.records import iter_records
 
     long = "é" * 300_000  # split across reads, mid-character too
     data = dataset(tmp_path, ".json", OK, f'{{"image_path": "b", "title": "{long}", "n": 12345}}')
@@ -229,7 +229,7 @@ import _signal, os, sys
 path = sys.argv[1]
 sys.path.insert(0, os.path.dirname(path))
 def hook(event, args):
-    if event == "import" and not hook.sent and args[0] not in ("__future__", "cli"):
+    if event == "import" and not hook.sent and args[0] not in ("__future__", "br", "br.cli"):
         hook.sent = True
         os.kill(os.getpid(), _signal.SIGINT)
 hook.sent = False
@@ -279,7 +279,7 @@ def test_an_empty_input_says_so(tmp_path: Path) -> None:
 
 
 def test_a_tiny_max_cost_is_printed_as_it_is(tmp_path: Path) -> None:
-    from plan import usd
+    from br.prices import usd
 
     assert usd(0.0000001) == "$0.00000010"
     assert usd(0.00125) == "$0.001250" and usd(0.5) == "$0.5000" and usd(12) == "$12.00"

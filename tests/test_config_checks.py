@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cli
 import make_requests
 import plan
 import pytest
 import yaml
-from client import make_client
+from br import cli
+from br.batches.client import make_client
 from conftest import Emulator, make, write_json
 from emulator_helpers import read_jsonl, upload, wait_batch
 
@@ -464,7 +464,7 @@ def key_in_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_a_config_base_url_elsewhere_is_warned_about(
     tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from config import load_config
+    from br.config import load_config
 
     config = load_config(config_file(tmp_path, base_url="https://proxy.example.net/v1"))
     capsys.readouterr()

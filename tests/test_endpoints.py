@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import UserError
-from config import load_config
+from br.cli import UserError
+from br.config import load_config
+from br.prompts.tokens import estimate_tokens
+from br.records import iter_jsonl
 from conftest import PYTHON, ROOT, Emulator, input_dir, make, read_json, write_json
-from records import iter_jsonl
-from tokens import estimate_tokens
 
 TITLES = ["Floods in the valley", "A new bridge opens", "Floods in the valley", "Harvest"]
 CONFIG = """\

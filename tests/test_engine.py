@@ -171,7 +171,7 @@ def test_calls_per_chunk_are_constant_and_a_rerun_asks_nothing(
 
 
 def test_the_schedule_of_polls_for_a_day_long_batch() -> None:
-    from polling import interval
+    from br.batches.polling import interval
 
     age, polls, late = 1.0, 0, 0.0
     while age < 86400:
@@ -187,7 +187,7 @@ def test_the_schedule_of_polls_for_a_day_long_batch() -> None:
 def test_a_batch_whose_counts_say_it_ends_soon_is_polled_sooner() -> None:
     from types import SimpleNamespace
 
-    from polling import interval, next_poll
+    from br.batches.polling import interval, next_poll
 
     def batch(done: int, status: str = "in_progress") -> SimpleNamespace:
         counts = SimpleNamespace(completed=done, failed=0, total=100)
@@ -479,7 +479,7 @@ def test_unicode_line_separators_in_records_and_answers_come_back(
 
 
 def test_a_damaged_output_line_is_an_error_row_not_a_crash() -> None:
-    from outcomes import outcome, parse_line, split_lines
+    from br.answers.outcomes import outcome, parse_line, split_lines
 
     raw = b'{"custom_id": "r1", "response": {"status_code": 200, "body": {}}}\n'
     raw += b'{"custom_id": "r2", "response": {"status_co\n\n{"custom_id": "r3"\xe2\x80\xa8}\n'

@@ -21,13 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import images
 import pytest
-from cli import UserError
+from br.cli import UserError
+from br.prompts import images
+from br.prompts.images import ImageOptions, ImageSkip, LocalImages
+from br.prompts.preflight import Preflight, check_url
 from conftest import PYTHON, ROOT
-from images import ImageOptions, ImageSkip, LocalImages
 from PIL import Image
-from preflight import Preflight, check_url
 
 
 def save(path: Path, size: tuple[int, int], fmt: str, **kw: Any) -> Path:

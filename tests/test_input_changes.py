@@ -19,9 +19,9 @@ import merge_results
 import pytest
 import write_if_changed
 import yaml
-from cli import run
+from br.cli import run
+from br.records import iter_jsonl, request_hash
 from conftest import ROOT, Emulator, input_dir, read_json, write_json
-from records import iter_jsonl, request_hash
 
 CONFIG = {
     "model": "gpt-4o-mini",

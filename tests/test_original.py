@@ -24,7 +24,7 @@ from batch_requests import (
     split_jsonl_list,
     view_batches,
 )
-from cli import UserError
+from br.cli import UserError
 from conftest import PYTHON, ROOT, TEST_KEY, Emulator, input_dir, read_json, write_json
 
 CONFIG = {

@@ -14,7 +14,7 @@ import gallery
 import pytest
 import report
 import yaml
-from cli import run
+from br.cli import run
 from conftest import Emulator, input_dir, make, read_json, write_json
 
 CONFIG = {

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from br.records import iter_records
 from conftest import PYTHON, ROOT, TEST_KEY, Emulator, read_json, write_json
-from records import iter_records
 
 STEP: dict[str, Any] = {
     "is_multimodal": False,
@@ -373,7 +373,7 @@ def test_an_extract_error_names_the_expression(tmp_path: Path) -> None:
     data = write_json(tmp_path / "data.json", records(2))
     assert build(tmp_path, data, config).returncode == 0
     requests = read_json(tmp_path / "requests.jsonl")
-    from records import request_hash
+    from br.records import request_hash
 
     answers = tmp_path / "answers"
     rows = [
@@ -480,7 +480,7 @@ def test_bad_json_lists_are_one_line_with_the_position(
 
 
 def test_digest_set_finds_duplicates_within_and_across_batches(tmp_path: Path) -> None:
-    from digests import DigestSet
+    from br.digests import DigestSet
 
     with DigestSet(directory=tmp_path, batch=100) as seen:
         found = []

@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from cli import UserError, run
-from config import compile_jq, load_config
+from br.cli import UserError, run
+from br.config import compile_jq, load_config
+from br.prompts.build import Template, key_function
 from conftest import PYTHON, ROOT, TEST_KEY, Emulator, input_dir, make, read_json, write_json
-from make_requests import Template, key_function
 
 CONFIG = """\
 model: gpt-4o-mini

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from config import load_config
+from br.answers.merge import Merger
+from br.config import load_config
 from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
-from merge_results import Merger
 
 EXAMPLE = read_json(ROOT / "data" / "example.json")
 STEPS = ["01-article_filter", "02-caption", "03-question", "04-question"]

@@ -23,9 +23,9 @@ import make_requests
 import plan
 import pytest
 import report
-from cli import run
+from br.cli import run
+from br.prompts.tokens import estimate_tokens
 from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
-from tokens import estimate_tokens
 
 EXAMPLE = read_json(ROOT / "data" / "example.json")
 CONFIG = ROOT / "configs" / "example.yaml"

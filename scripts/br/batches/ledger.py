@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from records import dumps
+from br.records import dumps
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cli import UserError
+from br.cli import UserError
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"

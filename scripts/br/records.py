@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from cli import UserError
-from images import canonical_body
+from br.cli import UserError
+from br.prompts.images import canonical_body
 
 
 class ExactFloat(float):

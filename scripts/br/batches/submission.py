@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cli import UserError, note
-from config import ENDPOINT
-from files import sha256_file
-from ledger import Ledger
-from machine import ChunkIndex
-from records import iter_jsonl
-from tokens import estimate_tokens
+from br.batches.ledger import Ledger
+from br.batches.machine import ChunkIndex
+from br.cli import UserError, note
+from br.config import ENDPOINT
+from br.files import sha256_file
+from br.prompts.tokens import estimate_tokens
+from br.records import iter_jsonl
 
 # Metadata keys that identify our batches (deterministic, so a rerun can recognise them).
 META_STEP = "br_step"

@@ -6,9 +6,9 @@ import os
 from typing import Any
 from urllib.parse import urlparse
 
-import cli
-from cli import UserError, note
-from config import Config
+from br import cli
+from br.cli import UserError, note
+from br.config import Config
 
 PROVIDER_HOST = "api.openai.com"  # where OpenAI's own key belongs
 

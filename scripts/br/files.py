@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from cli import UserError
-from records import dumps
+from br.cli import UserError
+from br.records import dumps
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)

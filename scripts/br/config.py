@@ -11,10 +11,18 @@ from typing import Any
 
 import jq
 import yaml
-from cli import UserError
-from endpoints import BODY_KEYS, CHAT, EMBEDDING_KEYS, EMBEDDINGS, check_parameters, endpoint_of
-from records import decode_utf8
-from tokens import context_window
+
+from br.cli import UserError
+from br.prompts.endpoints import (
+    BODY_KEYS,
+    CHAT,
+    EMBEDDING_KEYS,
+    EMBEDDINGS,
+    check_parameters,
+    endpoint_of,
+)
+from br.prompts.tokens import context_window
+from br.records import decode_utf8
 
 # Config keys that are not steps (response_key: the original tool's default, for
 # send_batch_requests.py).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from images import part_tokens
+from br.prompts.images import part_tokens
 
 
 def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from files import write_text
-from outcomes import IN_FLIGHT
+from br.answers.outcomes import IN_FLIGHT
+from br.files import write_text
 
 WINDOW = 86400 + 3600  # a batch's 24-hour completion window, and an hour of slack
 

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from images import (
+from br.prompts.images import (
     API_FILE_LIMIT,
     MARKER,
     ImageSkip,
@@ -28,8 +28,8 @@ from images import (
     materialised_size,
     with_image_urls,
 )
-from preflight import Preflight, remote_url
-from records import dumps
+from br.prompts.preflight import Preflight, remote_url
+from br.records import dumps
 
 
 class BuiltLike(Protocol):

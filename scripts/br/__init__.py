@@ -1,0 +1,16 @@
+"""The library under batch-requests' commands (scripts/*.py, which Make and users run).
+
+A ground floor that knows no API and no prompt, and three rooms named for what the data
+becomes, each importing only the floor and the rooms before it:
+
+- the ground floor (this package's modules): ``cli`` (running a command: one line for a user's
+  mistake), ``files`` (files that appear whole or not at all), ``records`` (JSON and JSONL,
+  streamed), ``digests`` (sets kept on disk), ``config`` (the YAML config and its steps),
+  ``layout`` (the build directory's names: the one reader and writer of chunks.mk and the rest),
+  ``limits`` (the API's limits) and ``prices`` (the price table);
+- ``prompts``: records -> requests (``build``, ``endpoints``, images, ``preflight``, ``plan``);
+- ``batches``: requests -> chunks -> paid batches, exactly once (``split``, ``submission``,
+  ``ledger``, ``machine``, ``polling``, ``engine``, ``account``, ``tidy``);
+- ``answers``: results -> the merged dataset (``outcomes``, ``merge``, ``report``, ``gallery``);
+- ``original``: what the original tool's command lines share.
+"""

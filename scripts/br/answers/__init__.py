@@ -1,0 +1,1 @@
+"""Results -> the merged dataset, errors, reports and the gallery."""

@@ -1,0 +1,1 @@
+"""Requests -> chunks -> paid batches, exactly once, and what the account holds."""

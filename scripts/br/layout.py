@@ -1,0 +1,177 @@
+"""The build directory name of an input, and its format: `make` reads both at parse time.
+
+`news-3f2a9c1e json` for data/news.json: the readable stem (characters Make cannot take in a
+target become `_`) and the first 8 hex digits of the sha256 of the input's absolute path, so
+a/news.json, b/news.json and news.jsonl never share a step directory. The input's content is
+tracked separately (requests.params holds its sha256), because mtimes are not identity.
+Standard library only: it runs before the virtual environment exists.
+
+The one owner of the build directory's file names (StepDir), and where a pipeline's
+step is (step_dir).
+"""
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from br.cli import UserError, note
+
+
+def name_of(path: str) -> tuple[str, str]:
+    """(directory name, "json" or "jsonl") of an input path, relative to the current folder."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    readable = re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:40] or "input"
+    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{readable}-{digest[:8]}", "jsonl" if ext.lower() in (".jsonl", ".ndjson") else "json"
+
+
+# ----------------------------------------------------------------------------- a step's files
+# The one owner of the build directory's names: every module asks here, none spells them.
+MANIFEST_LINE = re.compile(r"^CHUNK_IDS :=(.*)$", re.M)
+
+
+def chunk_id(path: Path) -> str:
+    """`chunk_007.jsonl` (or `retry_007_2.jsonl`) -> `007`."""
+    return path.stem.split("_")[1]
+
+
+@dataclass(frozen=True)
+class StepDir:
+    """A step's build directory, `$(BUILD)/<input stem>-<hash>/<step>`, and its files' names.
+
+    requests.jsonl -> chunk_NNN.jsonl -> batch_NNN.id -> results_NNN.jsonl -> merged.json;
+    chunks.mk names the chunks, results.list the results; answers/ holds every attempt's rows
+    (`<chunk sha256[:32]>-<attempt>.jsonl`), ledger.jsonl every upload and create.
+    """
+
+    root: Path
+
+    @property
+    def requests(self) -> Path:
+        return self.root / "requests.jsonl"
+
+    @property
+    def skipped(self) -> Path:
+        return self.root / "skipped.jsonl"
+
+    @property
+    def errors(self) -> Path:
+        return self.root / "errors.jsonl"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "chunks.mk"
+
+    @property
+    def results_list(self) -> Path:
+        return self.root / "results.list"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.jsonl"
+
+    @property
+    def answers(self) -> Path:
+        return self.root / "answers"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    def merged(self, fmt: str = "json") -> Path:
+        return self.root / f"merged.{fmt}"
+
+    def chunk(self, nnn: str) -> Path:
+        return self.root / f"chunk_{nnn}.jsonl"
+
+    def batch_id(self, nnn: str) -> Path:
+        return self.root / f"batch_{nnn}.id"
+
+    def cancelled(self, nnn: str) -> Path:
+        return self.root / f"batch_{nnn}.cancelled"
+
+    def results(self, nnn: str) -> Path:
+        return self.root / f"results_{nnn}.jsonl"
+
+    def retry(self, nnn: str, attempt: int) -> Path:
+        """The chunk of follow-up attempt `attempt` (>= 1) of chunk `nnn`."""
+        return self.root / f"retry_{nnn}_{attempt}.jsonl"
+
+    def retry_id(self, nnn: str, attempt: int) -> Path:
+        return self.root / f"retry_{nnn}_{attempt}.id"
+
+    def attempt_input(self, nnn: str, attempt: int) -> Path:
+        return self.chunk(nnn) if attempt == 0 else self.retry(nnn, attempt)
+
+    def attempt_id(self, nnn: str, attempt: int) -> Path:
+        return self.batch_id(nnn) if attempt == 0 else self.retry_id(nnn, attempt)
+
+    def answers_file(self, chunk_sha256: str, attempt: int) -> Path:
+        return self.answers / f"{chunk_sha256[:32]}-{attempt}.jsonl"
+
+    def answer_files(self) -> list[Path]:
+        return sorted(self.answers.glob("*.jsonl")) if self.answers.is_dir() else []
+
+    def chunk_files(self) -> list[Path]:
+        return sorted(self.root.glob("chunk_*.jsonl"))
+
+    def result_files(self) -> list[Path]:
+        return sorted(self.root.glob("results_*.jsonl"))
+
+    def id_files(self, nnn: str = "*") -> list[Path]:
+        """batch_NNN.id, then retry_NNN_K.id in attempt order."""
+        retries = sorted(
+            self.root.glob(f"retry_{nnn}_*.id"), key=lambda p: int(p.stem.rsplit("_")[-1])
+        )
+        return sorted(self.root.glob(f"batch_{nnn}.id")) + retries
+
+    def chunk_ids(self) -> list[str] | None:
+        """The chunk ids chunks.mk names, or None when there is no chunks.mk yet."""
+        if not self.manifest.exists():
+            return None
+        m = MANIFEST_LINE.search(self.manifest.read_text(encoding="utf-8"))
+        return m[1].split() if m else []
+
+    def manifest_text(self, ids: list[str]) -> str:
+        return (
+            "# Written by split_requests.py from requests.jsonl: this step's chunks. Do not edit.\n"
+            f"CHUNK_IDS := {' '.join(ids)}\n"
+        )
+
+
+def step_dir(directory: Path) -> Path:
+    """The step's build directory; when it does not exist, the one `make pipeline` made for the
+    same step (BUILD/<name>/pipeline/NN-<step>) if there is exactly one; if there are several
+    (the step ran twice), one line naming the B= of each. Else `directory`, as it is."""
+    if directory.exists():
+        return directory
+    step = directory.name
+    found = sorted(
+        p
+        for p in (directory.parent / "pipeline").glob(f"*-{step}")
+        if p.name.split("-", 1)[0].isdigit() and p.name.split("-", 1)[1] == step and p.is_dir()
+    )
+    if len(found) > 1:
+        choices = " or ".join(f"B={p}" for p in found)
+        raise UserError(
+            f"{directory} does not exist, and make pipeline ran step '{step}' {len(found)} "
+            f"times; say which: {choices}"
+        )
+    if found:
+        note(f"using {found[0]}: make pipeline ran step '{step}' there (there is no {directory})")
+        return found[0]
+    return directory
+
+
+def moved(path: Path, directory: Path, found: Path) -> Path:
+    """A file the Makefile named in the step's directory, in the directory found instead."""
+    return found / path.name if path.parent == directory else path
+
+
+def no_step(directory: Path) -> str:
+    return (
+        f"{directory} does not exist; run make caption STEP={directory.name} (or make pipeline) "
+        "first, or set B to the step's build directory"
+    )

@@ -1,0 +1,79 @@
+"""Prices: the config's `prices:` table (USD per million tokens at batch prices) and what a
+plan or a report costs by it, for `make plan`, MAX_COST and `make report`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from br.cli import UserError
+from br.config import Config
+
+
+def estimate_usd(s: dict[str, Any]) -> tuple[float, list[str]]:
+    """The plan's cost estimate (input, plus output where a cap bounds it) and what it leaves
+    out: models without a price, output no max_tokens bounds."""
+    total, unknown = 0.0, []
+    for model, m in s["models"].items():
+        if m["input_cost"] is None:
+            unknown.append(f"no price for {model}")
+            continue
+        total += m["input_cost"]
+        if m["max_output_cost"] is None:
+            unknown.append(f"output of {model} unbounded (no max_tokens)")
+        else:
+            total += m["max_output_cost"]
+    return total, unknown
+
+
+def check_cost(s: dict[str, Any], cap: float) -> str:
+    """One line under the cap; UserError (one line, nothing sent) over it, or unpriced."""
+    total, unknown = estimate_usd(s)
+    missing = [u for u in unknown if u.startswith("no price")]
+    if missing:
+        raise UserError(
+            f"MAX_COST is {usd(cap)} but the cost cannot be estimated ({', '.join(missing)}): "
+            "add the model to the config's prices:, or unset MAX_COST"
+        )
+    left = f" (not counted: {'; '.join(unknown)})" if unknown else ""
+    if total > cap:
+        raise UserError(
+            f"estimated cost {usd(total)} is over MAX_COST {usd(cap)}{left}; nothing was sent: "
+            "raise MAX_COST (or max_cost:), or send fewer requests"
+        )
+    return f"estimated cost {usd(total)}, within MAX_COST {usd(cap)}{left}"
+
+
+def price_of(config: Config, model: str) -> dict[str, float | None] | None:
+    """The model's batch prices (USD per 1M tokens); None when the table lacks it. The table's
+    shape is checked when the config is read (config.check_prices); `output` may be left out
+    (None) for a model that writes none, an embeddings model."""
+    price = config.price(model)
+    if price is None:
+        return None
+    return {
+        "input": float(price["input"]),
+        "cached_input": float(price.get("cached_input", price["input"])),
+        "output": float(price["output"]) if "output" in price else None,
+    }
+
+
+def output_cost(tokens: int, price: dict[str, float | None], model: str) -> float:
+    """The cost of `tokens` output tokens; with no output price, only none is priced."""
+    if price["output"] is None:
+        if tokens:
+            raise UserError(
+                f"prices: {model} has no output price, and its requests write output; add "
+                "output: (USD per million tokens) to it"
+            )
+        return 0.0
+    return tokens * price["output"] / 1e6
+
+
+def usd(x: float) -> str:
+    if x >= 1 or x == 0:
+        return f"${x:,.2f}"
+    if x >= 0.01:
+        return f"${x:.4f}"
+    # At least two significant digits: MAX_COST=0.0000001 is not shown as $0.000000.
+    return f"${x:.{max(6, 1 - math.floor(math.log10(x)))}f}"

@@ -1,0 +1,1 @@
+"""Records -> requests: the request builder, endpoints, images, preflight and plan."""

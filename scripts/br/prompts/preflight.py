@@ -1,0 +1,291 @@
+"""Check image URLs before anything is paid: a record whose image the API cannot fetch is skipped.
+
+Each http(s) image URL gets a HEAD request; where HEAD is refused or answered unlike a GET
+(405, 501, or a 403 from a URL signed for GET only), a ranged GET of its first 1024 bytes
+decides, and its bytes are sniffed too. A 403, 404, time-out, connection failure, a content
+type that is not an image the API takes, or a size over the API's image limit makes a reason
+such as `image_url: HTTP 403` or `image_url: timed out after 10s`; the record goes to
+skipped.jsonl with it, not into a batch. Checks run concurrently (16 threads, 10 s each by
+default) with the standard library only.
+
+URLs that passed are cached with the time of the check in a JSON file in the step's build
+directory (written whole, atomically), so a rerun within 24 hours does not check them again.
+Failures are kept there too, with their reasons, but always checked again: a URL fixed since
+(a repository made public) is sent on the next run.
+
+As a function: `Preflight(...).filter(items, url_of)` (make_requests' filter step) or
+`.check(urls)`. As a command:
+
+    preflight.py --input DATA --config CFG --step STEP [--data-key KEY] --cache FILE [-o FILE]
+    preflight.py --requests requests.jsonl --cache FILE [-o FILE]
+
+Both print one summary line on stderr and list each failure (custom_id, url, reason) in the
+-o JSONL file; the exit status is 0 unless the input or config is wrong.
+"""
+
+from __future__ import annotations
+
+# cli first: its Ctrl+C handling then covers the imports below.
+from br.cli import note
+
+# isort: split
+
+import argparse
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from br.files import write_text
+from br.prompts.images import ACCEPTED, MAX_IMAGE_BYTES, describe_format, image_parts, sniff
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_WORKERS = 16
+DEFAULT_TTL = 24 * 3600.0
+WINDOW = 2000  # records held at once by `filter`, so memory does not grow with the dataset
+SAVE_EVERY = 30.0  # seconds: `filter` saves the cache at most this often, and the caller at the end
+RANGE_BYTES = 1024
+# Types that say nothing about the bytes: a ranged GET sniffs them. (UNVERIFIED: whether the
+# API's fetcher accepts such a response when the bytes are an image; we accept it then.)
+GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+USER_AGENT = "batch-requests-preflight/1 (image URL check before a Batch API upload)"
+
+
+def check_url(url: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
+    """Why the API could not fetch this image URL, or None if it looks fine."""
+    try:
+        with open_url(url, "HEAD", timeout) as response:
+            reason = verdict(response, None)
+            ctype = content_type(response)
+        if reason or ctype not in GENERIC_TYPES:
+            return reason
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code in (404, 410):
+            return f"HTTP {e.code}"
+        # Refused (405, 501) or answered unlike a GET (URLs signed for GET answer HEAD 403):
+        # the ranged GET below decides.
+    except Exception as e:  # every failure to fetch is a reason, not a crash
+        return failure(e, timeout)
+    try:
+        with open_url(url, "GET", timeout) as response:
+            return verdict(response, response.read(RANGE_BYTES))
+    except urllib.error.HTTPError as e:
+        e.close()
+        return f"HTTP {e.code}"
+    except Exception as e:
+        return failure(e, timeout)
+
+
+def open_url(url: str, method: str, timeout: float) -> Any:
+    headers = {"User-Agent": USER_AGENT}
+    if method == "GET":
+        headers["Range"] = f"bytes=0-{RANGE_BYTES - 1}"
+    request = urllib.request.Request(url, method=method, headers=headers)
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def content_type(response: Any) -> str:
+    return (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+def verdict(response: Any, head: bytes | None) -> str | None:
+    """A reason from a successful response's headers (and first bytes, for a GET)."""
+    ctype = content_type(response)
+    if ctype not in ACCEPTED and ctype not in GENERIC_TYPES:
+        hint = ", not PNG, JPEG, WebP or GIF" if ctype.startswith("image/") else ""
+        return f"content type {ctype}{hint}"
+    size = total_size(response)
+    if size is not None and size > MAX_IMAGE_BYTES:
+        return f"{size / 1e6:.1f} MB, over the API's {MAX_IMAGE_BYTES / 1e6:.0f} MB image limit"
+    if head is not None and sniff(head) is None:
+        what = describe_format(head)
+        return f"content type {ctype or 'missing'}, but the bytes are {what}".replace(
+            "are not an image", "not an image"
+        )
+    return None
+
+
+def total_size(response: Any) -> int | None:
+    """The whole body's size: from Content-Range of a 206, else Content-Length."""
+    content_range = response.headers.get("Content-Range") or ""
+    if response.status == 206 and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length") or ""
+    return int(length) if length.strip().isdigit() and response.status == 200 else None
+
+
+def failure(e: BaseException, timeout: float) -> str:
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        inner = e.reason
+        if isinstance(inner, TimeoutError):
+            return f"timed out after {timeout:g}s"
+        return f"cannot connect ({str(inner)[:160]})"
+    if isinstance(e, TimeoutError):
+        return f"timed out after {timeout:g}s"
+    if isinstance(e, http.client.HTTPException | OSError | ValueError):
+        return f"cannot fetch ({type(e).__name__}: {str(e)[:160]})"
+    raise e
+
+
+class Preflight:
+    """Checks URLs concurrently, remembering those that passed in a cache file."""
+
+    def __init__(
+        self,
+        cache: Path | None = None,
+        field: str = "image_url",
+        timeout: float = DEFAULT_TIMEOUT,
+        workers: int = DEFAULT_WORKERS,
+        ttl: float = DEFAULT_TTL,
+        offline: bool = False,
+    ) -> None:
+        """`offline` (for `make plan`): check nothing; use what the cache knows (failures too)."""
+        self.cache, self.field, self.timeout = cache, field, timeout
+        self.workers, self.ttl, self.offline = workers, ttl, offline
+        self.passed: dict[str, float] = {}
+        self.failed: dict[str, list[Any]] = {}
+        self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.seconds = 0.0
+        self.saved_at = time.monotonic()
+        if cache is not None and cache.exists():
+            try:
+                data = json.loads(cache.read_text(encoding="utf-8"))
+                self.passed = {str(k): float(v) for k, v in data.get("passed", {}).items()}
+                if offline:  # otherwise only this run's failures are kept
+                    self.failed = {str(k): list(v) for k, v in data.get("failed", {}).items()}
+            except (ValueError, AttributeError, TypeError):
+                note(f"warning: {cache} is not a preflight cache; checking every URL again")
+
+    def check(self, urls: Iterable[str]) -> dict[str, str | None]:
+        """Each distinct URL's reason (prefixed with the field name), or None if it passed."""
+        start, now = time.monotonic(), time.time()
+        results: dict[str, str | None] = {}
+        todo = []
+        for url in dict.fromkeys(urls):
+            if now - self.passed.get(url, -1e18) < self.ttl:
+                results[url] = None
+                self.counts["cached"] += 1
+            elif self.offline and url in self.failed:
+                reason = str(self.failed[url][0])
+                self.reasons[reason] += 1
+                self.counts["cached"] += 1
+                results[url] = f"{self.field}: {reason}"
+            elif self.offline:
+                self.counts["unchecked"] += 1
+                results[url] = None
+            else:
+                todo.append(url)
+        if todo:
+            with ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
+                for url, reason in zip(
+                    todo, pool.map(lambda u: check_url(u, self.timeout), todo), strict=True
+                ):
+                    self.counts["checked"] += 1
+                    if reason is None:
+                        self.passed[url] = now
+                        self.failed.pop(url, None)
+                        results[url] = None
+                    else:
+                        self.passed.pop(url, None)
+                        self.failed[url] = [reason, now]
+                        self.reasons[reason] += 1
+                        results[url] = f"{self.field}: {reason}"
+        self.seconds += time.monotonic() - start
+        return results
+
+    def filter(
+        self, items: Iterable[T], url_of: Callable[[T], str | None], window: int = WINDOW
+    ) -> Iterator[tuple[T, str | None]]:
+        """Each item with the reason its URL fails (None: passed, or no URL), in order.
+
+        Items are checked a window at a time, so a stream of any length holds `window` of
+        them; the cache is saved every 30 s, so an interrupted run keeps most of its checks.
+        Call `save` at the end.
+        """
+        buffer: list[T] = []
+        for item in items:
+            buffer.append(item)
+            if len(buffer) >= window:
+                yield from self.flush(buffer, url_of)
+                buffer = []
+        yield from self.flush(buffer, url_of)
+
+    def flush(
+        self, buffer: list[T], url_of: Callable[[T], str | None]
+    ) -> Iterator[tuple[T, str | None]]:
+        if not buffer:
+            return
+        urls = [url_of(item) for item in buffer]
+        verdicts = self.check(u for u in urls if u)
+        if time.monotonic() - self.saved_at > SAVE_EVERY:
+            self.save()
+        for item, url in zip(buffer, urls, strict=True):
+            yield item, verdicts.get(url) if url else None
+
+    def save(self) -> None:
+        self.saved_at = time.monotonic()
+        if self.cache is None:
+            return
+        now = time.time()
+        data = {
+            "passed": {u: t for u, t in sorted(self.passed.items()) if now - t < self.ttl},
+            "failed": {u: v for u, v in sorted(self.failed.items())},
+        }
+        write_text(self.cache, json.dumps(data, indent=0, ensure_ascii=False) + "\n")
+
+    def summary(self) -> str:
+        checked, cached = self.counts["checked"], self.counts["cached"]
+        failed = sum(self.reasons.values())
+        passed = checked + cached - failed
+        total = checked + cached + self.counts["unchecked"]
+        line = (
+            f"preflight: {total} image URL(s): {passed} passed"
+            + (f" ({cached} within {self.ttl / 3600:g} h, from the cache)" if cached else "")
+            + f", {failed} failed"
+        )
+        if failed:
+            top = self.reasons.most_common(4)
+            line += " (" + ", ".join(f"{n} {r}" for r, n in top)
+            line += ", ..." if len(self.reasons) > 4 else ""
+            line += ")"
+        unchecked = self.counts["unchecked"]
+        if unchecked:
+            line += f", {unchecked} not checked yet"
+        return line + f", {checked} checked in {self.seconds:.1f}s"
+
+
+def has_failures(cache: Path) -> bool:
+    """True if the cache records URLs that failed (a rerun should check them again)."""
+    try:
+        return bool(json.loads(cache.read_text(encoding="utf-8")).get("failed"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def remote_url(request: dict[str, Any]) -> str | None:
+    """The first http(s) image URL of a request line (the pipeline sends one image a request)."""
+    for url, _ in image_parts(request.get("body")):
+        if url.lower().startswith(("http://", "https://")):
+            return url
+    return None
+
+
+def requests_of_step(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    from br.config import load_config
+    from br.prompts.build import build_requests
+    from br.records import iter_records
+
+    step = load_config(args.config).step(args.step)
+    for built in build_requests(iter_records(args.input), step, args.data_key):
+        if built.request is not None:
+            yield built.request
