@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Emulator, make
+from conftest import Emulator, make
 from PIL import Image
 from test_images import ImageServer, base, make_pictures, serve
 
@@ -28,17 +28,6 @@ def pictures(tmp_path: Path) -> Path:
 def server() -> Iterator[ImageServer]:
     yield from serve()
 
-
-# The Makefile and split_requests.py are wired by the lead (the patch in the report: make_requests
-# flags, images.stamp, PREFLIGHT, and split_requests materialising references). Until both are,
-# these tests are expected to fail; once they are, they run for real and must pass.
-WIRED = (
-    "preflight-cache" in (ROOT / "Makefile").read_text()
-    and "materialise" in (ROOT / "scripts" / "split_requests.py").read_text()
-)
-pytestmark = pytest.mark.xfail(
-    not WIRED, reason="needs the Makefile and split wiring for images", strict=True
-)
 
 CAPTION = """\
 model: gpt-4o-mini
