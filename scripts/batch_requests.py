@@ -1,18 +1,14 @@
-"""The original batch_requests tool's Python functions, as thin layers over the pipeline's scripts.
+"""The original batch_requests tool's Python functions, as thin layers over the pipeline's library.
 
-Moving over is a change of import path (put scripts/ on sys.path, then `from batch_requests
-import make_requests, ...`). Each function keeps the original's name, arguments and return type,
-and does its work with the code `make caption` runs: requests are built by
-make_requests.RequestBuilder (same templates, `where:`, question step and five-missing rule),
-chunks by split_requests.chunks, batches are found-or-created exactly once by submission.Submitter,
-output lines are read by outcomes.outcome, and answers are applied by merge_results.Merger.
+The move-over guide (each function, its make equivalent, what differs on purpose, keys) is
+scripts/batch_requests.md, beside this file. Moving over is a change of import path: put
+scripts/ on sys.path, then `from batch_requests import make_requests, ...`.
 
-Differences from the original, on purpose: sending the same chunk file twice returns the batch
-already made from it instead of paying again; `split_*` writes chunks of at most 1000 requests
-(1000, 1000, 500 rather than 833, 833, 834) atomically; `parse_response` leaves failed requests
-out and keeps response text as text. Functions that take `api_key` use that key and
-OPENAI_BASE_URL from the environment (so they work against the emulator); `view_batches` takes
-the key like every script does: OPENAI_API_KEY, else the config's api_key.
+Each function keeps the original's name, arguments and return type, and does its work with the
+code `make caption` runs: requests are built by br.prompts.build (same templates, `where:`,
+question step and five-missing rule), chunks by br.batches.split.chunks, batches are
+found-or-created exactly once by br.batches.submission.Submitter, output lines are read by
+br.answers.outcomes.outcome, and answers are applied by br.answers.merge.Merger.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from br.batches.submission import Submitter, chunk_info
 from br.cli import UserError, note
 from br.config import Config, Step, load_config
 from br.files import write_text
+from br.layout import StepDir
 from br.prompts.build import build_requests, custom_id_of, shaped
 from br.records import dumps
 
@@ -121,7 +118,7 @@ def send_batch_request(api_key: str, input_file: str) -> Any:
     m = re.fullmatch(r"batch_(.+)_\d+", path.stem)
     try:
         client = _client(api_key)
-        ledger = Ledger(path.parent / "ledger.jsonl")  # beside the chunk files
+        ledger = Ledger(StepDir(path.parent).ledger)  # beside the chunk files
         submitter = Submitter(client, ledger, m[1] if m else path.stem)
         return client.batches.retrieve(submitter.batch_id(chunk_info(path), 0))
     except UserError as e:

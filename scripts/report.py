@@ -22,12 +22,11 @@ import json
 import sys
 from pathlib import Path
 
-from br.answers.report import chunk_ids, chunk_report, ledger_spend, table, totals
+from br.answers.report import build, chunk_ids, spend, table
 from br.batches.client import make_client
 from br.config import load_config
 from br.files import write_text
-from br.layout import moved, no_step, step_dir
-from br.prices import usd
+from br.layout import StepDir, moved, no_step, step_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,29 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args.dir, args.output = found, moved(args.output, args.dir, found)
     if not args.dir.is_dir():
         raise UserError(no_step(args.dir))
-    ids = chunk_ids(args.dir)
+    step = StepDir(args.dir)
+    ids = chunk_ids(step)
     client = None if args.offline or not ids else make_client(config)
-    chunks = [chunk_report(args.dir, cid, config, client) for cid in ids]
-    report = {"dir": str(args.dir), "chunks": chunks, "total": totals(args.dir, chunks)}
-    report["total"]["model"] = ", ".join(sorted({c["model"] for c in chunks}))
-    report["total"]["max_cost_usd"] = config.max_cost(args.max_cost)
-    report["step"] = ledger_spend(args.dir, config, client, chunks)
+    report = build(step, ids, config, client, args.max_cost)
     write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(table(report))
-    cap, spent = report["total"]["max_cost_usd"], report["total"]["cost_usd"]
-    step = report["step"]
-    if step and step["batches"] > report["total"]["batches"]:
-        print(
-            f"all {step['batches']} batches this step created (earlier inputs and prompts "
-            f"too): {usd(step['cost_usd'])}"
-            + (f", {step['unpriced_batches']} with no price" if step["unpriced_batches"] else "")
-        )
-    if step and not step["unpriced_batches"]:
-        spent = max(spent or 0.0, step["cost_usd"])
-    if cap is not None:
-        share = f" ({spent / cap:.0%} of it)" if spent is not None and cap else ""
-        spend = "unknown (no price)" if spent is None else usd(spent)
-        print(f"spent {spend} against MAX_COST {usd(cap)}{share}")
+    for line in spend(report):
+        print(line)
     note(f"{args.output}: written")
     return 0
 

@@ -1,13 +1,7 @@
-"""The original send_batch_requests.py command line, running `make caption` for one step.
-
-    python scripts/send_batch_requests.py -i data/my.json -s caption -c configs/my.yaml
-
-Runs `make caption INPUT=... CONFIG=... STEP=... DATA_KEY=... RESPONSE_KEY=... OUTPUT=...` in the
-project root and writes the output file (default: the input file) when the step is done. The
-make variables (never the key) are kept in BUILD/last_run.json, written before make starts and
-marked completed or failed when it ends, so scripts/recover_batch_requests.py can resume an
-interrupted run. Rerunning resumes too: nothing paid for is sent twice. Exits with make's code.
-BUILD (the build root, default build/) is read from the environment.
+"""What the original tool's two commands share (send_batch_requests.py starts a run,
+recover_batch_requests.py resumes it): the last run's state, BUILD/last_run.json (make variables
+only, never the key; "running", then "completed" or "failed" with make's exit code), one run per
+build root at a time, and running `make caption` with those variables in the project root.
 """
 
 from __future__ import annotations

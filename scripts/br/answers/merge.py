@@ -1,25 +1,21 @@
-"""Merge answers back into the dataset: merged.json (or .jsonl), errors.jsonl, and a summary.
+"""The merge's matching: which answer belongs to which record, and what it becomes there.
 
-Reads INPUT, requests.jsonl, skipped.jsonl and every result in answers/ (this run's
-results_NNN.jsonl and earlier runs' reusable ones). Each record's request is built again from
-the record as it is now, exactly as make_requests.py builds it, and an answer is attached only
-when that request is the one in requests.jsonl for the record's data key: the answer found by
-its request-body hash. If INPUT, CONFIG or an image changed since requests.jsonl was built (a
-record edited, added, or newly selected by `where:` while the batches ran), nothing is written:
-one line says how many records changed and to rerun, which sends just their requests.
+Each record's request is built again from the record as it is now, exactly as make_requests.py
+builds it, and an answer is attached only when that request is the one in requests.jsonl for
+the record's data key: the answer found by its request-body hash in answers/ (store.py). A
+record whose request now differs from the one sent (INPUT, CONFIG or an image changed while
+the batches ran) stops the merge before anything is written (`Changed`).
 
-Each answered record gets the response under the response key: the text, or for structured
-output the parsed JSON (checked against the step's schema), passed through the step's
-`extract:` jq expression. The `question` step appends a question/answer pair to a list and to
-dialog_history instead. Records not selected by `where:` or skipped for missing fields pass
-through untouched; failures are listed in errors.jsonl. The index lives in a temporary SQLite
-file, so memory stays flat.
+An answer becomes a value (`Merger.value`): the text, or for structured output the parsed JSON
+checked against the step's schema, passed through the step's `extract:` jq expression; the
+`question` step appends a {question, answer} round to a list and to dialog_history instead
+(`Merger.apply`). The indexes live in a temporary SQLite file, so memory stays flat.
 """
 
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from br.cli import UserError, note
+from br.cli import UserError
 
 # isort: split
 
@@ -28,20 +24,20 @@ import re
 import sqlite3
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
 
+from br.answers import store
 from br.config import Step, compile_jq
-from br.prompts.build import (
-    Built,
-    key_function,
-    step_requests,
-)
+from br.files import atomic_output
+from br.layout import StepDir
+from br.prompts.build import Built, custom_id_of, key_function, step_requests
 from br.prompts.images import LocalImages
-from br.records import dumps, iter_jsonl, iter_records, request_hash
+from br.records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records, request_hash
 
 QA = re.compile(
     r"(?:Q(?:uestion)?\s*[:.]\s*)(?P<q>.+?)\s*A(?:nswer)?\s*[:.]\s*(?P<a>.+)", re.S | re.I
@@ -51,37 +47,20 @@ T = TypeVar("T")
 
 
 class Answers:
-    """The answered requests, and what requests.jsonl and skipped.jsonl hold per custom_id,
-    through a temporary on-disk index."""
+    """The standing answer per request hash (store.Index), and what requests.jsonl and
+    skipped.jsonl hold per custom_id, in one temporary on-disk index."""
 
-    def __init__(self, directory: Path, requests: Path, answers: Path, skipped: Path) -> None:
+    def __init__(self, directory: Path, requests: Path, answers: StepDir, skipped: Path) -> None:
         self.tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=".merge-", suffix=".db")  # noqa: SIM115 (closed in close())
         self.db = sqlite3.connect(self.tmp.name)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        # Per request hash, the best row of every batch that held it: a success, else the
-        # latest attempt's failure (answers/ has one file per batch and attempt).
-        self.db.execute("CREATE TABLE ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT)")
+        self.index = store.Index(self.db)
+        self.index.add(store.rows(answers))
         self.db.execute("CREATE TABLE req(cid TEXT PRIMARY KEY, hash BLOB)")
         # Records make_requests left out for their image (a failed preflight among them): the
         # merge, which checks no URL, would build their requests.
         self.db.execute("CREATE TABLE skip(cid TEXT PRIMARY KEY)")
-        files = sorted(answers.glob("*.jsonl")) if answers.is_dir() else []
-        for path in files:
-            self.db.executemany(
-                "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
-                "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
-                "(excluded.ok, excluded.n) >= (ans.ok, ans.n)",
-                (
-                    (
-                        bytes.fromhex(r["hash"]),
-                        r["outcome"] == "succeeded",
-                        int(r.get("attempts") or 0),
-                        dumps(r),
-                    )
-                    for r in iter_jsonl(path)
-                ),
-            )
         self.db.executemany(
             "INSERT OR REPLACE INTO req VALUES (?, ?)",
             ((r["custom_id"], bytes.fromhex(request_hash(r))) for r in iter_jsonl(requests)),
@@ -96,19 +75,12 @@ class Answers:
         marks = ",".join("?" * len(keys))
         return dict(self.db.execute(query.format(marks=marks), keys)) if keys else {}
 
-    def lookup(
-        self, cids: list[str]
-    ) -> tuple[dict[str, bytes], set[str], Callable[[list[bytes]], dict[bytes, Any]]]:
-        """For these custom_ids: the hash of each one's request in requests.jsonl, the ones
-        skipped for their image, and a lookup of result rows by request hash."""
+    def lookup(self, cids: list[str]) -> tuple[dict[str, bytes], set[str]]:
+        """For these custom_ids: the hash of each one's request in requests.jsonl, and the
+        ones skipped for their image."""
         sent = self.select("SELECT cid, hash FROM req WHERE cid IN ({marks})", cids)
         skipped = set(self.select("SELECT cid, 1 FROM skip WHERE cid IN ({marks})", cids))
-
-        def rows(hashes: list[bytes]) -> dict[bytes, Any]:
-            found = self.select("SELECT hash, row FROM ans WHERE hash IN ({marks})", hashes)
-            return {h: json.loads(row) for h, row in found.items()}
-
-        return sent, skipped, rows
+        return sent, skipped
 
     def close(self) -> None:
         self.db.close()
@@ -158,6 +130,7 @@ class Changed:
 class Merger:
     def __init__(self, step: Step, data_key: str, response_key: str) -> None:
         self.step = step
+        self.data_key = data_key
         self.key = key_function(data_key)
         self.response_key = response_key
         self.extract = (
@@ -221,6 +194,72 @@ def question_answer(value: Any) -> tuple[str, str]:
     return m["q"].strip(), m["a"].strip()
 
 
+@dataclass
+class Merged:
+    """What a merge did: records answered, of them cut short, and failures by code."""
+
+    answered: int = 0
+    cut: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+
+
+def merge(
+    input_path: Path,
+    merger: Merger,
+    answers: Answers,
+    local: LocalImages,
+    output: Path,
+    errors_path: Path,
+) -> Merged:
+    """Write `output` (every record of INPUT, in order, answered where its answer is there)
+    and `errors_path` (one row per failure); neither when a record changed (UserError)."""
+    done = Merged()
+    changed = Changed()
+    # errors.jsonl is committed first (the inner block ends first): once merged.json is
+    # committed make takes the step as done, so a kill between them must not lose errors.
+    with atomic_output(output) as f, atomic_output(errors_path) as errors:
+        writer = RecordWriter(f, is_jsonl(output))
+        for batch in batched(rebuilt(input_path, merger.step, merger.data_key, local)):
+            keyed = [(i, r, b, custom_id_of(r, merger.key)) for i, r, b in batch]
+            sent, skipped = answers.lookup([c for *_, c in keyed if c is not None])
+            now = {
+                i: bytes.fromhex(request_hash(b.request))
+                for i, _, b, _ in keyed
+                if b is not None and b.request is not None
+            }
+            rows = answers.index.get(list(set(now.values())))
+            for index, record, _, cid in keyed:
+                was = sent.get(cid) if cid is not None else None
+                if index not in now or (was is None and cid in skipped):
+                    # Not selected, or skipped (for a field, or its image): untouched, unless
+                    # its request was sent: then the record changed since.
+                    if index not in now and was is not None:
+                        changed.add(index, cid)
+                    writer.write(record)
+                    continue
+                if was != now[index]:  # edited, added or newly selected: never answered
+                    changed.add(index, cid)
+                    continue
+                assert cid is not None
+                row = rows.get(was)
+                try:
+                    if row is None:
+                        raise ValueError("no_result", "no result came back for this request")
+                    if not store.succeeded(row):
+                        raise ValueError(*store.failure(row)[:2])
+                    record = merger.apply(record, merger.value(row["response"]))
+                    done.answered += 1
+                    done.cut += bool(row.get("cut_short"))
+                except ValueError as e:
+                    code, message = e.args if len(e.args) == 2 else ("error", str(e))
+                    errors.write(dumps(error_row(cid, index, code, message, row)) + "\n")
+                    done.failed[code] += 1
+                writer.write(record)
+        changed.check(input_path)  # before either file is committed: nothing is written
+        writer.close()
+    return done
+
+
 def batched(items: Iterator[T]) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
@@ -235,22 +274,29 @@ def batched(items: Iterator[T]) -> Iterator[list[T]]:
 def error_row(
     cid: str, index: int, code: str, message: str, row: dict[str, Any] | None
 ) -> dict[str, Any]:
-    api = row is not None and row["outcome"] != "succeeded"
+    api = row is not None and not store.succeeded(row)
     return {
         "custom_id": cid,
         "index": index,
         "stage": "api" if api else "response",
         "code": code,
         "message": message,
-        "status": (row or {}).get("error", {}).get("status") if api else None,
+        "status": store.failure(row).status if row is not None and api else None,
         "retryable": bool(row and row.get("retryable")) if api else False,
         "attempts": (row or {}).get("attempts"),
     }
 
 
-def summarise(output: Path, answered: int, reasons: Counter[str], path: Path) -> None:
-    line = f"{output}: {answered} record(s) answered"
-    if reasons:
-        why = ", ".join(f"{n} {code}" for code, n in reasons.most_common())
-        line += f", {sum(reasons.values())} failed ({why}); see {path}"
-    note(line)
+def summary(output: Path, merged: Merged, errors_path: Path) -> list[str]:
+    """What the merge says on stderr: counts, and a warning for answers cut short."""
+    line = f"{output}: {merged.answered} record(s) answered"
+    if merged.failed:
+        why = ", ".join(f"{n} {code}" for code, n in merged.failed.most_common())
+        line += f", {sum(merged.failed.values())} failed ({why}); see {errors_path}"
+    lines = [line]
+    if merged.cut:
+        lines.append(
+            f"warning: {merged.cut} answer(s) stopped at the step's max_tokens and are cut "
+            "short (kept as they came); raise max_tokens to have them whole"
+        )
+    return lines

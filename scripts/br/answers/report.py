@@ -1,14 +1,11 @@
-"""What a finished step did and cost: `make report STEP=...` prints a table and writes report.json.
+"""What a finished step did and cost, from its build files (named by layout.StepDir) and,
+with a client, each batch read back from the API for its billed usage and times.
 
-Reads the step's build directory: chunks.mk, chunk_NNN.jsonl (the model), results_NNN.jsonl
-(outcomes, attempts and each response's usage), batch_NNN.id and retry_NNN_K.id (the batches),
-requests.jsonl, skipped.jsonl and errors.jsonl. Each batch is fetched read-only from the API for
-its `usage` and timestamps (--offline skips that). Per chunk and in total: requests succeeded,
-failed by reason, retried; tokens (input, cached, output) from the responses and from the
-batches; cost at the batch prices of the config's `prices:` (from the batches' usage, which is
-what is billed, when every batch reports it; else from the responses); wall time from the first
-batch's creation to the last one's end. Writes report.json atomically; a rerun rewrites it only
-if something changed.
+Per chunk and in total: requests succeeded, failed by reason, retried; tokens (input, cached,
+output) from the responses' usage and from the batches'; cost at the config's batch prices
+(prices.py), from the batches' usage (what is billed) when every batch reports it, else from
+the responses'; wall time from the first batch's creation to the last one's end. `build` gives
+the report as a dict (report.json), `table` and `spend` its text.
 """
 
 from __future__ import annotations
@@ -18,13 +15,14 @@ from br.cli import UserError
 
 # isort: split
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from br.answers import store
 from br.batches.ledger import Ledger
 from br.config import Config
+from br.layout import StepDir, chunk_id
 from br.prices import output_cost, price_of, usd
 from br.records import iter_jsonl
 
@@ -32,25 +30,16 @@ END_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 TOKENS = ("input", "cached", "output")
 
 
-def chunk_ids(directory: Path) -> list[str]:
-    """The step's chunks: from chunks.mk, else whatever results files are there."""
-    manifest = directory / "chunks.mk"
-    if manifest.exists():
-        m = re.search(r"^CHUNK_IDS :=(.*)$", manifest.read_text(encoding="utf-8"), re.M)
-        if m:
-            return m.group(1).split()
-    return sorted(p.stem.split("_", 1)[1] for p in directory.glob("results_*.jsonl"))
+def chunk_ids(step: StepDir) -> list[str]:
+    """The step's chunks: those chunks.mk names, else whatever results files are there."""
+    ids = step.chunk_ids()
+    return ids if ids is not None else sorted(chunk_id(p) for p in step.result_files())
 
 
-def batch_id_files(directory: Path, cid: str, last_attempt: int) -> list[Path]:
-    """batch_NNN.id, then retry_NNN_K.id in order, up to the last attempt the results record."""
-    retries = []
-    for path in directory.glob(f"retry_{cid}_*.id"):
-        k = path.stem.rsplit("_", 1)[1]
-        if k.isdigit() and int(k) <= last_attempt:
-            retries.append((int(k), path))
-    first = directory / f"batch_{cid}.id"
-    return ([first] if first.exists() else []) + [p for _, p in sorted(retries)]
+def batch_id_files(step: StepDir, cid: str, last_attempt: int) -> list[Path]:
+    """The id file of each attempt up to the last one the results record, in order."""
+    files = (step.attempt_id(cid, k) for k in range(last_attempt + 1))
+    return [p for p in files if p.exists()]
 
 
 def zero_tokens() -> dict[str, int]:
@@ -112,8 +101,8 @@ def cost(tokens: dict[str, int], price: dict[str, float | None] | None, model: s
     ) / 1e6 + output_cost(tokens["output"], price, model)
 
 
-def chunk_model(directory: Path, cid: str, batches: list[dict[str, Any]], config: Config) -> str:
-    chunk = directory / f"chunk_{cid}.jsonl"
+def chunk_model(step: StepDir, cid: str, batches: list[dict[str, Any]], config: Config) -> str:
+    chunk = step.chunk(cid)
     if chunk.exists():
         for request in iter_jsonl(chunk):
             return str((request.get("body") or {}).get("model"))
@@ -123,26 +112,26 @@ def chunk_model(directory: Path, cid: str, batches: list[dict[str, Any]], config
     return str(config.data.get("model"))
 
 
-def chunk_report(directory: Path, cid: str, config: Config, client: Any) -> dict[str, Any]:
-    results = directory / f"results_{cid}.jsonl"
+def chunk_report(step: StepDir, cid: str, config: Config, client: Any) -> dict[str, Any]:
+    results = step.results(cid)
     if not results.exists():
         raise UserError(f"{results} does not exist; run make caption for this step first")
-    rows = list(iter_jsonl(results))
+    rows = list(iter_jsonl(results))  # the answers/ rows of each request's last attempt
     reasons: Counter[str] = Counter()
     from_responses = zero_tokens()
     for row in rows:
-        if row.get("outcome") != "succeeded":
-            reasons[(row.get("error") or {}).get("code") or "unknown"] += 1
+        if not store.succeeded(row):
+            reasons[store.failure(row).code] += 1
         add_tokens(from_responses, response_tokens(row.get("usage")))
-    last_attempt = max((int(r.get("attempts") or 1) for r in rows), default=1) - 1
-    ids = [p.read_text().strip() for p in batch_id_files(directory, cid, last_attempt)]
+    last_attempt = max((store.attempts(r) for r in rows), default=1) - 1
+    ids = [p.read_text().strip() for p in batch_id_files(step, cid, last_attempt)]
     batches = [batch_summary(client, i) for i in ids if i] if client else []
     from_batches = None
     if batches and all(b.get("usage") is not None for b in batches):
         from_batches = zero_tokens()
         for b in batches:
             add_tokens(from_batches, b["usage"])
-    model = chunk_model(directory, cid, batches, config)
+    model = chunk_model(step, cid, batches, config)
     price = price_of(config, model)
     basis = "batches" if from_batches is not None else "responses"
     created = [b["created_at"] for b in batches if b.get("created_at")]
@@ -151,10 +140,10 @@ def chunk_report(directory: Path, cid: str, config: Config, client: Any) -> dict
         "chunk": cid,
         "model": model,
         "requests": len(rows),
-        "succeeded": sum(r.get("outcome") == "succeeded" for r in rows),
+        "succeeded": sum(store.succeeded(r) for r in rows),
         "failed": sum(reasons.values()),
         "failed_by_reason": dict(reasons.most_common()),
-        "retried": sum(int(r.get("attempts") or 1) > 1 for r in rows),
+        "retried": sum(store.attempts(r) > 1 for r in rows),
         "tokens_from_responses": from_responses,
         "tokens_from_batches": from_batches,
         "cost_basis": basis,
@@ -171,7 +160,7 @@ def count_lines(path: Path) -> int:
     return sum(1 for _ in iter_jsonl(path)) if path.exists() else 0
 
 
-def totals(directory: Path, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+def totals(step: StepDir, chunks: list[dict[str, Any]]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     responses, batches = zero_tokens(), zero_tokens()
     batch_usage_complete = bool(chunks)
@@ -188,15 +177,13 @@ def totals(directory: Path, chunks: list[dict[str, Any]]) -> dict[str, Any]:
     sent = sum(c["requests"] for c in chunks)
     invalid: Counter[str] = Counter(
         e.get("code") or "unknown"
-        for e in (
-            iter_jsonl(directory / "errors.jsonl") if (directory / "errors.jsonl").exists() else []
-        )
+        for e in (iter_jsonl(step.errors) if step.errors.exists() else [])
         if e.get("stage") == "response"
     )
-    requests = count_lines(directory / "requests.jsonl")
+    requests = count_lines(step.requests)
     return {
         "requests_in_step": requests,
-        "skipped_records": count_lines(directory / "skipped.jsonl"),
+        "skipped_records": count_lines(step.skipped),
         "reused_answers": max(0, requests - sent) if requests else 0,
         "requests": sent,
         "succeeded": sum(c["succeeded"] for c in chunks),
@@ -213,11 +200,11 @@ def totals(directory: Path, chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ledger_spend(
-    directory: Path, config: Config, client: Any, chunks: list[dict[str, Any]]
+    step: StepDir, config: Config, client: Any, chunks: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
     """Every batch the step's ledger ever created (earlier splits too: a changed input or
     prompt, retries, resends), priced from the batches' usage: what the step has cost."""
-    ledger = Ledger(directory / "ledger.jsonl")
+    ledger = Ledger(step.ledger)
     if client is None or not ledger.chunk_of:
         return None
     known = {b["id"]: b for c in chunks for b in c["batches"]}
@@ -233,6 +220,39 @@ def ledger_spend(
         else:
             spent += value
     return {"batches": len(ledger.chunk_of), "cost_usd": spent, "unpriced_batches": unpriced}
+
+
+def build(
+    step: StepDir, ids: list[str], config: Config, client: Any, max_cost: str
+) -> dict[str, Any]:
+    """The report of chunks `ids` (report.json); client None: from the files alone."""
+    chunks = [chunk_report(step, cid, config, client) for cid in ids]
+    total = totals(step, chunks)
+    total["model"] = ", ".join(sorted({c["model"] for c in chunks}))
+    total["max_cost_usd"] = config.max_cost(max_cost)
+    spent = ledger_spend(step, config, client, chunks)
+    return {"dir": str(step.root), "chunks": chunks, "total": total, "step": spent}
+
+
+def spend(report: dict[str, Any]) -> list[str]:
+    """What every batch of the step cost (when the ledger knows more than these chunks'), and
+    the spend against MAX_COST."""
+    lines = []
+    total, step = report["total"], report["step"]
+    cap, spent = total["max_cost_usd"], total["cost_usd"]
+    if step and step["batches"] > total["batches"]:
+        lines.append(
+            f"all {step['batches']} batches this step created (earlier inputs and prompts "
+            f"too): {usd(step['cost_usd'])}"
+            + (f", {step['unpriced_batches']} with no price" if step["unpriced_batches"] else "")
+        )
+    if step and not step["unpriced_batches"]:
+        spent = max(spent or 0.0, step["cost_usd"])
+    if cap is not None:
+        share = f" ({spent / cap:.0%} of it)" if spent is not None and cap else ""
+        money = "unknown (no price)" if spent is None else usd(spent)
+        lines.append(f"spent {money} against MAX_COST {usd(cap)}{share}")
+    return lines
 
 
 def duration(seconds: float | None) -> str:

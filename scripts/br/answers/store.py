@@ -1,0 +1,124 @@
+"""answers/: what every paid attempt got back, one row per request. The one owner of the row.
+
+A step's answers/ holds one file per attempt of a chunk, named by `layout.StepDir.answers_file`
+(`<chunk sha256[:32]>-<attempt>.jsonl`), written whole once that attempt's batch has ended and
+never edited. Each row is one request of that attempt:
+
+    {"custom_id": ..., "hash": <request_hash of the line sent>,
+     "outcome": "succeeded" | "failed", "response": <the answer> | None,
+     "error": {"code", "message", "status"} | None, "retryable": bool, "usage": {...} | None,
+     "batch_id": ..., "attempts": <1 + the attempt>, "cut_short": true (only when it was)}
+
+results_NNN.jsonl holds the same rows (per request, its last attempt's). Rows are found by the
+request's hash, not its custom_id, so an answer serves exactly the request body it answers:
+an edited record makes a new hash and is sent again, and answers survive a new split or a
+deleted build/ chunk. When several attempts hold one hash, a success wins (whenever it came),
+else the latest attempt's failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from br.cli import UserError
+from br.files import write_jsonl
+from br.layout import StepDir
+from br.records import dumps, iter_jsonl
+
+Row = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- one row
+
+
+def stored(custom_id: str, hash_hex: str, result: Row) -> Row:
+    """The row kept for one request: its result (outcomes.outcome's, with batch_id and
+    attempts) under its custom_id and the hash of the line sent."""
+    return {"custom_id": custom_id, "hash": hash_hex, **result}
+
+
+def succeeded(row: Row) -> bool:
+    return row.get("outcome") == "succeeded"
+
+
+def final(row: Row) -> bool:
+    """No attempt can change it: a success, or a failure that retrying cannot fix."""
+    return succeeded(row) or not row.get("retryable", True)
+
+
+class Failure(NamedTuple):
+    code: str  # "unknown" when the row names none
+    message: str
+    status: int | None  # the HTTP status, when there was one
+
+
+def failure(row: Row) -> Failure:
+    error = row.get("error") or {}
+    return Failure(
+        str(error.get("code") or "unknown"), str(error.get("message") or ""), error.get("status")
+    )
+
+
+def attempts(row: Row) -> int:
+    """How many times the request was sent (1 when the row does not say)."""
+    return int(row.get("attempts") or 1)
+
+
+def rank(row: Row) -> tuple[bool, int]:
+    """Which of two rows of one request stands: the greater (a success, then the later)."""
+    return succeeded(row), int(row.get("attempts") or 0)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write(path: Path, rows: Iterable[Row]) -> int:
+    """One attempt's rows, whole or not at all (path: StepDir.answers_file)."""
+    return write_jsonl(path, rows)
+
+
+def rows(step: StepDir) -> Iterator[Row]:
+    """Every row of every attempt in the step's answers/, file by file in name order."""
+    for path in step.answer_files():
+        yield from iter_jsonl(path)
+
+
+def answers_dir(path: Path) -> StepDir:
+    """The step whose answers/ `path` is (a command's --answers): its files are the step's."""
+    step = StepDir(path.parent)
+    if path != step.answers:
+        raise UserError(
+            f"{path} is not a step's answers directory: name the step's {step.answers.name}/ "
+            f"({step.answers})"
+        )
+    return step
+
+
+class Index:
+    """Per request hash, the row that stands (see `rank`), in an SQLite table of `db` (one
+    row per request whatever the number of attempts: memory stays flat)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.execute("CREATE TABLE IF NOT EXISTS ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT)")
+
+    def add(self, found: Iterable[Row]) -> None:
+        # Ties (the same rank) go to the row read last: in name order, as `rows` reads them.
+        self.db.executemany(
+            "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
+            "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
+            "(excluded.ok, excluded.n) >= (ans.ok, ans.n)",
+            ((bytes.fromhex(r["hash"]), *rank(r), dumps(r)) for r in found),
+        )
+
+    def get(self, hashes: list[bytes]) -> dict[bytes, Row]:
+        """The standing row of each of these request hashes that has one."""
+        if not hashes:
+            return {}
+        marks = ",".join("?" * len(hashes))
+        query = f"SELECT hash, row FROM ans WHERE hash IN ({marks})"
+        return {h: json.loads(row) for h, row in self.db.execute(query, hashes)}
