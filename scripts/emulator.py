@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Local emulator of the OpenAI Files + Batches API (plus /v1/chat/completions, /v1/responses
-and /v1/embeddings), for the pipeline's tests and `make demo`: a real HTTP server the official
-``openai`` SDK talks to through ``OPENAI_BASE_URL``.
+and /v1/embeddings), with Anthropic's Message Batches and Gemini's Batch API on the same port,
+for the pipeline's tests and `make demo`: a real HTTP server the official ``openai``,
+``anthropic`` and ``google-genai`` SDKs talk to through ``OPENAI_BASE_URL``,
+``ANTHROPIC_BASE_URL`` and ``GOOGLE_GEMINI_BASE_URL``.
 
 Usage::
 

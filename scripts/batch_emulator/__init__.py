@@ -12,4 +12,10 @@ The rooms, as moto keeps them (see docs/api-facts.md for each fact's source):
   per-call steps), ``routes`` and ``admin`` (the route tables), ``uploads`` (multipart),
   ``server`` (uvicorn, timeouts, signals), ``options`` (the command line), ``facts``
   (the API's limits).
+
+Anthropic's Message Batches and Gemini's Batch API share the port (docs/api-facts-anthropic.md,
+docs/api-facts-gemini.md), a module per provider and room: the model ``anthropic_batches``,
+``anthropic_messages``, ``gemini_batches``, ``gemini_files``, ``gemini_content``, over
+``provider_store`` and ``provider_errors``; the wire ``anthropic_routes``, ``gemini_routes``
+over ``provider_wire``.
 """

@@ -53,7 +53,9 @@ def is_route(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     method, _, path = value.partition(" ")
-    return method in ("GET", "POST", "DELETE") and path.startswith("/v1")
+    # Gemini's routes are named by template: "GET /{version}/batches/{id}", "POST /upload/...".
+    prefixes = ("/v1", "/{version}/", "/upload/{version}/", "/download/{version}/")
+    return method in ("GET", "POST", "DELETE") and path.startswith(prefixes)
 
 
 def _response_delay(value: Any) -> dict[str, float]:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import admin, routes
+from . import admin, anthropic_routes, gemini_routes, routes
 from .exceptions import ApiError, InvalidUrl, error_envelope
 from .lifecycle import Emulator
 from .options import Options, parse_args
@@ -181,7 +181,13 @@ def build_app(emu: Emulator) -> ASGIApp:
 
     catch_all = Route("/{path:path}", not_found, methods=routes.ALL_METHODS)
     app = Starlette(
-        routes=[*routes.table(emu), *admin.table(emu), catch_all],
+        routes=[
+            *gemini_routes.table(emu),
+            *anthropic_routes.table(emu),
+            *routes.table(emu),
+            *admin.table(emu),
+            catch_all,
+        ],
         exception_handlers={Exception: internal},
     )
     return HostGuard(app, emu.options)
