@@ -31,7 +31,8 @@ from br.answers.merge import Answers, Changed, Merger, batched, error_row, rebui
 from br.config import load_config, response_key_of
 from br.files import atomic_output
 from br.prompts.build import custom_id_of, image_arguments, step_images
-from br.records import RecordWriter, dumps, is_jsonl, request_hash
+from br.prompts.images.identity import request_hash
+from br.records import RecordWriter, dumps, is_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,8 @@ from pathlib import Path
 from br.batches.split import API_MAX_REQUESTS, DEFAULT_MAX_BYTES
 from br.config import load_config
 from br.prices import check_cost
-from br.prompts.build import image_arguments, step_images
 from br.prompts.plan import make_plan, render, sent_plan, summary
+from br.prompts.request_images import image_arguments, step_images
 
 
 def main(argv: list[str] | None = None) -> int:

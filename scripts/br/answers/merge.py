@@ -40,8 +40,9 @@ from br.prompts.build import (
     key_function,
     step_requests,
 )
-from br.prompts.images import LocalImages
-from br.records import dumps, iter_jsonl, iter_records, request_hash
+from br.prompts.images.cache import LocalImages
+from br.prompts.images.identity import request_hash
+from br.records import dumps, iter_jsonl, iter_records
 
 QA = re.compile(
     r"(?:Q(?:uestion)?\s*[:.]\s*)(?P<q>.+?)\s*A(?:nswer)?\s*[:.]\s*(?P<a>.+)", re.S | re.I
