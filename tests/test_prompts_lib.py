@@ -195,6 +195,22 @@ def test_a_responses_body_is_built_in_its_own_shape() -> None:
     assert plain.request is not None and plain.request["body"]["input"] == "Describe T"
 
 
+def test_the_parameters_keep_the_config_s_order_so_the_bytes_never_vary() -> None:
+    # A set's order varies with the process's string hashing: every run would write other
+    # bytes, and make would rebuild requests.jsonl and everything after it.
+    s = step(is_multimodal=False, top_p=0.5, max_tokens=20, temperature=1, seed=3)
+    (b,) = built([{"id": 1, "title": "T"}], s)
+    assert b.request is not None
+    assert list(b.request["body"]) == [
+        "model",
+        "messages",
+        "top_p",
+        "max_tokens",
+        "temperature",
+        "seed",
+    ]
+
+
 def test_an_embeddings_body_is_the_text_to_embed() -> None:
     s = step(endpoint=EMBEDDINGS, user="{title}: {caption}", dimensions=256)
     (b,) = built([{"id": 1, "title": "T", "caption": "C", "image_url": "x.png"}], s)

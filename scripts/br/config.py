@@ -346,7 +346,9 @@ def parse_step(
         if raw.get(key) is not None:
             compile_jq(raw[key], f"{where}: {key}:")
     response_format = parse_response_format(where, name, raw.get("response_format"))
-    body = {k: raw[k] for k in BODY_KEYS | EMBEDDING_KEYS if k in raw}
+    # In the config's order: a set's order changes with each process's string hashing, and
+    # requests.jsonl must be the same bytes on every run.
+    body = {k: v for k, v in raw.items() if k in BODY_KEYS | EMBEDDING_KEYS}
     body.update(raw.get("body") or {})
     if body.get("stream"):
         raise UserError(f"{where}: the Batch API does not support stream: true; remove it")
