@@ -30,7 +30,7 @@ from br.cli import UserError, note
 from br.config import Config, Step, load_config
 from br.files import write_text
 from br.layout import StepDir
-from br.prompts.build import build_requests, custom_id_of, shaped
+from br.prompts.build import build_requests, custom_id_of
 from br.records import dumps
 
 MAX_PER_FILE = 1000  # the original's chunk size
@@ -68,7 +68,7 @@ def make_requests(
     try:
         parsed = Config(Path("config_data"), config_data).step(step)
         built = build_requests(iter(input_data), parsed, input_key)
-        return [r for b in built if (r := shaped(b).request) is not None]
+        return [b.request for b in built if b.request is not None]
     except UserError as e:
         raise BatchRequestsError(str(e)) from None
 

@@ -5,7 +5,7 @@ request line per selected record, with custom_id taken from the data key, and sk
 listing the records left out because a prompt field was missing. A rerun that produces the
 same bytes leaves both files untouched, so nothing downstream is rebuilt or resent.
 
-Images (request_images.py): a local image becomes a `br-image:` reference to its bytes (the
+Images (br/prompts/images/): a local image becomes a `br-image:` reference to its bytes (the
 chunks get the data URL), a file that cannot be sent is skipped with its reason, and with
 --preflight-cache each image URL is checked first (preflight.py); records whose image fails
 are in skipped.jsonl with a `reason`.
@@ -25,8 +25,8 @@ from typing import Any
 
 from br.config import load_config, response_key_of
 from br.files import atomic_output, write_jsonl
-from br.prompts.build import image_arguments, step_images, step_requests
-from br.prompts.request_images import reason_kinds
+from br.prompts.build import step_requests
+from br.prompts.request_images import image_arguments, reason_kinds, step_images
 from br.records import iter_records
 
 

@@ -27,7 +27,7 @@ from br.answers import store
 from br.answers.merge import Answers, Merger, merge, summary
 from br.config import load_config, response_key_of
 from br.layout import StepDir
-from br.prompts.build import image_arguments, step_images
+from br.prompts.request_images import image_arguments, step_images
 
 
 def main(argv: list[str] | None = None) -> int:

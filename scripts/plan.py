@@ -21,11 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-from br.batches.split import API_MAX_REQUESTS, DEFAULT_MAX_BYTES
 from br.config import load_config
+from br.limits import DEFAULT_MAX_BYTES, MAX_REQUESTS
 from br.prices import check_cost
-from br.prompts.build import image_arguments, step_images
 from br.prompts.plan import make_plan, render, sent_plan, summary
+from br.prompts.request_images import image_arguments, step_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     image_arguments(parser)
     args = parser.parse_args(argv)
-    if not 1 <= args.max_requests <= API_MAX_REQUESTS:
-        raise UserError(f"MAX_REQUESTS must be 1 to {API_MAX_REQUESTS}, not {args.max_requests}")
+    if not 1 <= args.max_requests <= MAX_REQUESTS:
+        raise UserError(f"MAX_REQUESTS must be 1 to {MAX_REQUESTS}, not {args.max_requests}")
     if args.max_bytes < 1:
         raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
 

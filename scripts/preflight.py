@@ -1,26 +1,15 @@
-"""Check image URLs before anything is paid: a record whose image the API cannot fetch is skipped.
+"""Check a step's image URLs now, as make caption does first: `make preflight STEP=...`.
 
-Each http(s) image URL gets a HEAD request; where HEAD is refused or answered unlike a GET
-(405, 501, or a 403 from a URL signed for GET only), a ranged GET of its first 1024 bytes
-decides, and its bytes are sniffed too. A 403, 404, time-out, connection failure, a content
-type that is not an image the API takes, or a size over the API's image limit makes a reason
-such as `image_url: HTTP 403` or `image_url: timed out after 10s`; the record goes to
-skipped.jsonl with it, not into a batch. Checks run concurrently (16 threads, 10 s each by
-default) with the standard library only.
-
-URLs that passed are cached with the time of the check in a JSON file in the step's build
-directory (written whole, atomically), so a rerun within 24 hours does not check them again.
-Failures are kept there too, with their reasons, but always checked again: a URL fixed since
-(a repository made public) is sent on the next run.
-
-As a function: `Preflight(...).filter(items, url_of)` (make_requests' filter step) or
-`.check(urls)`. As a command:
+Reads the step's requests (built from --input with --config and --step) or a requests or chunk
+file (--requests), and checks each http(s) image URL the way br/prompts/preflight.py describes,
+remembering the URLs that passed in --cache (preflight.json) for 24 hours:
 
     preflight.py --input DATA --config CFG --step STEP [--data-key KEY] --cache FILE [-o FILE]
     preflight.py --requests requests.jsonl --cache FILE [-o FILE]
 
 Both print one summary line on stderr and list each failure (custom_id, url, reason) in the
--o JSONL file; the exit status is 0 unless the input or config is wrong.
+-o JSONL file (or on stdout); the exit status is 0 unless the input or config is wrong. A rerun
+checks again only the URLs that failed, are new, or passed more than 24 hours ago.
 """
 
 from __future__ import annotations
@@ -32,20 +21,28 @@ from br.cli import UserError, note, run
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from br.config import Step, load_config
 from br.files import write_jsonl
+from br.prompts.build import build_requests
 from br.prompts.preflight import (
     DEFAULT_TIMEOUT,
     DEFAULT_TTL,
     DEFAULT_WORKERS,
     Preflight,
     remote_url,
-    requests_of_step,
 )
-from br.records import dumps, iter_jsonl
+from br.records import dumps, iter_jsonl, iter_records
+
+
+def requests_of_step(path: Path, step: Step, data_key: str) -> Iterator[dict[str, Any]]:
+    """The step's requests with each image field as the record gives it (nothing resolved)."""
+    for built in build_requests(iter_records(path), step, data_key):
+        if built.request is not None:
+            yield built.request
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.input is not None:
         if not (args.config and args.step):
             raise UserError("--input needs --config and --step (or give --requests)")
-        requests: Iterable[dict[str, Any]] = requests_of_step(args)
-        from br.config import load_config
-
-        field = load_config(args.config).step(args.step).image_key
+        step = load_config(args.config).step(args.step)
+        requests: Iterable[dict[str, Any]] = requests_of_step(args.input, step, args.data_key)
+        field = step.image_key
     else:
         if not args.requests.exists():
             raise UserError(f"{args.requests} does not exist; build it first (make plan, caption)")

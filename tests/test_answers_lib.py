@@ -25,7 +25,8 @@ from br.files import write_jsonl
 from br.layout import StepDir
 from br.prices import usd
 from br.prompts.build import step_images, step_requests
-from br.records import iter_jsonl, request_hash
+from br.prompts.images.identity import request_hash
+from br.records import iter_jsonl
 from conftest import read_json, write_json
 
 PRICE = {"input": 0.15, "cached_input": 0.075, "output": 0.6}

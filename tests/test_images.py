@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from br import limits
 from br.cli import UserError
-from br.prompts import images
-from br.prompts.images import ImageOptions, ImageSkip, LocalImages
+from br.prompts import tokens
+from br.prompts.images import cache as image_cache
+from br.prompts.images import identity
+from br.prompts.images.cache import LocalImages, stamp
+from br.prompts.images.formats import ImageOptions, ImageSkip
 from br.prompts.preflight import Preflight, check_url
 from conftest import PYTHON, ROOT
 from PIL import Image
@@ -62,7 +66,7 @@ def make_pictures(tmp_path: Path) -> Path:
     return d
 
 
-def resolve(local: LocalImages, value: str) -> images.Resolved | str:
+def resolve(local: LocalImages, value: str) -> image_cache.Resolved | str:
     try:
         return local.resolve(value)
     except ImageSkip as e:
@@ -85,11 +89,11 @@ def test_local_images_are_sniffed_from_their_bytes_and_the_rest_skipped(pictures
     assert (got["photo.jpg"].width, got["photo.jpg"].height) == (1600, 1200)  # type: ignore[union-attr]
     # The marker, once materialised for a chunk, is the file's own bytes as a data URL.
     line = json.dumps({"body": {"url": got["really-a-jpeg.png"].url}})  # type: ignore[union-attr]
-    url = json.loads(images.materialise(line))["body"]["url"]
+    url = json.loads(identity.materialise(line))["body"]["url"]
     assert url.startswith("data:image/jpeg;base64,")
     raw = (pictures / "img" / "really-a-jpeg.png").read_bytes()
     assert base64.b64decode(url.split(",", 1)[1]) == raw
-    assert images.materialised_size(line) == len(images.materialise(line).encode())
+    assert identity.materialised_size(line) == len(identity.materialise(line).encode())
 
     skipped = {
         name: resolve(local, f"img/{name}")
@@ -107,12 +111,12 @@ def test_local_images_are_sniffed_from_their_bytes_and_the_rest_skipped(pictures
         "image_path: unsupported URL scheme 'ftp'"
     )
     remote = "https://example.org/a.jpg"
-    assert resolve(local, remote) == images.Resolved(url=remote)
+    assert resolve(local, remote) == image_cache.Resolved(url=remote)
     # A data URL in the dataset is sent as it is, once its bytes are checked like a file's.
     jpeg = (pictures / "img" / "really-a-jpeg.png").read_bytes()
-    inline = images.data_url("image/jpeg", jpeg)
+    inline = identity.data_url("image/jpeg", jpeg)
     assert resolve(local, inline).url == inline  # type: ignore[union-attr]
-    assert resolve(local, images.data_url("image/png", jpeg)) == (
+    assert resolve(local, identity.data_url("image/png", jpeg)) == (
         "image_path: data URL says 'image/png' but its bytes are image/jpeg; fix the type"
     )
     assert resolve(local, "data:image/png;base64,@@@").endswith("not a base64 data URL")
@@ -130,10 +134,10 @@ def test_resizing_shrinks_bytes_and_pixels_and_keeps_the_format(pictures: Path) 
     assert (jpg.mime, jpg.width, jpg.height) == ("image/jpeg", 512, 384)
     assert jpg.nbytes is not None and jpg.nbytes < before / 4
     assert (png.mime, png.width, png.height) == ("image/png", 300, 200)  # fits: untouched
-    assert images.Marker.parse(png.url).path == pictures / "img" / "photo.png"  # type: ignore[union-attr]
+    assert identity.Marker.parse(png.url).path == pictures / "img" / "photo.png"  # type: ignore[union-attr]
     assert (gif.mime, webp.mime, webp.width, webp.height) == ("image/gif", "image/webp", 512, 384)
     # The resized bytes are kept once, raw, in the content-addressed cache.
-    marker = images.Marker.parse(jpg.url)
+    marker = identity.Marker.parse(jpg.url)
     assert marker is not None and marker.path == cache / f"{jpg.sha256}.jpg"
     assert hashlib.sha256(marker.path.read_bytes()).hexdigest() == jpg.sha256
     names = {p.name for p in cache.iterdir()}
@@ -168,12 +172,12 @@ def test_identity_covers_the_bytes_and_a_changed_file_is_caught(pictures: Path) 
     path = pictures / "img" / "photo.png"
     with LocalImages(pictures, ImageOptions(), cache) as local:
         first = local.resolve("img/photo.png")
-    inline = images.data_url("image/png", path.read_bytes())
+    inline = identity.data_url("image/png", path.read_bytes())
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
 
     def canonical(url: str) -> Any:
         body["messages"][0]["content"][0]["image_url"] = {"url": url, "detail": "low"}
-        return json.dumps(images.canonical_body(body), sort_keys=True)
+        return json.dumps(identity.canonical_body(body), sort_keys=True)
 
     assert canonical(first.url) == canonical(inline)  # requests.jsonl and its chunk hash alike
     assert f"sha256:{first.sha256}" in canonical(first.url)
@@ -186,7 +190,7 @@ def test_identity_covers_the_bytes_and_a_changed_file_is_caught(pictures: Path) 
     path.write_bytes(bytes(data))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     with pytest.raises(UserError, match="changed since requests.jsonl was built"):
-        images.materialise(line)
+        identity.materialise(line)
     with LocalImages(pictures, ImageOptions(), cache) as local:
         second = local.resolve("img/photo.png")
     assert second.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() != first.sha256
@@ -198,49 +202,49 @@ def test_the_stamp_changes_when_an_indexed_image_does(pictures: Path) -> None:
     with LocalImages(pictures, ImageOptions(), cache) as local:
         local.resolve("img/photo.png")
         resolve(local, "img/later.png")
-    first = images.stamp(cache)
-    assert images.stamp(cache) == first
+    first = stamp(cache)
+    assert stamp(cache) == first
     save(pictures / "img" / "later.png", (20, 20), "PNG")  # a missing file appears
-    second = images.stamp(cache)
-    assert second != first and images.stamp(cache) == second
+    second = stamp(cache)
+    assert second != first and stamp(cache) == second
     failed = pictures.parent / "preflight.json"
     failed.write_text(json.dumps({"passed": {}, "failed": {"http://x/a.png": ["HTTP 404", 1]}}))
-    assert images.stamp(cache, failed) != images.stamp(cache, failed)  # failures: check again
+    assert stamp(cache, failed) != stamp(cache, failed)  # failures: check again
     failed.write_text(json.dumps({"passed": {"http://x/a.png": 1}, "failed": {}}))
-    assert images.stamp(cache, failed) == second
+    assert stamp(cache, failed) == second
 
 
 def test_oversized_images_are_skipped_unless_resizing_brings_them_under(tmp_path: Path) -> None:
     noise = Image.frombytes("RGB", (2700, 2700), os.urandom(2700 * 2700 * 3))
     noise.save(tmp_path / "big.png", "PNG", compress_level=1)  # noise: about 21.9 MB
     size = (tmp_path / "big.png").stat().st_size
-    assert size > images.MAX_IMAGE_BYTES
+    assert size > limits.MAX_IMAGE_BYTES
     assert resolve(LocalImages(tmp_path, ImageOptions()), "big.png") == (
         f"image: big.png: {size / 1e6:.1f} MB, over the API's 20 MB image limit; "
         "set image_max_side to shrink it"
     )
     shrunk = LocalImages(tmp_path, ImageOptions(max_side=1000), tmp_path / "c").resolve("big.png")
-    assert shrunk.nbytes is not None and shrunk.nbytes < images.MAX_IMAGE_BYTES
+    assert shrunk.nbytes is not None and shrunk.nbytes < limits.MAX_IMAGE_BYTES
 
 
 def test_image_tokens_follow_the_published_rules(pictures: Path) -> None:
-    assert images.image_tokens(1024, 1024, "high") == 765
-    assert images.image_tokens(2048, 4096, "high") == 1105
-    assert images.image_tokens(4000, 3000, "auto") == 765  # 2048x1536, then 1024x768: 4 tiles
-    assert images.image_tokens(96, 64, None) == 255  # one tile; small images are not scaled up
-    assert images.image_tokens(8000, 8000, "low") == 85
+    assert tokens.image_tokens(1024, 1024, "high") == 765
+    assert tokens.image_tokens(2048, 4096, "high") == 1105
+    assert tokens.image_tokens(4000, 3000, "auto") == 765  # 2048x1536, then 1024x768: 4 tiles
+    assert tokens.image_tokens(96, 64, None) == 255  # one tile; small images are not scaled up
+    assert tokens.image_tokens(8000, 8000, "low") == 85
     png = LocalImages(pictures, ImageOptions()).resolve("img/photo.jpg")
     part = {"type": "image_url", "image_url": {"url": png.url, "detail": "high"}}
-    assert images.part_tokens(part) == images.image_tokens(1600, 1200, "high") == 765
-    inline = images.data_url("image/jpeg", (pictures / "img" / "photo.jpg").read_bytes())
-    assert images.part_tokens({"type": "image_url", "image_url": {"url": inline}}) == 765
+    assert tokens.part_tokens(part) == tokens.image_tokens(1600, 1200, "high") == 765
+    inline = identity.data_url("image/jpeg", (pictures / "img" / "photo.jpg").read_bytes())
+    assert tokens.part_tokens({"type": "image_url", "image_url": {"url": inline}}) == 765
     remote = {"type": "image_url", "image_url": {"url": "https://example.org/x.jpg"}}
-    assert images.part_tokens(remote) == 1105  # the stated assumption: a 3:2 photo
+    assert tokens.part_tokens(remote) == 1105  # the stated assumption: a 3:2 photo
     assert (
-        images.part_tokens({**remote, "image_url": {**remote["image_url"], "detail": "low"}}) == 85
+        tokens.part_tokens({**remote, "image_url": {**remote["image_url"], "detail": "low"}}) == 85
     )
     content = [{"type": "text", "text": "x"}, part, remote]
-    assert images.body_images({"messages": [{"role": "user", "content": content}]}) == (2, 1870)
+    assert tokens.body_images({"messages": [{"role": "user", "content": content}]}) == (2, 1870)
 
 
 # ----------------------------------------------------------------------------- preflight

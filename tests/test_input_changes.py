@@ -20,7 +20,8 @@ import pytest
 import write_if_changed
 import yaml
 from br.cli import run
-from br.records import iter_jsonl, request_hash
+from br.prompts.images.identity import request_hash
+from br.records import iter_jsonl
 from conftest import ROOT, Emulator, input_dir, read_json, write_json
 
 CONFIG = {

@@ -373,7 +373,7 @@ def test_an_extract_error_names_the_expression(tmp_path: Path) -> None:
     data = write_json(tmp_path / "data.json", records(2))
     assert build(tmp_path, data, config).returncode == 0
     requests = read_json(tmp_path / "requests.jsonl")
-    from br.records import request_hash
+    from br.prompts.images.identity import request_hash
 
     answers = tmp_path / "answers"
     rows = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -13,16 +12,18 @@ import jq
 import yaml
 
 from br.cli import UserError
-from br.prompts.endpoints import (
+from br.openai_api import (
     BODY_KEYS,
     CHAT,
     EMBEDDING_KEYS,
     EMBEDDINGS,
+    IMAGE_DETAILS,
     check_parameters,
+    context_window,
     endpoint_of,
 )
-from br.prompts.tokens import context_window
 from br.records import decode_utf8
+from br.response_format import parse_response_format
 
 # Config keys that are not steps (response_key: the original tool's default, for
 # send_batch_requests.py).
@@ -39,7 +40,6 @@ TOP_LEVEL_KEYS = {
     "max_cost",
 }
 STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # one path component: see check_step_name
-IMAGE_DETAILS = ("auto", "low", "high")
 # Keys a step may hold besides chat-completions body parameters.
 STEP_KEYS = {
     "system": str,
@@ -63,7 +63,7 @@ STEP_KEYS = {
     "dimensions": int,
     "encoding_format": str,
 }
-ENDPOINT = CHAT  # the default endpoint (endpoints.py has the others)
+ENDPOINT = CHAT  # the default endpoint (openai_api.py has the others)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Step:
     kind: str = "plain"  # "question": the original tool's dialogue rounds
     templates: dict[str, str] = field(default_factory=dict)  # question: dialog_history, ...
     body: dict[str, Any] = field(default_factory=dict)
-    context_window: int | None = None  # the model's, in tokens (tokens.py, or the config's)
+    context_window: int | None = None  # the model's, in tokens (openai_api.py, or the config's)
     endpoint: str = CHAT  # /v1/chat/completions, /v1/responses or /v1/embeddings
 
     @property
@@ -345,11 +345,10 @@ def parse_step(
     for key in ("where", "extract"):
         if raw.get(key) is not None:
             compile_jq(raw[key], f"{where}: {key}:")
-    response_format = normalise_response_format(name, raw.get("response_format"))
-    check_response_format(where, response_format)
-    bare = response_format is not raw.get("response_format")
-    response_format = strict_format(where, response_format, complete=bare)
-    body = {k: raw[k] for k in BODY_KEYS | EMBEDDING_KEYS if k in raw}
+    response_format = parse_response_format(where, name, raw.get("response_format"))
+    # In the config's order: a set's order changes with each process's string hashing, and
+    # requests.jsonl must be the same bytes on every run.
+    body = {k: v for k, v in raw.items() if k in BODY_KEYS | EMBEDDING_KEYS}
     body.update(raw.get("body") or {})
     if body.get("stream"):
         raise UserError(f"{where}: the Batch API does not support stream: true; remove it")
@@ -375,102 +374,3 @@ def parse_step(
         context_window=context_window(model, context_windows),
         endpoint=endpoint,
     )
-
-
-def normalise_response_format(name: str, value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Accept OpenAI's full response_format or a bare JSON schema (wrapped as a strict schema)."""
-    if value is None or value.get("type") in {"json_schema", "json_object", "text"}:
-        return value
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
-    return {"type": "json_schema", "json_schema": {"name": safe, "schema": value, "strict": True}}
-
-
-def check_response_format(where: str, value: dict[str, Any] | None) -> None:
-    """OpenAI's response_format with a valid JSON schema, or one line saying what is wrong."""
-    if value is None or value.get("type") in {"json_object", "text"}:
-        return
-    spec = value.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    if not isinstance(schema, dict):
-        raise UserError(
-            f"{where}: response_format: json_schema needs a 'schema' mapping "
-            "(or give the bare JSON schema as response_format)"
-        )
-    import jsonschema  # only for steps with structured output: the import is slow
-
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        at = "/".join(map(str, e.absolute_path)) or "the top level"
-        message = " ".join(e.message.split())
-        message = message if len(message) <= 200 else message[:200] + " ..."
-        raise UserError(
-            f"{where}: response_format is not a valid JSON schema (at {at}: {message}); "
-            "see https://json-schema.org/understanding-json-schema"
-        )
-
-
-def strict_format(
-    where: str, value: dict[str, Any] | None, complete: bool
-) -> dict[str, Any] | None:
-    """A `strict: true` json_schema format that strict mode accepts, or one line saying why not.
-
-    Strict mode (OpenAI's Structured Outputs) needs an object at the top, and in every object
-    `additionalProperties: false` and every property listed in `required`; the API refuses
-    anything else with a 400 per request, after the batch is paid for. A bare schema
-    (`complete`: the config gave no `strict:` of its own) gets `additionalProperties: false`
-    where it says nothing, since that only forbids keys the schema never names. An optional
-    property is refused, not made required: that would change what the answers hold. A full
-    response_format with `strict: true` is the user's own, sent as given: refused, not changed.
-    """
-    spec = (value or {}).get("json_schema")
-    if not isinstance(spec, dict) or spec.get("strict") is not True:
-        return value
-    schema = copy.deepcopy(spec["schema"])
-    loose = (
-        "give response_format as {type: json_schema, json_schema: {name, schema, strict: false}}"
-    )
-    if schema.get("type") != "object":
-        raise UserError(
-            f"{where}: response_format: strict mode needs an object at the top (type: object), "
-            f"not type {schema.get('type')!r}; put the value in a property of an object"
-        )
-
-    def walk(node: Any, at: str) -> None:
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, f"{at}/{i}")
-            return
-        if not isinstance(node, dict):
-            return
-        kind = node.get("type")
-        if (
-            kind == "object"
-            or (isinstance(kind, list) and "object" in kind)
-            or "properties" in node
-        ):
-            place = at.lstrip("/") or "the top level"
-            if "additionalProperties" not in node and complete:
-                node["additionalProperties"] = False
-            elif node.get("additionalProperties") is not False:
-                raise UserError(
-                    f"{where}: response_format: strict mode needs additionalProperties: false "
-                    f"in every object (not at {place}); add it, or {loose}"
-                )
-            required = node.get("required") or []
-            optional = [k for k in node.get("properties") or {} if k not in required]
-            if optional:
-                raise UserError(
-                    f"{where}: response_format: property '{optional[0]}' of {place} is not in "
-                    f"required, and strict mode needs every property required: make it required "
-                    f"(type: [string, 'null'] if it may be empty), or {loose}"
-                )
-        for key in ("properties", "$defs", "definitions"):
-            for name, sub in (node.get(key) or {}).items():
-                walk(sub, f"{at}/{key}/{name}")
-        for key in ("items", "anyOf", "allOf"):
-            if key in node:
-                walk(node[key], f"{at}/{key}")
-
-    walk(schema, "")
-    return {**value, "json_schema": {**spec, "schema": schema}} if value else value

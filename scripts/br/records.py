@@ -11,7 +11,6 @@ text), and nesting deeper than the parser's recursion limit.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from br.cli import UserError
-from br.prompts.images import canonical_body
 
 
 class ExactFloat(float):
@@ -315,17 +313,3 @@ class RecordWriter:
     def close(self) -> None:
         if not self.jsonl:
             self.f.write("\n]\n" if self.n else "]\n")
-
-
-def request_hash(request: dict[str, Any]) -> str:
-    """Identity of a request for reuse: its url and body, not its custom_id.
-
-    An inline or local image counts by the sha256 of its bytes (images.canonical_body), so the
-    reference in requests.jsonl and the data URL in its chunk hash alike.
-    """
-    canonical = json.dumps(
-        [request.get("url"), canonical_body(request.get("body"))],
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -36,8 +36,9 @@ from br.config import Step, compile_jq
 from br.files import atomic_output
 from br.layout import StepDir
 from br.prompts.build import Built, custom_id_of, key_function, step_requests
-from br.prompts.images import LocalImages
-from br.records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records, request_hash
+from br.prompts.images.cache import LocalImages
+from br.prompts.images.identity import request_hash
+from br.records import RecordWriter, dumps, is_jsonl, iter_jsonl, iter_records
 
 QA = re.compile(
     r"(?:Q(?:uestion)?\s*[:.]\s*)(?P<q>.+?)\s*A(?:nswer)?\s*[:.]\s*(?P<a>.+)", re.S | re.I

@@ -55,7 +55,8 @@ from br.batches.submission import (
 )
 from br.config import load_config
 from br.files import move_aside, sha256_file, write_jsonl, write_text
-from br.records import iter_jsonl, request_hash
+from br.prompts.images.identity import request_hash
+from br.records import iter_jsonl
 
 PATIENCE = 10  # failed polls in a row before giving up (a wait can last hours)
 GONE = {"failed", "cancelled", "cancelling", "expired"}  # not a batch to keep for a chunk

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from br.digests import DigestSet
 from br.files import move_aside
-from br.prompts.images import materialise
-from br.records import iter_jsonl, request_hash
+from br.prompts.images.identity import materialise, request_hash
+from br.records import iter_jsonl
 
 API_MAX_REQUESTS = 50_000
 API_MAX_EMBEDDING_INPUTS = 50_000  # across all requests of one embeddings batch

@@ -1,14 +1,17 @@
-"""Build requests.jsonl: one request per record of the dataset, to the step's endpoint.
+"""Records -> requests: one Batch API request per selected record, in its endpoint's shape.
 
-Reads INPUT (a JSON list of objects, or JSONL) and the step of CONFIG; writes one Batch API
-request line per selected record, with custom_id taken from the data key, and skipped.jsonl
-listing the records left out because a prompt field was missing. A rerun that produces the
-same bytes leaves both files untouched, so nothing downstream is rebuilt or resent.
+A record's request is built once: its templates filled (templates.py), its image resolved
+(a URL as it is, a local file as a `br-image:` reference to its bytes; images/cache.py), then
+the body of the step's endpoint made from both (endpoints.py). A record that lacks a prompt
+field is skipped (`missing`); one whose image cannot be sent is skipped with its `reason`.
 
-Images (request_images.py): a local image becomes a `br-image:` reference to its bytes (the
-chunks get the data URL), a file that cannot be sent is skipped with its reason, and with
---preflight-cache each image URL is checked first (preflight.py); records whose image fails
-are in skipped.jsonl with a `reason`.
+    for built in build_requests(records, step, data_key, local=local):
+        built.request  # the request line's object, or None: skipped (built.missing, built.reason)
+
+`step_requests` adds the preflight of image URLs: what make_requests.py writes, plan.py counts
+and merge_results.py checks the answered requests against. Image skips do not count toward the
+five-missing-fields-in-a-row rule: that rule catches a wrong prompt, while a missing photo is
+the data's business.
 """
 
 from __future__ import annotations
@@ -19,122 +22,46 @@ from br.cli import UserError, note
 # isort: split
 
 import dataclasses
-import itertools
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from br.config import Step, compile_jq
 from br.digests import DigestSet
-from br.prompts.endpoints import EMBEDDINGS, RESPONSES, chat_body, embeddings_body, responses_body
-from br.prompts.images import ImageOptions, LocalImages
-from br.prompts.preflight import Preflight
-from br.prompts.request_images import with_images
+from br.limits import MAX_FILE_BYTES
+from br.prompts.endpoints import request_body
+from br.prompts.images.cache import LocalImages
+from br.prompts.images.formats import ImageSkip
+from br.prompts.images.identity import MARKER, materialised_size
+from br.prompts.preflight import Preflight, remote_url
+from br.prompts.request_images import image_arguments, step_images
+from br.prompts.templates import (
+    DataKeyError,
+    Template,
+    custom_id_of,
+    jq_first,
+    key_function,
+)
 from br.prompts.tokens import estimate_tokens
 from br.records import dumps
 
+# The request builder's face: other rooms and the original tool import these from here.
 __all__ = [
+    "Built",
     "RequestBuilder",
     "build_requests",
     "step_requests",
     "compile_jq",
     "custom_id_of",
+    "jq_first",
     "key_function",
+    "image_arguments",
+    "step_images",
 ]
 
 MAX_CONSECUTIVE_MISSING = 5  # the original tool's rule: five in a row means the prompt is wrong
-PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
 QUESTION_DEFAULTS = {"dialog_history": "", "cleaned_caption": ""}
-# The Batch API's limit for a whole input file (FACTS.md: 200 MB); one request over it can
-# never be sent.
-MAX_FILE_BYTES = 200 * 1024 * 1024
-
-
-def jq_first(program: Any, record: dict[str, Any]) -> Any:
-    try:
-        return next(iter(program.input_value(record)), None)
-    except ValueError:
-        return None
-
-
-class DataKeyError(UserError):
-    """A DATA_KEY jq expression that gives several values for one record."""
-
-    def __init__(self, data_key: str, n: int) -> None:
-        super().__init__(
-            f"DATA_KEY '{data_key}' gives {n} values for a record; it must give one value "
-            "per record (e.g. '.tags[0]' or '.tags | join(\",\")')"
-        )
-        self.data_key, self.n = data_key, n
-
-
-def key_function(data_key: str) -> Callable[[dict[str, Any]], Any]:
-    """A plain field name, or a jq expression when it starts with '.' (`.title + " " + .year`)."""
-    if data_key.startswith("."):
-        program = compile_jq(data_key, "DATA_KEY")
-
-        def key(record: dict[str, Any]) -> Any:
-            try:
-                values = list(itertools.islice(program.input_value(record), 3))
-            except ValueError:
-                return None
-            if len(values) > 1:
-                n = len(values) if len(values) < 3 else sum(1 for _ in program.input_value(record))
-                raise DataKeyError(data_key, n)
-            return values[0] if values else None
-
-        return key
-    return lambda record: record.get(data_key)
-
-
-def custom_id_of(record: dict[str, Any], key: Callable[[dict[str, Any]], Any]) -> str | None:
-    value = key(record)
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    return value if isinstance(value, str) else dumps(value)
-
-
-class Template:
-    """A prompt with `{field}` or `{.jq.path}` placeholders; `{{` and `}}` are literal braces."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        rest = PLACEHOLDER.sub("", text)
-        # A brace left after the placeholders is sent as it is: almost always a typo.
-        self.unclosed = "{" in rest or "}" in rest
-        self.fields: dict[str, Any] = {}
-        for m in PLACEHOLDER.finditer(text):
-            name = m.group(1)
-            if name and name not in self.fields:
-                path = name.strip()
-                self.fields[name] = (
-                    compile_jq(path, "placeholder") if path.startswith(".") else None
-                )
-
-    def fill(
-        self, record: dict[str, Any], defaults: dict[str, str] | None = None
-    ) -> tuple[str, list[str]]:
-        """The filled text and the placeholders the record lacks (None or absent)."""
-        values: dict[str, str] = {}
-        missing: list[str] = []
-        for name, program in self.fields.items():
-            value = jq_first(program, record) if program else record.get(name)
-            if value is None and defaults is not None:
-                value = defaults.get(name, "")
-            if value is None:
-                missing.append(name)
-            else:
-                values[name] = value if isinstance(value, str) else dumps(value)
-
-        def replace(m: re.Match[str]) -> str:
-            if m.group(0) in ("{{", "}}"):
-                return m.group(0)[0]
-            return values.get(m.group(1), "")
-
-        return PLACEHOLDER.sub(replace, self.text), missing
 
 
 @dataclass
@@ -144,6 +71,7 @@ class Built:
     request: dict[str, Any] | None  # None: skipped
     missing: list[str]
     selected: bool = True  # False: left out by `where:` (yielded only with every=True)
+    reason: str | None = None  # why its image cannot be sent (for skipped.jsonl)
 
     @cached_property
     def line(self) -> str:
@@ -151,13 +79,20 @@ class Built:
         return dumps(self.request) + "\n"
 
 
-class RequestBuilder:
-    """Turns records into Batch API request lines for one step."""
+def skipped(built: Built, reason: str) -> Built:
+    """The record skipped for its image, with the reason."""
+    return dataclasses.replace(built, request=None, reason=reason)
 
-    def __init__(self, step: Step, data_key: str) -> None:
+
+class RequestBuilder:
+    """Turns records into Batch API request lines for one step; with `local`, each image
+    field is resolved (a local file read, checked and referenced) before the body is built."""
+
+    def __init__(self, step: Step, data_key: str, local: LocalImages | None = None) -> None:
         self.step = step
         self.data_key = data_key
         self.key = key_function(data_key)
+        self.local = local
         self.where = compile_jq(step.where, f"step '{step.name}' where:") if step.where else None
         self.where_errors = 0
         self.first_where_error: tuple[int, str] | None = None  # (record index, jq's message)
@@ -214,30 +149,18 @@ class RequestBuilder:
         custom_id = custom_id_of(record, self.key)
         if missing:
             return Built(index, custom_id, None, sorted(set(missing)))
-        return Built(index, custom_id, self.request(custom_id or "", texts, image), [])
-
-    def request(self, custom_id: str, texts: list[str], image: str | None) -> dict[str, Any]:
-        """The request line; a responses step's body is a chat draft until `shaped` (below), so
-        that request_images resolves its image in `messages` first."""
-        step = self.step
-        if step.endpoint == EMBEDDINGS:
-            body = embeddings_body(step, texts[0])
-        else:
-            body = chat_body(step, texts, image)
-        return {"custom_id": custom_id, "method": "POST", "url": step.endpoint, "body": body}
-
-
-def shaped(built: Built) -> Built:
-    """A built request in its endpoint's shape (responses: instructions and input)."""
-    request = built.request
-    if request is None or request["url"] != RESPONSES:
-        return built
-    request = {**request, "body": responses_body(request["body"])}
-    return dataclasses.replace(built, request=request)
+        if image and self.local is not None:
+            try:
+                image = self.local.resolve(image).url
+            except ImageSkip as e:
+                return Built(index, custom_id, None, [], reason=str(e))
+        body = request_body(self.step, texts, image)
+        request = {"custom_id": custom_id or "", "method": "POST", "url": self.step.endpoint}
+        return Built(index, custom_id, {**request, "body": body}, [])
 
 
 def step_requests(
-    records: Iterator[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     step: Step,
     data_key: str,
     local: LocalImages | None,
@@ -246,12 +169,19 @@ def step_requests(
     warn: Callable[[str], None] = note,
     every: bool = False,
 ) -> Iterator[tuple[Built, str | None]]:
-    """Every record built (build_requests), its images resolved (with_images), in the shape
-    of the step's endpoint: what make_requests.py writes, plan.py counts and merge_results.py
-    checks the answered requests against."""
-    builts = build_requests(records, step, data_key, response_key, warn, every)
-    for built, reason in with_images(builts, local, checker):
-        yield shaped(built), reason
+    """Every record built (build_requests) and, with `checker`, its image URL preflighted:
+    (built, why it is skipped for its image) in order."""
+    builts = build_requests(records, step, data_key, response_key, warn, every, local)
+    if checker is None:
+        for built in builts:
+            yield built, built.reason
+        return
+
+    def url_of(built: Built) -> str | None:
+        return remote_url(built.request) if built.request is not None else None
+
+    for built, verdict in checker.filter(builts, url_of):
+        yield (skipped(built, verdict), verdict) if verdict else (built, built.reason)
 
 
 def is_rounds(value: Any) -> bool:
@@ -272,6 +202,19 @@ def check_response_key(step: Step, key: str, index: int, record: dict[str, Any])
         f"(record {index}, maybe more); merging would overwrite it with the answers: choose "
         "another response_key in the config (or RESPONSE_KEY=...)"
     )
+
+
+def inline_size_reason(line: str, limit: int = MAX_FILE_BYTES) -> str | None:
+    """Why a request line with local images, sent inline, cannot go in any batch file."""
+    if MARKER not in line:
+        return None  # no local image: the request's own size is checked by Oversized
+    size = materialised_size(line)
+    if size > limit:
+        return (
+            f"the request is {size:,} bytes with its image inline, over the Batch API's "
+            f"{limit:,}-byte file limit; set image_max_side"
+        )
+    return None
 
 
 class Oversized:
@@ -313,12 +256,13 @@ class Oversized:
 
 
 def build_requests(
-    records: Iterator[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     step: Step,
     data_key: str,
     response_key: str | None = None,
     warn: Callable[[str], None] = note,
     every: bool = False,
+    local: LocalImages | None = None,
 ) -> Iterator[Built]:
     """Every selected record, built or skipped, after checking data keys and the missing rule.
 
@@ -326,10 +270,11 @@ def build_requests(
     that selects nothing; stops (UserError) on `where:` errors, a request over the file limit,
     missing or duplicate data keys, and a `response_key` a record to be sent already holds.
     `warn` prints the warnings (the merge, which builds the requests again, passes one that
-    keeps them quiet: make_requests said them already), and `every` yields the records
-    `where:` leaves out too (selected=False), one Built a record.
+    keeps them quiet: make_requests said them already), `every` yields the records `where:`
+    leaves out too (selected=False), one Built a record, and `local` resolves the images
+    (without it an image field's value is sent as it is: the original tool's way).
     """
-    builder = RequestBuilder(step, data_key)
+    builder = RequestBuilder(step, data_key, local)
     for warning in builder.warnings:
         warn(warning)
     oversized = Oversized(step)
@@ -365,7 +310,7 @@ def build_requests(
                 no_key.append(index)
             else:
                 count(seen.add(built.custom_id))
-            if built.request is None:
+            if built.missing:
                 streak.append(built)
                 if len(streak) >= MAX_CONSECUTIVE_MISSING:
                     fields = sorted({f for b in streak for f in b.missing})
@@ -375,11 +320,15 @@ def build_requests(
                         f"{', '.join(fields)} of step '{step.name}'; check the placeholders in "
                         "the config against the dataset"
                     )
-            else:
-                streak = []
+                yield built
+                continue
+            streak = []
+            if built.request is not None:
                 oversized.check(built)
-                if response_key is not None:
-                    check_response_key(step, response_key, index, record)
+                reason = inline_size_reason(built.line)
+                built = skipped(built, reason) if reason else built
+            if response_key is not None:
+                check_response_key(step, response_key, index, record)
             yield built
         count(seen.flush())
     if builder.first_where_error is not None:
@@ -411,29 +360,3 @@ def build_requests(
             + (f" and {others} more repeat(s)" if others else "")
             + "; set DATA_KEY to a unique field (or a jq expression) or deduplicate the input"
         )
-
-
-def image_arguments(parser: Any) -> None:
-    """Where local images are found and kept, and the preflight of image URLs."""
-    parser.add_argument(
-        "--image-root", type=Path, help="local image paths are relative to this (INPUT's folder)"
-    )
-    parser.add_argument("--images", type=Path, help="resized images and their index (images/)")
-    parser.add_argument(
-        "--preflight-cache", type=Path, help="check image URLs first, remembering passes here"
-    )
-    parser.add_argument("--preflight-timeout", type=float, default=10.0, help="seconds a URL")
-
-
-def step_images(
-    args: Any, step: Step, cache: Path | None, read_only: bool = False
-) -> tuple[LocalImages, Preflight | None]:
-    """The step's local-image resolver and, with --preflight-cache, its URL checker."""
-    field = "image_url" if step.kind == "question" else step.image_key
-    root = args.image_root if args.image_root is not None else Path(args.input).parent
-    local = LocalImages(root, ImageOptions.from_step(step), cache, field, read_only)
-    checker = None
-    if args.preflight_cache is not None:
-        # read_only (make plan): the cache's verdicts only; nothing is checked or saved.
-        checker = Preflight(args.preflight_cache, field, args.preflight_timeout, offline=read_only)
-    return local, checker

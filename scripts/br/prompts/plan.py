@@ -24,14 +24,15 @@ from typing import Any
 
 from br.batches.split import answered_hashes, chunks
 from br.config import Config, response_key_of
+from br.openai_api import CHAT, EMBEDDINGS
 from br.prices import output_cost, price_of, usd
 from br.prompts.build import step_requests
-from br.prompts.endpoints import CHAT, EMBEDDINGS
-from br.prompts.images import LocalImages, body_images, materialised_size
+from br.prompts.images.cache import LocalImages
+from br.prompts.images.identity import materialised_size, request_hash
 from br.prompts.preflight import Preflight
 from br.prompts.request_images import reason_kinds
-from br.prompts.tokens import estimate_tokens
-from br.records import iter_jsonl, iter_records, request_hash
+from br.prompts.tokens import body_images, estimate_tokens
+from br.records import iter_jsonl, iter_records
 
 
 @dataclass

@@ -13,14 +13,8 @@ directory (written whole, atomically), so a rerun within 24 hours does not check
 Failures are kept there too, with their reasons, but always checked again: a URL fixed since
 (a repository made public) is sent on the next run.
 
-As a function: `Preflight(...).filter(items, url_of)` (make_requests' filter step) or
-`.check(urls)`. As a command:
-
-    preflight.py --input DATA --config CFG --step STEP [--data-key KEY] --cache FILE [-o FILE]
-    preflight.py --requests requests.jsonl --cache FILE [-o FILE]
-
-Both print one summary line on stderr and list each failure (custom_id, url, reason) in the
--o JSONL file; the exit status is 0 unless the input or config is wrong.
+Used as `Preflight(...).filter(items, url_of)` (build.step_requests) or `.check(urls)`; the
+command scripts/preflight.py checks a dataset's or a requests file's URLs on their own.
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ from br.cli import note
 
 # isort: split
 
-import argparse
 import http.client
 import json
 import time
@@ -43,7 +36,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from br.files import write_text
-from br.prompts.images import ACCEPTED, MAX_IMAGE_BYTES, describe_format, image_parts, sniff
+from br.limits import MAX_IMAGE_BYTES
+from br.prompts.images.formats import ACCEPTED, describe_format, sniff
+from br.prompts.images.identity import image_parts
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -264,28 +259,9 @@ class Preflight:
         return line + f", {checked} checked in {self.seconds:.1f}s"
 
 
-def has_failures(cache: Path) -> bool:
-    """True if the cache records URLs that failed (a rerun should check them again)."""
-    try:
-        return bool(json.loads(cache.read_text(encoding="utf-8")).get("failed"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def remote_url(request: dict[str, Any]) -> str | None:
     """The first http(s) image URL of a request line (the pipeline sends one image a request)."""
     for url, _ in image_parts(request.get("body")):
         if url.lower().startswith(("http://", "https://")):
             return url
     return None
-
-
-def requests_of_step(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    from br.config import load_config
-    from br.prompts.build import build_requests
-    from br.records import iter_records
-
-    step = load_config(args.config).step(args.step)
-    for built in build_requests(iter_records(args.input), step, args.data_key):
-        if built.request is not None:
-            yield built.request

@@ -1,16 +1,34 @@
-"""Token estimates for the plan, the budget and batch metadata."""
+"""Token estimates for the plan, the budget and batch metadata: text, and images by OpenAI's rules.
+
+Images (OpenAI's "Images and vision" guide, for gpt-4o class models): low detail is a fixed 85
+tokens; high (and auto, counted as high) fits the image within 2048 x 2048, scales its shortest
+side down to 768 px, and costs 170 per 512 px tile plus 85. UNVERIFIED: whether a small image
+is scaled *up* to 768 px; we follow the common reading that only larger images are scaled down.
+Other models weigh images differently (gpt-4o-mini: 2833 + 5667 a tile, the same dollar cost;
+gpt-4.1-mini and later: 32 px patches); these estimates use the figures above.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from br.prompts.images import part_tokens
+from br.openai_api import EMBEDDINGS
+from br.prompts.images.formats import pixel_size
+from br.prompts.images.identity import Marker, decode_data_url, image_parts, part_image
+
+LOW_DETAIL_TOKENS = 85
+TILE_TOKENS = 170
+BASE_TOKENS = 85
+# A remote URL's size is unknown until the API fetches it: assume a 3:2 photograph larger
+# than 768 px (1536 x 1024), which at high detail is 6 tiles, 1105 tokens. A wider image costs
+# up to 1445, a square or 4:3 one 765.
+ASSUMED_REMOTE_SIZE = (1536, 1024)
 
 
 def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
     """Estimated prompt tokens: 4 per message, a token per 4 characters of text, and each image
-    by OpenAI's rule for its detail (images.part_tokens: 85 at low; tiles at high and auto).
+    by OpenAI's rule for its detail (part_tokens: 85 at low; tiles at high and auto).
 
     By the body's shape (`url` settles a bare string input): chat `messages`; a Responses body's
     `instructions` and `input` (4 per input message); an embedding's inputs (a token per 4
@@ -26,7 +44,7 @@ def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
 
 def is_embedding(body: dict[str, Any], url: str | None) -> bool:
     if url is not None:
-        return url == "/v1/embeddings"
+        return url == EMBEDDINGS
     given = body.get("input")
     if isinstance(given, list) and given and all(isinstance(x, dict) for x in given):
         return False
@@ -76,35 +94,49 @@ def embedding_tokens(given: Any) -> int:
     )
 
 
-# Context windows (tokens) of known models, for the plan's and make_requests' warning. A model
-# matches its exact name, else the longest name it starts with (gpt-4o-mini-2024-07-18 ->
-# gpt-4o-mini). Published figures; a config's `context_windows: {model: tokens}` overrides.
-CONTEXT_WINDOWS = {
-    "gpt-3.5-turbo": 16_385,
-    "gpt-4": 8_192,
-    "gpt-4-turbo": 128_000,
-    "gpt-4o": 128_000,
-    "gpt-4o-mini": 128_000,
-    "gpt-4.1": 1_047_576,
-    "gpt-4.1-mini": 1_047_576,
-    "gpt-4.1-nano": 1_047_576,
-    "gpt-5": 400_000,
-    "gpt-5-mini": 400_000,
-    "gpt-5-nano": 400_000,
-    "o1": 200_000,
-    "o1-mini": 128_000,
-    "o3": 200_000,
-    "o3-mini": 200_000,
-    "o4-mini": 200_000,
-}
+# ----------------------------------------------------------------------------- images
 
 
-def context_window(model: str, overrides: dict[str, int] | None = None) -> int | None:
-    """The model's context window in tokens, or None for a model nobody told us about."""
-    for table in (overrides or {}, CONTEXT_WINDOWS):
-        if model in table:
-            return table[model]
-        prefixes = [name for name in table if model.startswith(name + "-")]
-        if prefixes:
-            return table[max(prefixes, key=len)]
+def image_tokens(width: int, height: int, detail: str | None) -> int:
+    """Prompt tokens of one image by OpenAI's published rules (see the note at the top)."""
+    if detail == "low":
+        return LOW_DETAIL_TOKENS
+    w, h = float(width), float(height)
+    if max(w, h) > 2048:
+        scale = 2048 / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > 768:
+        scale = 768 / min(w, h)
+        w, h = w * scale, h * scale
+    tiles = math.ceil(round(w, 6) / 512) * math.ceil(round(h, 6) / 512)
+    return BASE_TOKENS + TILE_TOKENS * max(tiles, 1)
+
+
+def url_pixel_size(url: str) -> tuple[int, int] | None:
+    """Width and height of a marker or data URL's image; None for a remote URL."""
+    marker = Marker.parse(url)
+    if marker:
+        return marker.width, marker.height
+    if url.startswith("data:"):
+        data = decode_data_url(url)
+        return pixel_size(data) if data is not None else None
     return None
+
+
+def url_tokens(url: str, detail: str | None) -> int:
+    """Estimated tokens of an image (its detail, its size; a remote one's assumed)."""
+    if detail == "low":
+        return LOW_DETAIL_TOKENS
+    return image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE), detail)
+
+
+def part_tokens(part: dict[str, Any]) -> int:
+    """Estimated tokens of an image content part (chat or Responses); 0 for another part."""
+    found = part_image(part)
+    return url_tokens(*found) if found else 0
+
+
+def body_images(body: dict[str, Any]) -> tuple[int, int]:
+    """(number of image parts, their estimated tokens) of a chat or Responses body."""
+    found = [url_tokens(url, detail) for url, detail in image_parts(body)]
+    return len(found), sum(found)
