@@ -7,8 +7,11 @@ becomes, each importing only the floor and the rooms before it:
   mistake), ``files`` (files that appear whole or not at all), ``records`` (JSON and JSONL,
   streamed), ``digests`` (sets kept on disk), ``config`` (the YAML config and its steps),
   ``layout`` (the build directory's names: the one reader and writer of chunks.mk and the rest),
-  ``limits`` (the API's limits) and ``prices`` (the price table);
-- ``prompts``: records -> requests (``build``, ``endpoints``, images, ``preflight``, ``plan``);
+  ``limits`` (the API's limits), ``prices`` (the price table), ``openai_api`` (OpenAI's
+  endpoints, the keys and parameter ranges each accepts, context windows) and
+  ``response_format`` (structured output: a step's schema and strict mode);
+- ``prompts``: records -> requests (``build`` over ``templates`` and ``endpoints``, ``images/``,
+  ``preflight``, ``tokens``, ``plan``);
 - ``batches``: requests -> chunks -> paid batches, exactly once (``split``, ``submission``,
   ``ledger``, ``machine``, ``polling``, ``engine``, ``account``, ``tidy``);
 - ``answers``: results -> the merged dataset (``outcomes``, ``merge``, ``report``, ``gallery``);
