@@ -1,5 +1,6 @@
-"""Bad input from the outside review: deep nesting, numbers and text JSON cannot carry, an OUTPUT
-that cannot be written, Ctrl+C while a script imports, and lines that said something untrue.
+"""Bad input is one line, never a wrong result: deep nesting, numbers and text JSON cannot
+carry, an OUTPUT that cannot be written, Ctrl+C while a script imports, and lines that say what
+is true.
 
 Each is one line on stderr and a non-zero exit, found before anything is paid; what is valid
 comes through exactly. Scripts run as real processes, make and the emulator where the behaviour

@@ -1,4 +1,4 @@
-"""The emulator's server variances (issue 13 point 9) and its seeded account history: each
+"""The emulator's server variances and its seeded account history: each
 variance both as a command-line option and as a key of POST /_emulator/faults."""
 
 from __future__ import annotations

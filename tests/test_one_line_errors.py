@@ -1,5 +1,7 @@
-"""The outside review's defects (issue 12) in the scripts that build, plan, merge and show, and
-streaming JSON lists (issue 15): each test failed before its fix.
+"""A user's mistake is one line, in the scripts that build, plan, merge and show: config
+mistakes, `where:` errors, text that is not UTF-8, a full disk, a read-only build directory,
+oversized requests, unclear placeholders and data keys, a rejected key; and a JSON list is
+streamed, its errors one line with their position.
 
 Scripts run as real processes (one line on stderr, the exit code, the files on disk); the disk
 full and read-only cases use a real tmpfs and a real read-only bind mount (root only: they skip,
@@ -79,7 +81,7 @@ def plan(data: Path, config: Path, *extra: Any) -> Any:
     return script("plan.py", "--input", data, "--config", config, "--step", "caption", *extra)
 
 
-# --------------------------------------------------------------------------- 4: config mistakes
+# --------------------------------------------------------------------------------- config mistakes
 
 
 MISTAKES = {
@@ -117,7 +119,7 @@ def test_config_mistakes_are_found_when_requests_are_built_and_by_plan(
         assert not (tmp_path / "m.json").exists()
 
 
-# --------------------------------------------------------------------------- 5: where: is jq
+# ------------------------------------------------------------------------------------ where: is jq
 
 
 WHERE_DATA = [
@@ -154,7 +156,7 @@ def test_a_where_error_stops_the_build_with_its_count_and_first_record(tmp_path:
     assert one_line_error(plan(data, config), *words) == line
 
 
-# --------------------------------------------------------------------------- 6: one line
+# ------------------------------------------ bad text, a full disk, a read-only directory: one line
 
 
 JSON_TEXT = '[{"image_path": "café.png", "title": "Müller"}]'
@@ -260,7 +262,7 @@ def test_a_bad_number_argument_is_one_line(tmp_path: Path) -> None:
     )
 
 
-# --------------------------------------------------------------------------- 8: oversized
+# ------------------------------------------------------------------------------ oversized requests
 
 
 def test_a_request_over_the_context_window_warns(tmp_path: Path) -> None:
@@ -295,7 +297,7 @@ def test_a_request_over_the_batch_file_limit_is_refused(tmp_path: Path) -> None:
     one_line_error(plan(data, config), *words)
 
 
-# --------------------------------------------------------------------------- 9: gallery
+# ---------------------------------------------------------------------------- the gallery's images
 
 
 def png(path: Path, colour: bytes) -> bytes:
@@ -345,7 +347,7 @@ def test_the_gallery_embeds_only_the_datasets_own_images(tmp_path: Path) -> None
     assert all(r["img"] and r["img"].startswith("data:image/png") for r in rows)
 
 
-# --------------------------------------------------------------------------- 10: messages
+# -------------------------------------------------------------------- messages that name the cause
 
 
 def test_an_unclosed_placeholder_warns_and_several_data_keys_name_the_record(
@@ -414,7 +416,7 @@ def test_the_401_advice_names_where_the_key_came_from(tmp_path: Path) -> None:
         emu.stop()
 
 
-# --------------------------------------------------------------------------- 11
+# ---------------------------------------------------------------- the original tool's command line
 
 
 def test_send_batch_requests_without_o_says_it_overwrites_the_input(
@@ -429,7 +431,7 @@ def test_send_batch_requests_without_o_says_it_overwrites_the_input(
     assert all(r["out"].startswith("Emulated answer ") for r in read_json(data))
 
 
-# --------------------------------------------------------------------------- issue 15: streaming
+# --------------------------------------------------------------------------- streaming a JSON list
 
 
 def test_a_json_list_is_streamed(tmp_path: Path) -> None:
