@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from br.batches.chunk import chunk_info
 from br.batches.polling import interval
-from br.batches.submission import chunk_info
 from br.layout import name_of
 
 ROOT = Path(__file__).resolve().parent.parent

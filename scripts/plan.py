@@ -21,8 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-from br.batches.split import API_MAX_REQUESTS, DEFAULT_MAX_BYTES
 from br.config import load_config
+from br.limits import DEFAULT_MAX_BYTES
+from br.limits import MAX_REQUESTS as API_MAX_REQUESTS
 from br.prices import check_cost
 from br.prompts.build import image_arguments, step_images
 from br.prompts.plan import make_plan, render, sent_plan, summary

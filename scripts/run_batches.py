@@ -31,8 +31,13 @@ from br.cli import ArgumentParser, UserError, note, run
 import sys
 from pathlib import Path
 
-from br.batches.engine import Engine, Job, chunk_ids, fresh, orphans, results_list
+from br.batches.chunk import chunks_of
+from br.batches.earlier import earlier_batches
+from br.batches.engine import Engine
+from br.batches.openai import OpenAI
+from br.config import load_config
 from br.files import write_text
+from br.layout import StepDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", required=True)
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--token-budget", type=int, default=None, help="overrides the config's")
-    parser.add_argument("--only", nargs="*", help="these chunk ids (NNN) instead of chunks.mk's")
+    parser.add_argument("--only", nargs="*", help="these chunk ids (NNN) instead of the manifest's")
     parser.add_argument("--collect", action="store_true", help="collect unfetched batches only")
     parser.add_argument("--resend", action="store_true", help="send again unanswered creates")
-    parser.add_argument("-o", "--output", type=Path, help="results.list")
+    parser.add_argument("-o", "--output", type=Path, help="the list of results files to write")
     args = parser.parse_args(argv)
     if args.retries < 0:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
@@ -54,36 +59,29 @@ def main(argv: list[str] | None = None) -> int:
             f"TOKEN_BUDGET must be a positive number of tokens, not {args.token_budget}"
         )
 
-    engine = Engine(args)
+    step = StepDir(args.dir)
+    config = load_config(args.config)
+    engine = Engine(
+        step, config, OpenAI(config), args.step, args.retries, args.resend, args.token_budget
+    )
     if args.collect:
         if not engine.ledger.unfetched() and not engine.ledger.unknown():
             return 0
-        engine.jobs = orphans(engine)
-        note(f"{args.dir}: collecting {len(engine.jobs)} earlier batch(es) before re-splitting")
+        engine.begin(earlier_batches(engine))
+        note(f"{args.dir}: collecting {len(engine.chunks)} earlier batch(es) before re-splitting")
     else:
-        ids = args.only if args.only else chunk_ids(args.dir / "chunks.mk")
-        for nnn in ids:
-            chunk = args.dir / f"chunk_{nnn}.jsonl"
-            if not chunk.exists():
-                raise UserError(f"{chunk} does not exist; run make to split the requests")
-            job = Job(nnn=nnn, chunk=chunk)
-            if fresh(args.dir / f"results_{nnn}.jsonl", chunk, job.id_file(args.dir)):
-                job.done = True
-            engine.jobs.append(job)
-        for job in engine.jobs:
-            if not job.done:
-                engine.start(job)
+        engine.begin(chunks_of(step, args.only))
     try:
-        engine.run()
+        errors = engine.run()
     finally:
-        for tmp in args.dir.glob(".collect-*.jsonl"):
+        for tmp in step.downloads():
             tmp.unlink()  # earlier batches' input files, downloaded to collect them
-    for error in engine.errors:
+    for error in errors:
         note(f"error: {error}")
-    if engine.errors:
+    if errors:
         return 2
     if args.output and not args.collect:
-        write_text(args.output, results_list(args.dir, [j.nnn for j in engine.jobs]))
+        write_text(args.output, step.results_list_text([c.nnn for c in engine.chunks]))
     return 0
 
 

@@ -104,9 +104,13 @@ class Ledger:
         """Append one entry, durably, before the call it announces returns to the caller."""
         entry = {"at": round(time.time(), 3), "op": op, **fields}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            os.write(fd, (dumps(entry) + "\n").encode())
+            size = os.fstat(fd).st_size
+            # After a torn last line (a kill mid-write), start a new line: else this entry
+            # would join the torn one and both would be unreadable.
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            os.write(fd, ("\n" if torn else "").encode() + (dumps(entry) + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)

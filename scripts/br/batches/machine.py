@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from br.answers.outcomes import IN_FLIGHT
+from br.batches.provider import IN_FLIGHT, Provider
 from br.files import write_text
 
 WINDOW = 86400 + 3600  # a batch's 24-hour completion window, and an hour of slack
@@ -144,10 +144,12 @@ def alive(pid: int) -> bool:
     return True
 
 
-def ended_on_server(client: Any) -> Callable[[str], bool]:
+def ended_on_server(provider: Provider) -> Callable[[str], bool]:
+    """Has a batch a dead run reserved ended? One retrieve, asked only when it stands in the way."""
+
     def ended(batch_id: str) -> bool:
         try:
-            return client.batches.retrieve(batch_id).status not in IN_FLIGHT
+            return provider.retrieve(batch_id).status not in IN_FLIGHT
         except Exception:  # gone, or unreachable: do not let it block the budget
             return True
 
