@@ -1,24 +1,16 @@
-"""Send a step's chunks and fetch their results, all in one process:
+"""Send a step's chunks and fetch their results, all in one process (`make caption`):
 chunk_NNN.jsonl -> batch_NNN.id -> results_NNN.jsonl, and results.list naming them.
 
-Every chunk is submitted (within the token budget) before any wait, so a plain `make caption`
-keeps the whole queue in flight. The batches are then polled together: one page of the batch
-list serves every batch on it (the rest are retrieved one by one), each on the schedule of
-polling.py. An ended batch's output and error files are matched to its requests by custom_id;
-the rows of each attempt go to answers/ at once (keyed by the hash of what was sent), retryable
-failures (429, 5xx, expired or cancelled before they ran; one of unknown cause once) go again
-in follow-up batches, retry_NNN_K.jsonl / .id, up to --retries, and results_NNN.jsonl is
-written when its chunk has a final outcome for every request. A batch that failed on the
-enqueued-token limit is recreated once others of ours drain; one that failed validation, was
-cancelled outside the run, or never ends stops its chunk with one line (the others go on, and
-the exit status says so). Uploads and creates are exactly once (submission.py).
+Reads chunks.mk, the chunks, the config (the key, base_url, token_budget) and the step's
+ledger; writes batch_NNN.id, retry_NNN_K.jsonl / .id, answers/, results_NNN.jsonl and the
+ledger's lines. A chunk that cannot go on (failed validation, cancelled outside the run, never
+ended) stops with one line; the others go on, and the exit status says so. A rerun asks nothing
+about a chunk whose results file is newer than the chunk and its id file, and resumes the rest
+where they are; results.list is rewritten only when a results file changed. Make runs this
+script order-only: editing it, or the library, resubmits nothing.
 
-A chunk whose results file is newer than the chunk (and its id file) is done: a rerun sends and
-asks nothing for it. results.list is rewritten only when a results file changed.
-
---collect, run before a re-split (a changed input or prompt): every batch in the step's ledger
-that was never fetched is waited for and its rows put in answers/, so the split sends only the
-requests no earlier batch holds. No paid batch is abandoned.
+--collect, before a re-split: waits for every batch of the ledger never fetched and puts its
+rows in answers/ (br/batches/earlier.py). How: br/batches/engine.py, ended.py, submission.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Submit one chunk by hand: `make build/<input>/<step>/batch_007.id`.
 
-Uploads chunk_NNN.jsonl (purpose batch) and creates its batch, exactly once (submission.py:
-the step's ledger, the machine-wide index, and the batch list only back to an unanswered
-create), then writes batch_NNN.id. `make caption` does this for every chunk in one process
-(run_batches.py); this script is for one chunk at a time.
+Uploads chunk_NNN.jsonl and creates its batch, exactly once (br/batches/submission.py), then
+writes batch_NNN.id; a rerun finds the same batch and pays nothing. `make caption` does this for
+every chunk in one process (run_batches.py); this script is for one chunk at a time. Make runs
+it order-only: editing it resubmits nothing.
 """
 
 from __future__ import annotations

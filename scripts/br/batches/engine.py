@@ -199,8 +199,8 @@ class Engine:
         return listed
 
     def deduplicate(self, flying: list[Chunk], page: dict[str, Batch]) -> None:
-        """A chunk whose batch has a live twin on the page follows the one kept; its own
-        batch's token reservation goes (submission.Submitter.duplicates decides)."""
+        """A chunk whose batch has a live twin on the page follows the one kept
+        (submission.Submitter.duplicates decides which)."""
         for chunk in flying:
             if chunk.earlier:
                 continue

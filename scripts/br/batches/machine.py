@@ -5,9 +5,11 @@ base URL:
 
 - `chunks/<key>.json` (+ `.lock`): the batch made for one chunk identity (the sha256 of its
   input file and the attempt), written under a lock that every checkout and every process on
-  the machine takes before creating that batch. Two runs of the same job, in one build
-  directory or in two checkouts, therefore create one batch per chunk; and a run after build/
-  was deleted finds its batches here without listing the account.
+  the machine takes before creating that batch. Two `make caption` of the same job at once, in
+  one build directory or in two checkouts, therefore create one batch per chunk; and a run
+  after build/ was deleted finds its batches here without reading the account. It keeps the
+  moment of a create sent and never answered too, so the walk back through the batch list to
+  that moment (submission.py) holds after build/, and the ledger with it, was deleted.
 - `inflight/<model>/<batch id>.json` (+ `<model>.lock`): the estimated tokens of each batch in
   flight, for the token budget shared by parallel runs. A reservation is dropped when a run
   sees its batch end; one left by a run that died is checked on the server (one call) when it

@@ -4,8 +4,8 @@ labels our batches, and what a batch's output and error lines mean.
 Our batches carry deterministic metadata (the step, the sha256 of the chunk file, the attempt,
 the model, the estimated tokens, the chunk's name), so a rerun, or another machine, recognises
 them in the batch list. The client comes from client.py (the key and base URL), made on first
-use: a rerun with nothing to do needs no key. Creates and uploads go out without the SDK's
-retries (submission.once retries them, checking the list after an unclear failure).
+use: a rerun with nothing to do needs no key. Uploads and creates use it without the SDK's
+retries (`bare`): submission.once decides when to try again.
 
 Result lines are split on b"\\n" only (a record may hold U+2028, U+2029 or U+0085, which
 Python's str.splitlines and the SDK's iter_lines treat as line ends), and a line that cannot be

@@ -1,15 +1,13 @@
 """Exactly once: which batch holds a chunk, and the upload and create of each, paid for once.
 
-Every batch is labelled (provider.Label: the step, the sha256 of its input file, the attempt),
-and a chunk identity is that sha256 and the attempt. For each, in this order:
+A chunk identity is the sha256 of its input file and the attempt number; every batch is
+labelled with it (provider.Label), so a rerun recognises its own. For each, in this order:
 1. the step's ledger (ledger.py) names a batch made for it that did not fail: it is ours, no
    call;
 2. an id file (batch_NNN.id) naming a batch the ledger does not know, written by hand (or by a
    run before the ledger existed): checked with one retrieve, adopted unless it failed;
-3. under the chunk's machine-wide lock (machine.py), the machine's index names one: adopted
-   after one retrieve. So two `make caption` of one job at once, in one build directory or in
-   two checkouts, create one batch per chunk, and a run after build/ was deleted finds its
-   batches without reading the account;
+3. under the chunk's machine-wide lock, the machine's index (machine.py) names one: adopted
+   after one retrieve;
 4. a create was sent without an answer (a `kill -9`, a dropped connection; the ledger, or the
    machine's index once build/ is gone, holds its moment): the batch list is read back to that
    moment only, matching the input file id or the label, and what it finds is adopted;
@@ -21,7 +19,7 @@ and a chunk identity is that sha256 and the attempt. For each, in this order:
    made).
 
 So the calls per chunk on the happy path are constant, whatever the account holds: one upload,
-one create, its polls, its downloads; a rerun of a finished step makes no call at all.
+one create, its polls, its downloads.
 
 Across machines, where no lock reaches, the first poll's page of the batch list shows two live
 batches of one chunk (`duplicates`): the newer is cancelled and the older kept (what the newer
