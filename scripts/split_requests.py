@@ -18,7 +18,6 @@ from br.cli import ArgumentParser, UserError, note, run
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from br.batches.split import answered_hashes, chunks, pending_lines, remove_stale, set_aside
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     total = [0, 0]
     # Chunks are staged on disk first, streaming, so the id width is known before they are
     # named: a million requests make 1000 chunks.
-    stage = Path(tempfile.mkdtemp(dir=step.root, prefix=".split-"))
+    stage = step.new_stage()
     try:
         staged = []
         pending = pending_lines(args.requests, done, total)

@@ -140,6 +140,10 @@ class StepDir:
         os.close(fd)
         return Path(path)
 
+    def new_stage(self) -> Path:
+        """A fresh hidden directory where the split stages its chunks before naming them."""
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=".split-"))
+
     def downloads(self) -> list[Path]:
         return sorted(self.root.glob(".collect-*.jsonl"))
 

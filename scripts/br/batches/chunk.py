@@ -7,15 +7,16 @@ attempt, retry_NNN_K.jsonl, is written from the chunk's own lines (`ChunkInfo.su
 its identity is known without reading it back; a retry of every request has the chunk's own
 bytes, which is why the attempt is part of the identity.
 
-A chunk's life is one explicit state, moved by the engine (engine.py, ended.py):
+A chunk's life is one explicit state, moved by small steps of the engine (engine.py: submit,
+poll; ended.py: what an ended batch means):
 
-    Queued -> InFlight -> Done
-       |   \\      |
-       |  Waiting (for the token budget; or, after the enqueued-token limit, for ours to drain)
-       +-> Stopped(reason)   (failed validation, cancelled outside the run, never ended, lost)
-
-An ended batch moves its chunk to Done, to Stopped, to Waiting (the token limit), or to the
-next attempt (Queued or InFlight again, with `attempt` one more).
+    Queued   -> InFlight                 submitted, or a batch it already has adopted
+    Queued   -> Waiting -> InFlight      the token budget had no room, then had
+    InFlight -> Done                     every request has its final row: results_NNN.jsonl
+    InFlight -> Queued | InFlight        the next attempt, sending what may still succeed
+    InFlight -> Waiting -> InFlight      failed on the enqueued-token limit: till ours drain
+    InFlight -> Stopped(reason)          failed validation, cancelled outside the run, never
+                                         ended, or its results are lost
 """
 
 from __future__ import annotations

@@ -95,11 +95,7 @@ class Engine:
         """Begin (or resume) a chunk at its current attempt: its rows already in answers/, a
         batch it already has (InFlight), or Queued."""
         info = chunk.info
-        live = (
-            None
-            if chunk.earlier
-            else self.submitter.known(info, chunk.attempt, self.id_file(chunk))
-        )
+        live = self.submitter.known(info, chunk.attempt, self.id_file(chunk))
         kept = self.step.answers_file(info.sha, chunk.attempt)
         if kept.exists():
             ended.after_rows(self, chunk, ended.rows_in(kept))
