@@ -8,7 +8,7 @@ Each function keeps the original's name, arguments and return type, and does its
 code `make caption` runs: requests are built by br.prompts.build (same templates, `where:`,
 question step and five-missing rule), chunks by br.batches.split.chunks, batches are
 found-or-created exactly once by br.batches.submission.Submitter, output lines are read by
-br.answers.outcomes.outcome, and answers are applied by br.answers.merge.Merger.
+br.batches.openai.outcome, and answers are applied by br.answers.merge.Merger.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from br.answers.merge import Merger
-from br.answers.outcomes import outcome
-from br.batches.account import last_batches
+from br.batches.chunk import chunk_info
 from br.batches.client import make_client
 from br.batches.ledger import Ledger
-from br.batches.split import DEFAULT_MAX_BYTES, chunks
-from br.batches.submission import Submitter, chunk_info
+from br.batches.openai import OpenAI, last_batches, outcome
+from br.batches.split import chunks
+from br.batches.submission import Submitter
 from br.cli import UserError, note
 from br.config import Config, Step, load_config
 from br.files import write_text
 from br.layout import StepDir
+from br.limits import DEFAULT_MAX_BYTES
 from br.prompts.build import build_requests, custom_id_of
 from br.records import dumps
 
@@ -119,7 +120,7 @@ def send_batch_request(api_key: str, input_file: str) -> Any:
     try:
         client = _client(api_key)
         ledger = Ledger(StepDir(path.parent).ledger)  # beside the chunk files
-        submitter = Submitter(client, ledger, m[1] if m else path.stem)
+        submitter = Submitter(OpenAI(client=client), ledger, m[1] if m else path.stem)
         return client.batches.retrieve(submitter.batch_id(chunk_info(path), 0))
     except UserError as e:
         raise BatchRequestsError(str(e)) from None

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from br.batches.account import cancel, check, status
-from br.batches.client import make_client
+from br.batches.openai import OpenAI
 from br.config import load_config
+from br.layout import StepDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     for p in sub.choices.values():
         p.add_argument("--config", type=Path, default=None, help="for base_url / api_key")
     args = parser.parse_args(argv)
-    client = make_client(load_config(args.config) if args.config else None)
+    provider = OpenAI(load_config(args.config) if args.config else None)
     if args.command == "status":
         if args.limit < 1:
             raise UserError(f"LIMIT must be at least 1, not {args.limit}")
-        return status(client, args.limit, args.filter)
+        return status(provider, args.limit, args.filter)
     if args.command == "check":
-        return check(client, args.batch_id)
-    return cancel(client, args.dir)
+        return check(provider, args.batch_id)
+    return cancel(provider, StepDir(args.dir))
 
 
 if __name__ == "__main__":

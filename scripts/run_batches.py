@@ -1,24 +1,16 @@
-"""Send a step's chunks and fetch their results, all in one process:
+"""Send a step's chunks and fetch their results, all in one process (`make caption`):
 chunk_NNN.jsonl -> batch_NNN.id -> results_NNN.jsonl, and results.list naming them.
 
-Every chunk is submitted (within the token budget) before any wait, so a plain `make caption`
-keeps the whole queue in flight. The batches are then polled together: one page of the batch
-list serves every batch on it (the rest are retrieved one by one), each on the schedule of
-polling.py. An ended batch's output and error files are matched to its requests by custom_id;
-the rows of each attempt go to answers/ at once (keyed by the hash of what was sent), retryable
-failures (429, 5xx, expired or cancelled before they ran; one of unknown cause once) go again
-in follow-up batches, retry_NNN_K.jsonl / .id, up to --retries, and results_NNN.jsonl is
-written when its chunk has a final outcome for every request. A batch that failed on the
-enqueued-token limit is recreated once others of ours drain; one that failed validation, was
-cancelled outside the run, or never ends stops its chunk with one line (the others go on, and
-the exit status says so). Uploads and creates are exactly once (submission.py).
+Reads chunks.mk, the chunks, the config (the key, base_url, token_budget) and the step's
+ledger; writes batch_NNN.id, retry_NNN_K.jsonl / .id, answers/, results_NNN.jsonl and the
+ledger's lines. A chunk that cannot go on (failed validation, cancelled outside the run, never
+ended) stops with one line; the others go on, and the exit status says so. A rerun asks nothing
+about a chunk whose results file is newer than the chunk and its id file, and resumes the rest
+where they are; results.list is rewritten only when a results file changed. Make runs this
+script order-only: editing it, or the library, resubmits nothing.
 
-A chunk whose results file is newer than the chunk (and its id file) is done: a rerun sends and
-asks nothing for it. results.list is rewritten only when a results file changed.
-
---collect, run before a re-split (a changed input or prompt): every batch in the step's ledger
-that was never fetched is waited for and its rows put in answers/, so the split sends only the
-requests no earlier batch holds. No paid batch is abandoned.
+--collect, before a re-split: waits for every batch of the ledger never fetched and puts its
+rows in answers/ (br/batches/earlier.py). How: br/batches/engine.py, ended.py, submission.py.
 """
 
 from __future__ import annotations
@@ -31,8 +23,13 @@ from br.cli import ArgumentParser, UserError, note, run
 import sys
 from pathlib import Path
 
-from br.batches.engine import Engine, Job, chunk_ids, fresh, orphans, results_list
+from br.batches.chunk import chunks_of
+from br.batches.earlier import earlier_batches
+from br.batches.engine import Engine
+from br.batches.openai import OpenAI
+from br.config import load_config
 from br.files import write_text
+from br.layout import StepDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", required=True)
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--token-budget", type=int, default=None, help="overrides the config's")
-    parser.add_argument("--only", nargs="*", help="these chunk ids (NNN) instead of chunks.mk's")
+    parser.add_argument("--only", nargs="*", help="these chunk ids (NNN) instead of the manifest's")
     parser.add_argument("--collect", action="store_true", help="collect unfetched batches only")
     parser.add_argument("--resend", action="store_true", help="send again unanswered creates")
-    parser.add_argument("-o", "--output", type=Path, help="results.list")
+    parser.add_argument("-o", "--output", type=Path, help="the list of results files to write")
     args = parser.parse_args(argv)
     if args.retries < 0:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
@@ -54,36 +51,29 @@ def main(argv: list[str] | None = None) -> int:
             f"TOKEN_BUDGET must be a positive number of tokens, not {args.token_budget}"
         )
 
-    engine = Engine(args)
+    step = StepDir(args.dir)
+    config = load_config(args.config)
+    engine = Engine(
+        step, config, OpenAI(config), args.step, args.retries, args.resend, args.token_budget
+    )
     if args.collect:
         if not engine.ledger.unfetched() and not engine.ledger.unknown():
             return 0
-        engine.jobs = orphans(engine)
-        note(f"{args.dir}: collecting {len(engine.jobs)} earlier batch(es) before re-splitting")
+        engine.begin(earlier_batches(engine))
+        note(f"{args.dir}: collecting {len(engine.chunks)} earlier batch(es) before re-splitting")
     else:
-        ids = args.only if args.only else chunk_ids(args.dir / "chunks.mk")
-        for nnn in ids:
-            chunk = args.dir / f"chunk_{nnn}.jsonl"
-            if not chunk.exists():
-                raise UserError(f"{chunk} does not exist; run make to split the requests")
-            job = Job(nnn=nnn, chunk=chunk)
-            if fresh(args.dir / f"results_{nnn}.jsonl", chunk, job.id_file(args.dir)):
-                job.done = True
-            engine.jobs.append(job)
-        for job in engine.jobs:
-            if not job.done:
-                engine.start(job)
+        engine.begin(chunks_of(step, args.only))
     try:
-        engine.run()
+        errors = engine.run()
     finally:
-        for tmp in args.dir.glob(".collect-*.jsonl"):
+        for tmp in step.downloads():
             tmp.unlink()  # earlier batches' input files, downloaded to collect them
-    for error in engine.errors:
+    for error in errors:
         note(f"error: {error}")
-    if engine.errors:
+    if errors:
         return 2
     if args.output and not args.collect:
-        write_text(args.output, results_list(args.dir, [j.nnn for j in engine.jobs]))
+        write_text(args.output, step.results_list_text([c.nnn for c in engine.chunks]))
     return 0
 
 

@@ -18,19 +18,12 @@ from br.cli import ArgumentParser, UserError, note, run
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from br.batches.split import (
-    API_MAX_REQUESTS,
-    DEFAULT_MAX_BYTES,
-    answered_hashes,
-    chunks,
-    pending_lines,
-    remove_stale,
-    set_aside,
-)
+from br.batches.split import answered_hashes, chunks, pending_lines, remove_stale, set_aside
 from br.files import commit, same_bytes, write_text
+from br.layout import StepDir
+from br.limits import DEFAULT_MAX_BYTES, MAX_REQUESTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,19 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answers", required=True, type=Path, help="answers/ directory")
     parser.add_argument("--max-requests", type=int, default=1000)
     parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
-    parser.add_argument("-o", "--manifest", required=True, type=Path, help="chunks.mk")
+    parser.add_argument(
+        "-o", "--manifest", required=True, type=Path, help="the manifest of chunks to write"
+    )
     args = parser.parse_args(argv)
-    if not 1 <= args.max_requests <= API_MAX_REQUESTS:
-        raise UserError(f"MAX_REQUESTS must be 1 to {API_MAX_REQUESTS}, not {args.max_requests}")
+    if not 1 <= args.max_requests <= MAX_REQUESTS:
+        raise UserError(f"MAX_REQUESTS must be 1 to {MAX_REQUESTS}, not {args.max_requests}")
     if args.max_bytes < 1:
         raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
 
-    out = args.manifest.parent
+    step = StepDir(args.manifest.parent)
     done = answered_hashes(args.answers)  # closed with the process
     total = [0, 0]
     # Chunks are staged on disk first, streaming, so the id width is known before they are
     # named: a million requests make 1000 chunks.
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".split-"))
+    stage = step.new_stage()
     try:
         staged = []
         pending = pending_lines(args.requests, done, total)
@@ -64,18 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         width = max(3, len(str(len(staged))))
         ids = [f"{i:0{width}d}" for i in range(1, len(staged) + 1)]
         for cid, path in zip(ids, staged, strict=True):
-            target = out / f"chunk_{cid}.jsonl"
+            target = step.chunk(cid)
             if target.exists() and not same_bytes(path, target):
-                set_aside(out, cid)  # its batch was for other requests
+                set_aside(step, cid)  # its batch was for other requests
             commit(path, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    remove_stale(out, set(ids))
-    write_text(
-        args.manifest,
-        "# Written by split_requests.py from requests.jsonl: this step's chunks. Do not edit.\n"
-        f"CHUNK_IDS := {' '.join(ids)}\n",
-    )
+    remove_stale(step, set(ids))
+    write_text(args.manifest, step.manifest_text(ids))
     if not total[0]:
         note(f"warning: {args.requests} holds no requests: nothing to send")
     reused = total[0] - total[1]

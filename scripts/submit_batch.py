@@ -1,9 +1,9 @@
 """Submit one chunk by hand: `make build/<input>/<step>/batch_007.id`.
 
-Uploads chunk_NNN.jsonl (purpose batch) and creates its batch, exactly once (submission.py:
-the step's ledger, the machine-wide index, and the batch list only back to an unanswered
-create), then writes batch_NNN.id. `make caption` does this for every chunk in one process
-(run_batches.py); this script is for one chunk at a time.
+Uploads chunk_NNN.jsonl and creates its batch, exactly once (br/batches/submission.py), then
+writes batch_NNN.id; a rerun finds the same batch and pays nothing. `make caption` does this for
+every chunk in one process (run_batches.py); this script is for one chunk at a time. Make runs
+it order-only: editing it resubmits nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from br.cli import ArgumentParser, note, run
 import sys
 from pathlib import Path
 
-from br.batches.client import make_client
+from br.batches.chunk import chunk_info
 from br.batches.ledger import Ledger
-from br.batches.submission import Submitter, chunk_info
+from br.batches.openai import OpenAI
+from br.batches.submission import Submitter
 from br.config import load_config
 from br.files import write_text
+from br.layout import StepDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,11 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, help="batch_NNN.id")
     args = parser.parse_args(argv)
 
-    config = load_config(args.config)
+    provider = OpenAI(load_config(args.config))
     chunk = chunk_info(args.chunk)
-    ledger = Ledger(args.chunk.parent / "ledger.jsonl")
-    submitter = Submitter(make_client(config), ledger, args.step, resend=args.resend)
-    batch_id = submitter.batch_id(chunk, 0, args.output)
+    ledger = Ledger(StepDir(args.chunk.parent).ledger)
+    batch_id = Submitter(provider, ledger, args.step, args.resend).batch_id(chunk, 0, args.output)
     write_text(args.output, batch_id + "\n")
     note(f"{args.output}: {batch_id} (~{chunk.tokens} input tokens)")
     return 0

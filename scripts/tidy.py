@@ -14,15 +14,14 @@ from br.cli import ArgumentParser, note, run
 
 # isort: split
 
-import contextlib
 import sys
 from pathlib import Path
 
-from br.answers.outcomes import TERMINAL
-from br.batches.client import make_client
 from br.batches.ledger import Ledger
-from br.batches.tidy import files_of
+from br.batches.openai import OpenAI
+from br.batches.tidy import tidy
 from br.config import load_config
+from br.layout import StepDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,46 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list, delete nothing")
     args = parser.parse_args(argv)
 
-    ledger = Ledger(args.dir / "ledger.jsonl")
+    step = StepDir(args.dir)
+    ledger = Ledger(step.ledger)
     if not ledger.chunk_of:
         note(f"{args.dir} has no ledger of batches: nothing of this step was sent")
         return 0
-    client = make_client(load_config(args.config))
-    import openai
-
-    verb = "would delete" if args.dry_run else "deleted"
-    safe, kept = [], []
-    for batch_id in ledger.chunk_of:
-        if batch_id in ledger.tidied:
-            continue
-        ended = ledger.ended.get(batch_id)
-        # A failed batch has nothing to fetch (its errors are on the batch, not in a file).
-        if ended == "failed" or (batch_id in ledger.fetched and ended in TERMINAL):
-            safe.append(batch_id)
-        else:
-            print(f"kept    {batch_id}: not fetched yet (running, or the run has not read it)")
-            kept.append(batch_id)
-    # A batch sent again after a cancel or a failure reuses its chunk's uploaded file: a file
-    # any kept batch names stays, whichever safe batch names it too.
-    keep = {f for b in kept for f in files_of(client, b)}
-    gone: set[str] = set()
-    for batch_id in safe:
-        files = [f for f in files_of(client, batch_id) if f not in keep]
-        for file_id in files:
-            if file_id in gone:
-                continue
-            if not args.dry_run:
-                # Already gone: deleted by hand, or expired after 30 days.
-                with contextlib.suppress(openai.NotFoundError):
-                    client.files.delete(file_id)
-            print(f"{verb} {file_id} (of {batch_id})")
-            gone.add(file_id)
-        if not args.dry_run:
-            ledger.record("tidied", batch_id=batch_id, files=files)
-    note(
-        f"{args.dir}: {verb} {len(gone)} file(s); kept the files of {len(kept)} batch(es) not "
-        "yet fetched"
-    )
+    tidy(OpenAI(load_config(args.config)), step, ledger, args.dry_run)
     return 0
 
 

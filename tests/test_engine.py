@@ -479,7 +479,7 @@ def test_unicode_line_separators_in_records_and_answers_come_back(
 
 
 def test_a_damaged_output_line_is_an_error_row_not_a_crash() -> None:
-    from br.answers.outcomes import outcome, parse_line, split_lines
+    from br.batches.openai import outcome, parse_line, split_lines
 
     raw = b'{"custom_id": "r1", "response": {"status_code": 200, "body": {}}}\n'
     raw += b'{"custom_id": "r2", "response": {"status_co\n\n{"custom_id": "r3"\xe2\x80\xa8}\n'

@@ -12,8 +12,10 @@ becomes, each importing only the floor and the rooms before it:
   ``response_format`` (structured output: a step's schema and strict mode);
 - ``prompts``: records -> requests (``build`` over ``templates`` and ``endpoints``, ``images/``,
   ``preflight``, ``tokens``, ``plan``);
-- ``batches``: requests -> chunks -> paid batches, exactly once (``split``, ``submission``,
-  ``ledger``, ``machine``, ``polling``, ``engine``, ``account``, ``tidy``);
-- ``answers``: results -> the merged dataset (``outcomes``, ``merge``, ``report``, ``gallery``);
+- ``batches``: requests -> chunks -> paid batches, exactly once (``split``, ``chunk``,
+  ``engine``, ``ended``, ``earlier``, ``submission``, ``ledger``, ``machine``, ``polling``,
+  ``account``, ``tidy``), speaking to a provider through one seam (``provider``; ``openai``
+  and its ``client`` are the first);
+- ``answers``: results -> the merged dataset (``merge``, ``report``, ``gallery``);
 - ``original``: what the original tool's command lines share.
 """

@@ -13,6 +13,7 @@ step is (step_dir).
 import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class StepDir:
 
     requests.jsonl -> chunk_NNN.jsonl -> batch_NNN.id -> results_NNN.jsonl -> merged.json;
     chunks.mk names the chunks, results.list the results; answers/ holds every attempt's rows
-    (`<chunk sha256[:32]>-<attempt>.jsonl`), ledger.jsonl every upload and create.
+    (`<chunk sha256[:32]>-<attempt>.jsonl`), ledger.jsonl every upload and create;
+    batch_NNN.cancelled names the batches of a chunk cancelled outside a run (you were told).
     """
 
     root: Path
@@ -121,11 +123,29 @@ class StepDir:
         return sorted(self.root.glob("results_*.jsonl"))
 
     def id_files(self, nnn: str = "*") -> list[Path]:
-        """batch_NNN.id, then retry_NNN_K.id in attempt order."""
+        """batch_NNN.id, then retry_NNN_K.id by chunk and attempt."""
         retries = sorted(
-            self.root.glob(f"retry_{nnn}_*.id"), key=lambda p: int(p.stem.rsplit("_")[-1])
+            self.root.glob(f"retry_{nnn}_*.id"),
+            key=lambda p: (chunk_id(p), int(p.stem.rsplit("_")[-1])),
         )
         return sorted(self.root.glob(f"batch_{nnn}.id")) + retries
+
+    def retry_files(self, nnn: str) -> list[Path]:
+        """retry_NNN_K.jsonl: the follow-up attempts' requests of chunk `nnn`."""
+        return sorted(self.root.glob(f"retry_{nnn}_*.jsonl"))
+
+    def new_download(self) -> Path:
+        """A fresh file for an earlier batch's input, fetched to collect its rows."""
+        fd, path = tempfile.mkstemp(dir=self.root, prefix=".collect-", suffix=".jsonl")
+        os.close(fd)
+        return Path(path)
+
+    def new_stage(self) -> Path:
+        """A fresh hidden directory where the split stages its chunks before naming them."""
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=".split-"))
+
+    def downloads(self) -> list[Path]:
+        return sorted(self.root.glob(".collect-*.jsonl"))
 
     def chunk_ids(self) -> list[str] | None:
         """The chunk ids chunks.mk names, or None when there is no chunks.mk yet."""
@@ -133,6 +153,15 @@ class StepDir:
             return None
         m = MANIFEST_LINE.search(self.manifest.read_text(encoding="utf-8"))
         return m[1].split() if m else []
+
+    def results_list_text(self, ids: list[str]) -> str:
+        """results.list: each results file with its size and mtime, so make sees a change."""
+        lines = []
+        for nnn in ids:
+            path = self.results(nnn)
+            st = path.stat()
+            lines.append(f"{path.name} {st.st_size} {st.st_mtime_ns}\n")
+        return "".join(lines)
 
     def manifest_text(self, ids: list[str]) -> str:
         return (

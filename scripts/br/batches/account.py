@@ -1,26 +1,21 @@
 """Look at and cancel batches: `status` (the last LIMIT, filtered with jq), `check` (one batch),
 `cancel` (a step's batches still in flight, from the batch ids in its build directory).
 
-    python scripts/batches.py status --limit 10 --filter 'select(.status == "in_progress")'
-    python scripts/batches.py check batch_abc123
-    python scripts/batches.py cancel --dir build/example/caption
+The account is shown in the provider's own JSON (what its dashboard shows); a cancel is
+acknowledged in batch_NNN.cancelled, so the next run sends the rest (ended.acknowledged).
 """
 
 from __future__ import annotations
 
-# cli first: its Ctrl+C handling then covers the imports below.
-from br.cli import UserError
-
-# isort: split
-
-import itertools
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from br.answers.outcomes import IN_FLIGHT
+from br.batches.openai import META_STEP
+from br.batches.provider import IN_FLIGHT, NotFound, Provider
+from br.cli import UserError
 from br.files import write_text
+from br.layout import StepDir, chunk_id
 from br.prompts.build import compile_jq
 
 
@@ -31,23 +26,18 @@ def when(ts: int | None) -> str:
 def row(batch: dict[str, Any]) -> str:
     counts = batch.get("request_counts") or {}
     done = f"{counts.get('completed', 0)}+{counts.get('failed', 0)}/{counts.get('total', 0)}"
-    step = (batch.get("metadata") or {}).get("br_step", "")
+    step = (batch.get("metadata") or {}).get(META_STEP, "")
     return (
         f"{batch['id']:<40} {batch['status']:<12} {done:>14}  {when(batch['created_at'])}  {step}"
     )
 
 
-def last_batches(client: Any, limit: int) -> list[Any]:
-    """The last `limit` batches on the account, newest first."""
-    return list(itertools.islice(client.batches.list(limit=min(limit, 100)), limit))
-
-
-def status(client: Any, limit: int, filter_: str) -> int:
+def status(provider: Provider, limit: int, filter_: str) -> int:
     program = compile_jq(filter_, "FILTER")
     print(f"{'batch':<40} {'status':<12} {'done+failed/all':>14}  {'created':<19}  step")
     shown = 0
-    for batch in last_batches(client, limit):
-        for out in program.input_value(batch.model_dump(mode="json")):
+    for batch in provider.listing(limit):
+        for out in program.input_value(batch):
             if isinstance(out, dict) and "id" in out and "status" in out:
                 print(row(out))
             else:
@@ -58,41 +48,38 @@ def status(client: Any, limit: int, filter_: str) -> int:
     return 0
 
 
-def check(client: Any, batch_id: str) -> int:
+def check(provider: Provider, batch_id: str) -> int:
     if not batch_id:
         raise UserError("no batch id: make check BATCH=batch_...")
-    import openai
-
     try:
-        batch = client.batches.retrieve(batch_id)
-    except openai.NotFoundError:
+        data = provider.describe(batch_id, nones=False)
+    except NotFound:
         raise UserError(f"no batch {batch_id} on this account; `make status` lists them")
-    data = batch.model_dump(mode="json", exclude_none=True)
     for key in [k for k in data if k.endswith("_at")]:
         data[key] = f"{data[key]} ({when(data[key])})"
     print(json.dumps(data, indent=2, ensure_ascii=False))
     return 0
 
 
-def acknowledge(directory: Path, nnn: str, batch_id: str) -> None:
+def acknowledge(step: StepDir, nnn: str, batch_id: str) -> None:
     """batch_NNN.cancelled names the batch: you were told, so the next run sends the rest."""
-    ack = directory / f"batch_{nnn}.cancelled"
+    ack = step.cancelled(nnn)
     told = ack.read_text().split() if ack.exists() else []
     if batch_id not in told:
         write_text(ack, "".join(f"{b}\n" for b in [*told, batch_id]))
 
 
-def cancel(client: Any, directory: Path) -> int:
-    ids = sorted(directory.glob("batch_*.id")) + sorted(directory.glob("retry_*.id"))
+def cancel(provider: Provider, step: StepDir) -> int:
+    ids = step.id_files()
     if not ids:
-        raise UserError(f"{directory} has no batch ids: nothing of this step was submitted")
+        raise UserError(f"{step.root} has no batch ids: nothing of this step was submitted")
     cancelled = 0
     for path in ids:
-        batch = client.batches.retrieve(path.read_text().strip())
+        batch = provider.retrieve(path.read_text().strip())
         if batch.status in IN_FLIGHT - {"cancelling"}:
-            batch = client.batches.cancel(batch.id)
+            batch = provider.cancel(batch.id)
             cancelled += 1
-            acknowledge(directory, path.stem.split("_")[1], batch.id)
+            acknowledge(step, chunk_id(path), batch.id)
         print(f"{path.name}: {batch.id} {batch.status}")
     print(f"cancelled {cancelled} batch(es); rerun the make command to send what they did not do")
     return 0

@@ -17,12 +17,13 @@ with one `write` and fsynced before the call it announces:
     {"at": t, "op": "lost", "batch_id": id}                   RESEND=1: its results were gone
 
 Lines are never rewritten or removed (a paid batch's record is never deleted); a torn last
-line, left by a kill in the middle of a write, is ignored when read. An "intent" without its
+line, left by a kill in the middle of a write, is ignored when read (and the next entry starts
+a new line after it). An "intent" without its
 answer is an outcome we do not know: only that entry sends a rerun to the server, and only
 back to its time.
 
-Beside it, a machine-wide index (`machine.py`) maps each chunk identity to its batch id under a
-lock every checkout on the machine shares, and survives deleting build/.
+A server that cannot list batches or files is worked with from the ledger alone
+(submission.py). Beside it, the machine's index (machine.py) survives deleting build/.
 """
 
 from __future__ import annotations
@@ -104,9 +105,13 @@ class Ledger:
         """Append one entry, durably, before the call it announces returns to the caller."""
         entry = {"at": round(time.time(), 3), "op": op, **fields}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            os.write(fd, (dumps(entry) + "\n").encode())
+            size = os.fstat(fd).st_size
+            # After a torn last line (a kill mid-write), start a new line: else this entry
+            # would join the torn one and both would be unreadable.
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            os.write(fd, ("\n" if torn else "").encode() + (dumps(entry) + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)

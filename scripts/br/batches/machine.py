@@ -5,9 +5,11 @@ base URL:
 
 - `chunks/<key>.json` (+ `.lock`): the batch made for one chunk identity (the sha256 of its
   input file and the attempt), written under a lock that every checkout and every process on
-  the machine takes before creating that batch. Two runs of the same job, in one build
-  directory or in two checkouts, therefore create one batch per chunk; and a run after build/
-  was deleted finds its batches here without listing the account.
+  the machine takes before creating that batch. Two `make caption` of the same job at once, in
+  one build directory or in two checkouts, therefore create one batch per chunk; and a run
+  after build/ was deleted finds its batches here without reading the account. It keeps the
+  moment of a create sent and never answered too, so the walk back through the batch list to
+  that moment (submission.py) holds after build/, and the ledger with it, was deleted.
 - `inflight/<model>/<batch id>.json` (+ `<model>.lock`): the estimated tokens of each batch in
   flight, for the token budget shared by parallel runs. A reservation is dropped when a run
   sees its batch end; one left by a run that died is checked on the server (one call) when it
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from br.answers.outcomes import IN_FLIGHT
+from br.batches.provider import IN_FLIGHT, Provider
 from br.files import write_text
 
 WINDOW = 86400 + 3600  # a batch's 24-hour completion window, and an hour of slack
@@ -144,10 +146,12 @@ def alive(pid: int) -> bool:
     return True
 
 
-def ended_on_server(client: Any) -> Callable[[str], bool]:
+def ended_on_server(provider: Provider) -> Callable[[str], bool]:
+    """Has a batch a dead run reserved ended? One retrieve, asked only when it stands in the way."""
+
     def ended(batch_id: str) -> bool:
         try:
-            return client.batches.retrieve(batch_id).status not in IN_FLIGHT
+            return provider.retrieve(batch_id).status not in IN_FLIGHT
         except Exception:  # gone, or unreachable: do not let it block the budget
             return True
 

@@ -2,11 +2,10 @@
 
 The schedule: a batch of age `a` is next polled after min(a/2, max(60 s, a/20)), never sooner
 than BR_POLL_MIN (default 1 s) nor later than BR_POLL_MAX (default none); sooner where its
-request counts say it ends sooner (`next_poll`). A finished batch is
-therefore noticed within max(60 s, 5% of its age), and a 24-hour batch costs about 120 status
-calls (ten in its first minute, twenty more to its twentieth, then growing by 5% a poll), not
-one a minute. Where several batches of a run are in flight, one page of the batch list serves
-all of them (run_batches.py).
+request counts say it ends sooner (`next_poll`). A finished batch is therefore noticed within
+max(60 s, 5% of its age), and a 24-hour batch costs 118 status calls (eleven in its first
+minute, twenty more to its twentieth, then growing by 5% a poll), not one a minute. How several
+batches in flight share the calls: engine.py.
 
 A batch that never ends (a server restarted under it) is given up past its `expires_at` (or
 `created_at` + 24 h) plus BR_GIVE_UP_GRACE seconds (default an hour).

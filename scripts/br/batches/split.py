@@ -1,12 +1,5 @@
-"""Split requests.jsonl into chunk_NNN.jsonl files the Batch API accepts, and write chunks.mk.
-
-Requests whose body was already answered (a result in answers/, kept from earlier runs and keyed
-by a hash of the request body) are left out, so changing a prompt or adding rows sends only the
-requests that changed, wherever the chunk boundaries fall. Each chunk holds at most
---max-requests requests (never above 50,000) and --max-bytes bytes (default safely under the
-200 MB limit). chunks.mk lists the chunk ids for the Makefile. Unchanged chunks keep their bytes
-and mtime; chunk files beyond the new count are removed with their batch id and results.
-"""
+"""requests.jsonl -> chunks the Batch API accepts (split_requests.py), leaving out what
+answers/ already answers; a chunk whose requests changed sets its old batch ids aside."""
 
 from __future__ import annotations
 
@@ -22,12 +15,10 @@ from pathlib import Path
 
 from br.digests import DigestSet
 from br.files import move_aside
+from br.layout import StepDir, chunk_id
+from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
 from br.prompts.images.identity import materialise, request_hash
 from br.records import iter_jsonl
-
-API_MAX_REQUESTS = 50_000
-API_MAX_EMBEDDING_INPUTS = 50_000  # across all requests of one embeddings batch
-DEFAULT_MAX_BYTES = 180_000_000  # the API's limit is 209,715,200 bytes (200 MiB)
 
 
 def answered_hashes(answers_dir: Path) -> DigestSet:
@@ -77,7 +68,7 @@ def chunks(
     size_of: Callable[[str], int] = utf8_size,
 ) -> Iterator[list[str]]:
     """Requests in batches the API accepts: at most max_requests and max_bytes each, and at most
-    50,000 embedding inputs (docs/api-facts.md)."""
+    MAX_EMBEDDING_INPUTS embedding inputs (br/limits.py)."""
     chunk: list[str] = []
     size = inputs = 0
     for line in lines:
@@ -86,10 +77,10 @@ def chunks(
         if n > max_bytes:
             raise UserError(
                 f"one request is {n} bytes, over MAX_BYTES={max_bytes}; shrink it (use image URLs, "
-                "not base64 data) or raise MAX_BYTES (the API's limit is 209715200)"
+                f"not base64 data) or raise MAX_BYTES (the API's limit is {MAX_FILE_BYTES})"
             )
         full = len(chunk) >= max_requests or size + n > max_bytes
-        if chunk and (full or inputs + k > API_MAX_EMBEDDING_INPUTS):
+        if chunk and (full or inputs + k > MAX_EMBEDDING_INPUTS):
             yield chunk
             chunk, size, inputs = [], 0, 0
         chunk.append(line)
@@ -99,25 +90,22 @@ def chunks(
         yield chunk
 
 
-STALE = ("batch_{}.id", "batch_{}.cancelled", "retry_{}_*.id", "chunk_{}.jsonl", "retry_{}_*.jsonl")
+def set_aside(step: StepDir, nnn: str) -> None:
+    """Move a chunk's batch ids (and the note of a cancel) to superseded/: a paid batch's record
+    is never deleted (and the ledger keeps every batch too). Its retries and results are
+    dropped: answers/ has their rows. The chunk file itself is the caller's."""
+    for path in [*step.id_files(nnn), step.cancelled(nnn)]:
+        if path.exists():
+            move_aside(path)
+    for path in step.retry_files(nnn):
+        path.unlink()
+    step.results(nnn).unlink(missing_ok=True)
 
 
-def set_aside(out: Path, cid: str) -> None:
-    """Move a chunk's files to superseded/, with its batch ids: a paid batch's record is never
-    deleted (and the ledger keeps every batch too). Results are dropped: answers/ has them."""
-    for pattern in STALE:
-        for path in out.glob(pattern.format(cid)):
-            if path.name.endswith(".id") or path.name.endswith(".cancelled"):
-                move_aside(path)
-            elif not path.name.startswith("chunk_"):
-                path.unlink()
-    (out / f"results_{cid}.jsonl").unlink(missing_ok=True)
-
-
-def remove_stale(out: Path, keep: set[str]) -> None:
+def remove_stale(step: StepDir, keep: set[str]) -> None:
     """Drop chunks (and what was built from them) that the new split no longer has."""
-    for chunk in out.glob("chunk_*.jsonl"):
-        cid = chunk.stem.split("_", 1)[1]
-        if cid not in keep:
-            set_aside(out, cid)
+    for chunk in step.chunk_files():
+        nnn = chunk_id(chunk)
+        if nnn not in keep:
+            set_aside(step, nnn)
             chunk.unlink()

@@ -1,171 +1,158 @@
-"""Exactly once: the upload and the batch create of each chunk, each paid for once.
+"""Exactly once: which batch holds a chunk, and the upload and create of each, paid for once.
 
-For a chunk identity (the sha256 of its input file, and the attempt number), in this order:
-1. the step's ledger (ledger.py) names a batch that did not fail: it is ours, no call;
-2. under the chunk's machine-wide lock (machine.py), the machine's index names one: adopted
-   after one retrieve (so two runs at once, or a run after build/ was deleted, pay once);
-3. the ledger holds a create sent without an answer (a kill, a dropped connection): the batch
-   list is read back to that moment only, matching the input file id or our metadata;
-4. otherwise the chunk is uploaded (the same way: ledger, then the file list back to an
-   unanswered upload) and the batch created, the intent fsynced to the ledger first. `create`
-   goes out without the SDK's retries: after an unclear failure (5xx, dropped connection) the
-   list is checked before trying again, so a lost answer never becomes a second paid batch.
+A chunk identity is the sha256 of its input file and the attempt number; every batch is
+labelled with it (provider.Label), so a rerun recognises its own. For each, in this order:
+1. the step's ledger (ledger.py) names a batch made for it that did not fail: it is ours, no
+   call;
+2. an id file (batch_NNN.id) naming a batch the ledger does not know, written by hand (or by a
+   run before the ledger existed): checked with one retrieve, adopted unless it failed;
+3. under the chunk's machine-wide lock, the machine's index (machine.py) names one: adopted
+   after one retrieve;
+4. a create was sent without an answer (a `kill -9`, a dropped connection; the ledger, or the
+   machine's index once build/ is gone, holds its moment): the batch list is read back to that
+   moment only, matching the input file id or the label, and what it finds is adopted;
+5. otherwise the chunk is uploaded (the same way: the ledger, then the file list back to an
+   unanswered upload) and its batch created, each intent fsynced to the ledger first. Both go
+   out without the SDK's retries (`once`): after an unclear failure (5xx, dropped connection)
+   the list is checked before trying again, so a lost answer never becomes a second paid
+   batch; a 429 is retried after its retry-after (the rate limiter refuses before anything is
+   made).
 
-On the happy path that is one upload and one create per chunk, whatever the account holds.
-A server that cannot list batches (404, 405, 501) is worked with from the ledger alone; an
-unanswered create there stops the run with one line and the two ways forward.
+So the calls per chunk on the happy path are constant, whatever the account holds: one upload,
+one create, its polls, its downloads.
+
+Across machines, where no lock reaches, the first poll's page of the batch list shows two live
+batches of one chunk (`duplicates`): the newer is cancelled and the older kept (what the newer
+finished within that poll interval is paid for); the run whose batch was cancelled adopts the
+one kept, and its token reservation goes.
+
+A server that cannot list batches or files (404, 405, 501) is worked with from the ledger
+alone; where a create's outcome is unknown there, the run stops with one line naming the chunk
+and the time of the create, and the two ways forward: write the batch id you find into the
+chunk's id file and rerun (a hand-written id is checked and adopted), or rerun with RESEND=1 to
+send it again (paid twice, maybe). A server that does not echo the label back gets one
+warning: recovery then rests on the ledger alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from br.batches.chunk import ChunkInfo
 from br.batches.ledger import Ledger
 from br.batches.machine import ChunkIndex
+from br.batches.provider import GONE, Batch, Label, NotFound, Provider, Refused, Unlistable
 from br.cli import UserError, note
-from br.config import ENDPOINT
-from br.files import sha256_file
-from br.prompts.tokens import estimate_tokens
-from br.records import iter_jsonl
 
-# Metadata keys that identify our batches (deterministic, so a rerun can recognise them).
-META_STEP = "br_step"
-META_CHUNK = "br_chunk_sha256"
-META_TOKENS = "br_est_tokens"
-META_MODEL = "br_model"
-META_ATTEMPT = "br_attempt"
 SLACK = 300  # seconds of clock skew allowed between us and the server
-UNLISTABLE = {404, 405, 501}
 T = TypeVar("T")
 
 
-class Unlistable(Exception):
-    """The server does not offer this listing (GET /v1/files or /v1/batches)."""
+# --------------------------------------------------------------------------- the list, bounded
 
 
-@dataclass
-class ChunkInfo:
-    path: Path
-    sha: str
-    model: str
-    tokens: int
-    endpoint: str = ENDPOINT
+def batches_since(provider: Provider, since: float) -> Iterator[Batch]:
+    """Batches newest first, back to `since` (the list is newest first); Unlistable without it."""
+    for page in provider.pages():
+        for batch in page:
+            if batch.created_at < since - SLACK:
+                return
+            yield batch
 
 
-def chunk_info(path: Path) -> ChunkInfo:
-    tokens, models, urls = 0, set(), set()
-    for request in iter_jsonl(path):
-        tokens += estimate_tokens(request.get("body") or {})
-        models.add((request.get("body") or {}).get("model"))
-        urls.add(request.get("url") or ENDPOINT)
-    if len(models) != 1:
-        raise UserError(f"{path} mixes models {sorted(map(str, models))}; one model per batch")
-    if len(urls) != 1:
-        raise UserError(f"{path} mixes endpoints {sorted(urls)}; one endpoint per batch")
-    return ChunkInfo(path, sha256_file(path), str(models.pop()), tokens, urls.pop())
-
-
-# --------------------------------------------------------------------------- listing, bounded
-
-
-def listed(pages: Callable[[], Iterator[T]]) -> Iterator[T]:
-    """Iterate a listing; a server without it raises Unlistable."""
-    import openai
-
-    try:
-        yield from pages()
-    except openai.APIStatusError as e:
-        if e.status_code in UNLISTABLE:
-            raise Unlistable(str(e.status_code))
-        raise
-
-
-def batches_since(client: Any, since: float) -> Iterator[Any]:
-    """Batches newest first, back to `since` (the list is newest first)."""
-    for batch in listed(lambda: iter(client.batches.list(limit=100))):
-        if batch.created_at < since - SLACK:
-            return
-        yield batch
-
-
-def find_batch(client: Any, sha: str, attempt: int, since: float, file_id: str | None) -> Any:
+def find_batch(
+    provider: Provider, sha: str, attempt: int, since: float, file_id: str | None
+) -> Batch | None:
     """A batch of this identity made since `since` that did not fail, or None."""
-    for batch in batches_since(client, since):
-        meta = batch.metadata or {}
-        ours = (file_id and batch.input_file_id == file_id) or (
-            meta.get(META_CHUNK) == sha and meta.get(META_ATTEMPT, "0") == str(attempt)
-        )
+    for batch in batches_since(provider, since):
+        ours = (file_id and batch.input_file_id == file_id) or batch.key == (sha, attempt)
         if ours and batch.status != "failed":
             return batch
     return None
 
 
-def find_file(client: Any, filename: str, size: int, since: float) -> Any:
-    pages = lambda: iter(client.files.list(purpose="batch", order="desc", limit=100))  # noqa: E731
-    for f in listed(pages):
-        if f.created_at < since - SLACK:
-            return None
-        if f.filename == filename and f.bytes == size and f.status != "error":
-            return f
+def find_upload(provider: Provider, filename: str, size: int, since: float) -> str | None:
+    """The file id of an upload of these bytes made since `since`, or None (also when the
+    server cannot list files: an extra upload costs nothing; a duplicate batch would)."""
+    try:
+        for f in provider.uploads():
+            if f.created_at < since - SLACK:
+                return None
+            if f.filename == filename and f.bytes == size and f.usable:
+                return f.id
+    except Unlistable:
+        return None
     return None
 
 
-# --------------------------------------------------------------------------- exactly once
-
-
-def once(create: Callable[[], T], find: Callable[[], T | None], what: str, tries: int = 8) -> T:
-    """Call `create` until it succeeds, checking with `find` after every unclear failure.
-
-    A 429 is a refusal before anything was made (the rate limiter answers first), so it is
-    retried after its retry-after without asking."""
-    import openai
-
-    delay = 1.0
+def once(provider: Provider, create: Callable[[], T], find: Callable[[], T | None], what: str) -> T:
+    """Call `create` until it succeeds, checking with `find` after every unclear failure."""
+    delay, tries = 1.0, 8
     for n in range(tries):
         try:
             return create()
-        except openai.RateLimitError as e:
-            note(f"{what}: rate limited, trying again ({n + 1}/{tries})")
-            time.sleep(retry_after(e) or delay)
-        except (openai.APIConnectionError, openai.InternalServerError) as e:
-            note(f"{what}: {type(e).__name__}, checking whether it went through ({n + 1}/{tries})")
-            time.sleep(retry_after(e) or delay)
-            found = find()
-            if found is not None:
-                return found
+        except Exception as e:
+            trouble = provider.trouble(e)
+            if trouble is None:
+                raise
+            tried = f"({n + 1}/{tries})"
+            if not trouble.unclear:  # refused before anything was made: just try again
+                note(f"{what}: rate limited, trying again {tried}")
+                time.sleep(trouble.retry_after or delay)
+            else:
+                note(f"{what}: {type(e).__name__}, checking whether it went through {tried}")
+                time.sleep(trouble.retry_after or delay)
+                found = find()
+                if found is not None:
+                    return found
         delay = min(delay * 2, 30)
     raise UserError(f"{what} kept failing after {tries} tries; rerun make later to resume")
-
-
-def retry_after(e: Exception) -> float | None:
-    response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value else None
-    except ValueError:
-        return None
 
 
 def when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-class Submitter:
-    """Finds or creates the batch of each chunk identity, exactly once (see the docstring)."""
+# --------------------------------------------------------------------------- exactly once
 
-    def __init__(
-        self, client: Any, ledger: Ledger, step: str, resend: bool = False, id_hint: str = ""
-    ) -> None:
-        self.client, self.ledger, self.step, self.resend = client, ledger, step, resend
-        self.index = ChunkIndex(str(client.base_url))
-        self.bare = client.with_options(max_retries=0)
-        self.warned_metadata = False
+
+class Submitter:
+    """Finds, adopts or creates the batch of each chunk identity, exactly once."""
+
+    def __init__(self, provider: Provider, ledger: Ledger, step: str, resend: bool = False) -> None:
+        self.provider, self.ledger, self.step, self.resend = provider, ledger, step, resend
+        self._index: ChunkIndex | None = None
+        self.warned_labels = False
         self.created: set[str] = set()  # batch ids this process created
-        self.id_hint = id_hint  # where a user may write a batch id by hand, for messages
+
+    @property
+    def index(self) -> ChunkIndex:
+        if self._index is None:  # the provider's URL: asked only when a batch is looked for
+            self._index = ChunkIndex(self.provider.where)
+        return self._index
+
+    def retrieve(self, batch_id: str, named_by: object) -> Batch:
+        """A batch a file of ours names; one line when the server does not have it."""
+        try:
+            return self.provider.retrieve(batch_id)
+        except NotFound:
+            raise UserError(
+                f"{named_by} names {batch_id}, which this server does not have (another "
+                "OPENAI_BASE_URL or account?); point at the right one, or delete the file to "
+                "send the chunk again"
+            )
+
+    def known(self, chunk: ChunkInfo, attempt: int, id_file: Path | None) -> str | None:
+        """The batch this identity has already, asking the server only about an id file
+        written by hand (checked, and adopted unless it failed); None: not submitted yet."""
+        by_hand = self.hand_written(id_file)
+        if by_hand and self.retrieve(by_hand, id_file).status != "failed":
+            self.adopted(chunk, attempt, by_hand, "id file")
+        return self.ledger.live(chunk.sha, attempt)
 
     def batch_id(self, chunk: ChunkInfo, attempt: int, id_file: Path | None = None) -> str:
         """The id of the batch holding this chunk and attempt: found, adopted or created."""
@@ -200,35 +187,31 @@ class Submitter:
         """Known not to have failed: from the ledger, else from one retrieve."""
         if batch_id in self.ledger.chunk_of:
             return self.ledger.usable(batch_id)
-        import openai
-
         try:
-            return self.client.batches.retrieve(batch_id).status != "failed"
-        except openai.NotFoundError:
+            return self.provider.retrieve(batch_id).status != "failed"
+        except NotFound:
             return False
 
     def adopted(self, chunk: ChunkInfo, attempt: int, batch_id: str, how: str) -> str:
         if batch_id not in self.ledger.chunk_of:
             self.ledger.record(
-                "create",
-                phase="done",
-                sha=chunk.sha,
-                attempt=attempt,
-                batch_id=batch_id,
-                chunk=chunk.path.name,
-                how=how,
-            )
+                "create", phase="done", sha=chunk.sha, attempt=attempt, batch_id=batch_id,
+                chunk=chunk.path.name, how=how,
+            )  # fmt: skip
         self.index.put(chunk.sha, attempt, batch_id)
         return batch_id
 
-    def resolve(self, chunk: ChunkInfo, attempt: int, since: float, id_file: Path | None) -> Any:
+    def resolve(
+        self, chunk: ChunkInfo, attempt: int, since: float, id_file: Path | None
+    ) -> Batch | None:
         """A create we sent without hearing back: find it in the list back to its time."""
         if self.resend:
             self.ledger.record("resend", sha=chunk.sha, attempt=attempt)
             return None
-        intent_file = self.ledger.uploads.get(chunk.sha)
         try:
-            return find_batch(self.client, chunk.sha, attempt, since, intent_file)
+            return find_batch(
+                self.provider, chunk.sha, attempt, since, self.ledger.uploads.get(chunk.sha)
+            )
         except Unlistable:
             where = id_file or f"the id file of {chunk.path.name}"
             raise UserError(
@@ -245,14 +228,7 @@ class Submitter:
         filename = f"br_{self.step}_{chunk.path.stem}"[:80] + f"_{sha[:16]}.jsonl"
         size = chunk.path.stat().st_size
         intent = ledger.upload_intents.get(sha)
-
-        def find(since: float) -> Any:
-            try:
-                return find_file(self.client, filename, size, since)
-            except Unlistable:
-                return None  # an extra upload costs nothing; a duplicate batch would
-
-        found = find(float(intent["at"])) if intent else None
+        found = find_upload(self.provider, filename, size, float(intent["at"])) if intent else None
         if found is None:
             ledger.record(
                 "upload", phase="intent", sha=sha, chunk=chunk.path.name, filename=filename,
@@ -260,40 +236,27 @@ class Submitter:
             )  # fmt: skip
             started = time.time()
             found = once(
-                lambda: self.bare.files.create(
-                    file=(filename, chunk.path.read_bytes()), purpose="batch"
-                ),
-                lambda: find(started),
+                self.provider,
+                lambda: self.provider.upload(chunk.path, filename),
+                lambda: find_upload(self.provider, filename, size, started),
                 f"uploading {chunk.path.name}",
             )
-        ledger.record("upload", phase="done", sha=sha, file_id=found.id)
-        return found.id
+        ledger.record("upload", phase="done", sha=sha, file_id=found)
+        return found
 
     def create(self, chunk: ChunkInfo, attempt: int) -> str:
         file_id = self.upload(chunk)
-        metadata = {
-            META_STEP: self.step[:512],
-            META_CHUNK: chunk.sha,
-            META_ATTEMPT: str(attempt),
-            META_MODEL: chunk.model[:512],
-            META_TOKENS: str(chunk.tokens),
-            "br_chunk": chunk.path.name[:512],
-        }
+        label = Label(self.step, chunk.sha, attempt, chunk.model, chunk.tokens, chunk.path.name)
         self.ledger.record(
-            "create",
-            phase="intent",
-            sha=chunk.sha,
-            attempt=attempt,
-            chunk=chunk.path.name,
-            file_id=file_id,
-            metadata=metadata,
-        )
+            "create", phase="intent", sha=chunk.sha, attempt=attempt, chunk=chunk.path.name,
+            file_id=file_id, metadata=self.provider.label_fields(label),
+        )  # fmt: skip
         started = time.time()
         self.index.put(chunk.sha, attempt, None, intent_at=started)
 
-        def find() -> Any:
+        def find() -> Batch | None:
             try:
-                return find_batch(self.client, chunk.sha, attempt, started, file_id)
+                return find_batch(self.provider, chunk.sha, attempt, started, file_id)
             except Unlistable:
                 raise UserError(
                     f"{chunk.path.name}: the batch create sent at {when(started)} got no answer, "
@@ -301,30 +264,60 @@ class Submitter:
                     "the ways forward"
                 )
 
-        import openai
-
         try:
             batch = once(
-                lambda: self.bare.batches.create(
-                    input_file_id=file_id,
-                    endpoint=chunk.endpoint,  # type: ignore[arg-type]
-                    completion_window="24h",
-                    metadata=metadata,
-                ),
+                self.provider,
+                lambda: self.provider.create(file_id, chunk.endpoint, label),
                 find,
                 f"creating the batch for {chunk.path.name}",
             )
-        except openai.BadRequestError as e:
+        except Refused as e:
             self.ledger.record(
                 "create", phase="refused", sha=chunk.sha, attempt=attempt, error=str(e)[:500]
             )
             self.index.put(chunk.sha, attempt, None)
-            raise UserError(f"the API refused the batch for {chunk.path.name}: {e.message}")
-        if not batch.metadata and not self.warned_metadata:
+            raise UserError(f"the API refused the batch for {chunk.path.name}: {e}")
+        if batch.key is None and not self.warned_labels:
             note(
                 "warning: this server does not echo batch metadata back; recovery after a crash "
-                "rests on the ledger alone (build/.../ledger.jsonl: keep it)"
+                f"rests on the ledger alone ({self.ledger.path}: keep it)"
             )
-            self.warned_metadata = True
+            self.warned_labels = True
         self.created.add(batch.id)
         return self.adopted(chunk, attempt, batch.id, "created")
+
+    def duplicates(
+        self, chunk: ChunkInfo, attempt: int, mine: str, page: dict[str, Batch]
+    ) -> Batch | None:
+        """Two live batches for one chunk on a page of the list (runs on two machines): keep
+        the older, cancel the newer. The batch the chunk follows now, if not `mine`."""
+        kept: Batch | None = None
+        for batch in page.values():
+            if batch.key != (chunk.sha, attempt) or batch.id == mine or batch.status in GONE:
+                continue
+            if batch.id in self.ledger.lost or not self.provider.results_kept(batch):
+                continue  # its results are gone: the newer one was sent on purpose
+            own = page.get(mine)
+            if own is not None and own.status in GONE:
+                # Ours was cancelled (the other run's duplicate check, or by hand) while another
+                # batch holds the same chunk: that one's answers serve, nothing is sent again.
+                note(
+                    f"{chunk.path.name}: its batch {own.id} was cancelled and {batch.id} holds "
+                    f"the same chunk; adopting {batch.id}"
+                )
+                kept = batch
+            else:
+                older = own is None or (batch.created_at, batch.id) < (own.created_at, own.id)
+                keep = batch if older or own is None else own
+                newer = mine if keep is batch else batch.id
+                note(
+                    f"{chunk.path.name}: two batches for one chunk ({keep.id}, {newer}); "
+                    f"cancelling the newer, {newer}"
+                )
+                with contextlib.suppress(Refused):
+                    self.provider.cancel(newer)  # it may have ended meanwhile
+                if keep.id == mine:
+                    continue
+                kept = keep
+            mine = self.adopted(chunk, attempt, kept.id, "duplicate kept")
+        return kept

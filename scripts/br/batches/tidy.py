@@ -3,25 +3,58 @@
 For every batch in the step's ledger that ended and was fetched (its rows are in answers/), the
 batch's input, output and error files are deleted on the server, each named on stdout, and the
 ledger notes it so a second tidy asks nothing. A batch still running, or ended but not yet
-fetched, keeps its files (and is listed as kept, with why). `--dry-run` (DRY_RUN=1) lists what
-would go and deletes nothing. Batches themselves cannot be deleted through the API; they stay.
+fetched, keeps its files (and is listed as kept, with why). `dry_run` lists what would go and
+deletes nothing. Batches themselves cannot be deleted through the API; they stay.
 """
 
 from __future__ import annotations
 
-# cli first: its Ctrl+C handling then covers the imports below.
+import contextlib
 
-# isort: split
+from br.batches.ledger import Ledger
+from br.batches.provider import TERMINAL, NotFound, Provider
+from br.cli import note
+from br.layout import StepDir
 
-from typing import Any
 
-
-def files_of(client: Any, batch_id: str) -> list[str]:
+def files_of(provider: Provider, batch_id: str) -> list[str]:
     """The input, output and error files of a batch (none if the server lost it)."""
-    import openai
-
     try:
-        batch = client.batches.retrieve(batch_id)
-    except openai.NotFoundError:
+        return provider.retrieve(batch_id).files
+    except NotFound:
         return []
-    return [f for f in (batch.input_file_id, batch.output_file_id, batch.error_file_id) if f]
+
+
+def tidy(provider: Provider, step: StepDir, ledger: Ledger, dry_run: bool) -> None:
+    verb = "would delete" if dry_run else "deleted"
+    safe, kept = [], []
+    for batch_id in ledger.chunk_of:
+        if batch_id in ledger.tidied:
+            continue
+        ended = ledger.ended.get(batch_id)
+        # A failed batch has nothing to fetch (its errors are on the batch, not in a file).
+        if ended == "failed" or (batch_id in ledger.fetched and ended in TERMINAL):
+            safe.append(batch_id)
+        else:
+            print(f"kept    {batch_id}: not fetched yet (running, or the run has not read it)")
+            kept.append(batch_id)
+    # A batch sent again after a cancel or a failure reuses its chunk's uploaded file: a file
+    # any kept batch names stays, whichever safe batch names it too.
+    keep = {f for b in kept for f in files_of(provider, b)}
+    gone: set[str] = set()
+    for batch_id in safe:
+        files = [f for f in files_of(provider, batch_id) if f not in keep]
+        for file_id in files:
+            if file_id in gone:
+                continue
+            if not dry_run:
+                with contextlib.suppress(NotFound):  # deleted by hand, or expired (30 days)
+                    provider.delete_file(file_id)
+            print(f"{verb} {file_id} (of {batch_id})")
+            gone.add(file_id)
+        if not dry_run:
+            ledger.record("tidied", batch_id=batch_id, files=files)
+    note(
+        f"{step.root}: {verb} {len(gone)} file(s); kept the files of {len(kept)} batch(es) not "
+        "yet fetched"
+    )

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from br.batches.chunk import chunk_info
 from br.batches.polling import interval
-from br.batches.submission import chunk_info
 from br.bench.data import write_dataset
 from br.bench.floor import floor
 from br.bench.runs import Emulator, Job, count_lines, stage

@@ -1,0 +1,200 @@
+"""A chunk in a run: its file, read once, and its state.
+
+A chunk file is parsed once per run (`chunk_info`): its identity (the sha256 of its bytes, with
+the attempt number), its model and endpoint (one of each per batch), its estimated input
+tokens (for the token budget) and each request's custom_id, hash and tokens. A follow-up
+attempt, retry_NNN_K.jsonl, is written from the chunk's own lines (`ChunkInfo.subset`), so
+its identity is known without reading it back; a retry of every request has the chunk's own
+bytes, which is why the attempt is part of the identity.
+
+A chunk's life is one explicit state, moved by small steps of the engine (engine.py: submit,
+poll; ended.py: what an ended batch means):
+
+    Queued   -> InFlight                 submitted, or a batch it already has adopted
+    Queued   -> Waiting -> InFlight      the token budget had no room, then had
+    InFlight -> Done                     every request has its final row: results_NNN.jsonl
+    InFlight -> Queued | InFlight        the next attempt, sending what may still succeed
+    InFlight -> Waiting -> InFlight      failed on the enqueued-token limit: till ours drain
+    InFlight -> Stopped(reason)          failed validation, cancelled outside the run, never
+                                         ended, or its results are lost
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from br.batches.provider import Batch
+from br.cli import UserError
+from br.config import ENDPOINT
+from br.files import atomic_output, sha256_file
+from br.layout import StepDir
+from br.prompts.images.identity import request_hash
+from br.prompts.tokens import estimate_tokens
+from br.records import BOM, iter_jsonl
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """One batch's input file: identity, model, endpoint, tokens, and its requests in order."""
+
+    path: Path
+    sha: str
+    model: str
+    tokens: int
+    endpoint: str = ENDPOINT
+    ids: tuple[Any, ...] = ()  # each request line's custom_id
+    costs: tuple[int, ...] = ()  # each request line's estimated tokens
+    hashes: dict[Any, str] = field(default_factory=dict)  # custom_id -> request hash
+
+    def subset(self, path: Path, wanted: set[str]) -> ChunkInfo:
+        """The follow-up attempt sending the requests of `wanted`: their lines of this file,
+        copied as they are to `path` (rewritten only if the bytes changed)."""
+        picked = {i for i, cid in enumerate(self.ids) if cid in wanted}
+        digest, i = hashlib.sha256(), 0
+        with atomic_output(path, "wb") as out, open(self.path, "rb") as f:
+            for n, raw in enumerate(f):
+                raw = raw.removeprefix(BOM) if n == 0 else raw
+                if not raw.decode("utf-8").strip():
+                    continue  # as iter_jsonl skips it
+                if i in picked:
+                    line = raw if raw.endswith(b"\n") else raw + b"\n"
+                    out.write(line)
+                    digest.update(line)
+                i += 1
+        order = sorted(picked)
+        return ChunkInfo(
+            path,
+            digest.hexdigest(),
+            self.model,
+            sum(self.costs[i] for i in order),
+            self.endpoint,
+            tuple(self.ids[i] for i in order),
+            tuple(self.costs[i] for i in order),
+            {self.ids[i]: self.hashes[self.ids[i]] for i in order},
+        )
+
+
+def chunk_info(path: Path) -> ChunkInfo:
+    """Read a chunk file (once): one model and one endpoint, or one line saying which."""
+    ids, costs, hashes, models, urls = [], [], {}, set(), set()
+    for request in iter_jsonl(path):
+        body = request.get("body") or {}
+        cid = request.get("custom_id")
+        ids.append(cid)
+        costs.append(estimate_tokens(body))
+        hashes[cid] = request_hash(request)
+        models.add(body.get("model"))
+        urls.add(request.get("url") or ENDPOINT)
+    if len(models) != 1:
+        raise UserError(f"{path} mixes models {sorted(map(str, models))}; one model per batch")
+    if len(urls) != 1:
+        raise UserError(f"{path} mixes endpoints {sorted(urls)}; one endpoint per batch")
+    return ChunkInfo(
+        path,
+        sha256_file(path),
+        str(models.pop()),
+        sum(costs),
+        urls.pop(),
+        tuple(ids),
+        tuple(costs),
+        hashes,
+    )
+
+
+# ----------------------------------------------------------------------------- states
+
+
+@dataclass(frozen=True)
+class Queued:
+    """To be submitted (or adopted) at its current attempt."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Not submitted yet. `below` None: the token budget had no room (tried again each round);
+    else its batch failed on the enqueued-token limit, and it waits till fewer than `below` of
+    ours are in flight (with none: till `until`)."""
+
+    below: int | None = None
+    until: float = 0.0
+
+
+@dataclass
+class InFlight:
+    """Its batch is on the server and not ended (as far as the last poll knows)."""
+
+    batch_id: str
+    batch: Batch | None = None
+    next_at: float = 0.0  # when to poll it next
+    done_seen: int = -1  # requests ended at the last poll (polling.next_poll)
+    listed: bool = False  # seen on a page of the list: checked for a duplicate there
+    reserved: bool = False  # its tokens are held in the machine's budget (machine.Budget)
+
+
+@dataclass(frozen=True)
+class Done:
+    """results_NNN.jsonl is written (collecting: its rows are in answers/)."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """It cannot go on in this run; `reason` is the one line the run ends with."""
+
+    reason: str
+
+
+State = Queued | Waiting | InFlight | Done | Stopped
+
+
+@dataclass
+class Chunk:
+    """One chunk of the step (or, collecting, one earlier batch) on its way to Done."""
+
+    nnn: str
+    path: Path  # chunk_NNN.jsonl; collecting, the earlier batch's input file
+    earlier: bool = False  # collecting (--collect): only its rows matter, nothing is sent
+    attempt: int = 0
+    attempts: dict[int, ChunkInfo] = field(default_factory=dict)  # each attempt's file, read once
+    state: State = field(default_factory=Queued)
+    tried_unknown: dict[str, int] = field(default_factory=dict)  # custom_id -> unknown failures
+    alone: int = 0  # enqueued-token-limit failures with nothing else of ours in flight
+
+    @property
+    def info(self) -> ChunkInfo:
+        """The file of the current attempt."""
+        if self.attempt not in self.attempts:
+            self.attempts[self.attempt] = chunk_info(self.path)  # only attempt 0 is read
+        return self.attempts[self.attempt]
+
+    @property
+    def flight(self) -> InFlight:
+        assert isinstance(self.state, InFlight), self.state
+        return self.state
+
+
+def chunks_of(step: StepDir, only: list[str] | None) -> list[Chunk]:
+    """The step's chunks (or `only` these); Done where results_NNN.jsonl is newer than the
+    chunk and its id file, as make would judge: a rerun sends and asks nothing for them."""
+    ids = only or step.chunk_ids()
+    if ids is None:
+        raise UserError(f"{step.manifest} does not exist; run make to split the requests first")
+    chunks = []
+    for nnn in ids:
+        chunk = Chunk(nnn=nnn, path=step.chunk(nnn))
+        if not chunk.path.exists():
+            raise UserError(f"{chunk.path} does not exist; run make to split the requests")
+        if fresh(step.results(nnn), chunk.path, step.batch_id(nnn)):
+            chunk.state = Done()
+        chunks.append(chunk)
+    return chunks
+
+
+def fresh(results: Path, *sources: Path) -> bool:
+    """Make's rule: the results file exists and is newer than what it was made from."""
+    if not results.exists():
+        return False
+    made = results.stat().st_mtime_ns
+    return all(not s.exists() or s.stat().st_mtime_ns <= made for s in sources)
