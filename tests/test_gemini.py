@@ -1,0 +1,338 @@
+"""Gemini's Batch API behind the provider seam (br/batches/gemini.py), driven through the engine
+and the exactly-once layer above the seam (Engine, Submitter, a real Ledger and the machine's
+index under BR_STATE_DIR) against the real emulator, with the real google-genai SDK over HTTP.
+No mocks: faults are the emulator's own (drop_after, expire).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from br.batches import gemini_shape
+from br.batches.chunk import Chunk, Done
+from br.batches.engine import Engine
+from br.batches.gemini import Gemini, status_of
+from br.cli import UserError
+from br.config import Config
+from br.layout import StepDir
+from br.records import dumps
+from conftest import PYTHON, ROOT, Emulator
+from google import genai
+from google.genai import types
+
+KEY = "test-gemini-key"
+MODEL = "gemini-2.5-flash"
+PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAE"
+    "hQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.fixture
+def gemini(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Gemini:
+    """The provider against the test's emulator, the machine's state in the test's directory."""
+    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emulator.root)
+    monkeypatch.setenv("BR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("BR_POLL_MIN", "0.05")
+    monkeypatch.setenv("BR_POLL_MAX", "0.2")
+    return Gemini(config())
+
+
+def config() -> Config:
+    return Config(Path("test.yaml"), {"model": MODEL})
+
+
+def request(cid: str, text: str, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": messages, **body},
+    }
+
+
+def write_chunk(step: StepDir, requests: list[dict[str, Any]], nnn: str = "001") -> Chunk:
+    step.root.mkdir(parents=True, exist_ok=True)
+    step.chunk(nnn).write_text("".join(dumps(r) + "\n" for r in requests), encoding="utf-8")
+    return Chunk(nnn=nnn, path=step.chunk(nnn))
+
+
+def run(step: StepDir, provider: Gemini, chunks: list[Chunk], **options: Any) -> list[str]:
+    engine = Engine(step, config(), provider, "caption", **options)
+    engine.begin(chunks)
+    return engine.run()
+
+
+def results(step: StepDir, nnn: str = "001") -> dict[str, dict[str, Any]]:
+    rows = [json.loads(x) for x in step.results(nnn).read_text(encoding="utf-8").split("\n") if x]
+    return {r["custom_id"]: r for r in rows}
+
+
+def sdk(emu: Emulator) -> genai.Client:
+    return genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=emu.root))
+
+
+CREATE, UPLOAD = "POST /{version}/models/{model}", "POST /upload/{version}/files"
+
+
+def created(emu: Emulator) -> int:
+    return int(emu.stats().get("gemini_batches_created", 0))
+
+
+def calls(emu: Emulator, route: str) -> int:
+    return int(emu.stats()["calls"].get(route, 0))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+ODD_KEYS = [
+    "images/with space/ünïcødé ☃.png",
+    "https://example.test/a?b=c&d=e#f",
+    "x" * 5000,
+    'line\u2028separator and "quotes" and \\ backslash',
+]
+
+
+def test_shape_upload_create_poll_and_rows_by_key(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    step = StepDir(tmp_path / "caption")
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}},
+        "required": ["label"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}
+    image = {"type": "image_url", "image_url": {"url": PNG, "detail": "low"}}
+    requests = [request(k, f"say {n}") for n, k in enumerate(ODD_KEYS)]
+    requests += [
+        request("json", "label it", response_format=fmt, temperature=0),
+        request("short", "words " * 50, max_tokens=2),
+        request("boom", "EMULATOR_ERROR:500"),
+        request("bad", "EMULATOR_ERROR:context_length_exceeded"),
+        {**request("image", ""), "body": {"model": MODEL, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "what is it"}, image]}]}},
+    ]  # fmt: skip
+    chunk = write_chunk(step, requests)
+    assert run(step, gemini, [chunk], retries=0) == []
+    assert isinstance(chunk.state, Done)
+    rows = results(step)
+    assert set(rows) == {r["custom_id"] for r in requests}  # every key came back whole
+    for n, key in enumerate(ODD_KEYS):
+        assert rows[key]["outcome"] == "succeeded" and rows[key]["response"].endswith(f"say {n}")
+    assert set(json.loads(rows["json"]["response"])) == {"label"}
+    assert rows["short"]["cut_short"] is True
+    assert rows["image"]["usage"]["prompt_tokens"] >= 258  # the image reached the server
+    assert rows["boom"]["error"]["status"] == 500 and rows["boom"]["retryable"] is True
+    assert rows["bad"]["error"]["status"] == 400 and rows["bad"]["retryable"] is False
+    # One upload (start, then the bytes) and one create; the batch is recognisable by its display name.
+    stats = emulator.stats()
+    assert created(emulator) == 1 and stats["calls"]["POST /upload/{version}/files"] == 2
+    client = sdk(emulator)  # kept: a collected client closes its pool
+    (job,) = list(client.batches.list())
+    sha = step.chunk("001").read_bytes()
+    assert job.display_name.startswith(f"br {__import__('hashlib').sha256(sha).hexdigest()} 0 ")
+    assert step.batch_id("001").read_text().strip() == job.name
+
+
+def test_a_rerun_finds_the_batch_and_creates_nothing(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    step = StepDir(tmp_path / "caption")
+    requests = [request(f"r{i}", f"say {i}") for i in range(3)]
+    assert run(step, gemini, [write_chunk(step, requests)]) == []
+    first = results(step)
+    # build/ is gone (the ledger with it): the machine's index still names the batch.
+    for path in step.root.iterdir():
+        if path.is_file():
+            path.unlink()
+    emulator.admin("reset_stats", {})
+    again = Gemini(config())
+    assert run(step, again, [write_chunk(step, requests)]) == []
+    assert calls(emulator, CREATE) == calls(emulator, UPLOAD) == 0 and created(emulator) == 1
+    assert {k: r["response"] for k, r in results(step).items()} == {
+        k: r["response"] for k, r in first.items()
+    }
+
+
+def test_an_unanswered_create_is_found_in_the_list_not_paid_twice(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    """drop_after: the emulator makes the batch, then drops the connection; the run looks in
+    the list (by display name, back to the create's moment) before trying again."""
+    emulator.faults(
+        http_error_rate=1.0,
+        http_error_kinds=["drop_after"],
+        http_error_routes=[CREATE],
+    )
+    step = StepDir(tmp_path / "caption")
+    assert run(step, gemini, [write_chunk(step, [request("a", "x"), request("b", "y")])]) == []
+    stats = emulator.stats()
+    assert created(emulator) == 1 and stats["calls"][CREATE] == 1
+    assert stats["calls"][UPLOAD] == 2  # start, then the bytes: once
+    assert stats["http_faults_injected"] == 1
+    assert {r["outcome"] for r in results(step).values()} == {"succeeded"}
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from br.batches.chunk import Chunk
+from br.batches.engine import Engine
+from br.batches.gemini import Gemini
+from br.config import Config
+from br.layout import StepDir
+step, config = StepDir(Path(sys.argv[2])), Config(Path("test.yaml"), {"model": sys.argv[3]})
+engine = Engine(step, config, Gemini(config), "caption")
+engine.begin([Chunk(nnn="001", path=step.chunk("001"))])
+engine.submit_ready()
+"""
+
+
+def test_a_killed_create_is_adopted_from_the_list_by_the_next_run(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The run is killed (SIGKILL) with its create sent and unanswered (the server made the
+    batch; its answer is held back): the ledger holds the intent only, and the rerun finds the
+    batch in the list by its display name and pays nothing more."""
+    step = StepDir(tmp_path / "caption")
+    write_chunk(step, [request("a", "x")])
+    emulator.faults(response_delay={"POST /{version}/models/{model}": 60})
+    args = [PYTHON, "-c", KILLED_RUN, str(ROOT / "scripts"), str(step.root), MODEL]
+    proc = subprocess.Popen(args)
+    try:
+        while created(emulator) == 0:
+            assert proc.poll() is None, "the run ended before its create was made"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    last = [json.loads(x) for x in step.ledger.read_text().splitlines()][-1]
+    assert (last["op"], last["phase"]) == ("create", "intent")
+    emulator.faults(response_delay={})
+    assert run(step, Gemini(config()), [write_chunk(step, [request("a", "x")])]) == []
+    assert created(emulator) == 1
+    assert results(step)["a"]["outcome"] == "succeeded"
+
+
+def test_an_expired_job_sends_its_requests_again(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.faults(expire=True)
+    step = StepDir(tmp_path / "caption")
+    chunk = write_chunk(step, [request("a", "x"), request("b", "y")])
+    engine = Engine(step, config(), gemini, "caption", retries=1)
+    engine.begin([chunk])
+    engine.submit_ready()
+    while not engine.ledger.ended:
+        engine.poll()
+        time.sleep(0.05)
+    assert list(engine.ledger.ended.values()) == ["expired"]
+    emulator.faults(expire=False)
+    assert engine.run() == []
+    rows = results(step)
+    assert {r["outcome"] for r in rows.values()} == {"succeeded"}
+    assert {r["attempts"] for r in rows.values()} == {2} and created(emulator) == 2
+
+
+def test_a_data_key_with_slashes_spaces_and_100_characters_round_trips(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    keys = [f"photos/2026/{i} " + "k" * (100 - len(f"photos/2026/{i} ")) for i in range(3)]
+    assert all(len(k) == 100 for k in keys)
+    step = StepDir(tmp_path / "caption")
+    assert run(step, gemini, [write_chunk(step, [request(k, k) for k in keys])]) == []
+    assert sorted(results(step)) == sorted(keys)
+
+
+def test_results_out_of_order_are_matched_by_key(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The emulator shuffles a job's results; each row still answers its own prompt."""
+    step = StepDir(tmp_path / "caption")
+    keys = [f"k{i:02d}" for i in range(20)]
+    assert run(step, gemini, [write_chunk(step, [request(k, f"prompt {k}") for k in keys])]) == []
+    batch = gemini.retrieve(step.batch_id("001").read_text().strip())
+    order = [k for k, _ in gemini.result_rows(batch)]
+    assert sorted(order) == keys and order != keys  # shuffled on the server
+    assert all(r["response"].endswith(f"prompt {k}") for k, r in results(step).items())
+
+
+# ----------------------------------------------------------------------------- the seam
+
+
+def test_states_map_onto_the_seam(gemini: Gemini) -> None:
+    assert [status_of(f"BATCH_STATE_{s}") for s in ("PENDING", "RUNNING", "SUCCEEDED")] == [
+        "validating", "in_progress", "completed",
+    ]  # fmt: skip
+    assert status_of(types.JobState.JOB_STATE_EXPIRED) == "expired"
+    assert status_of("BATCH_STATE_CANCELLED") == "cancelled"
+    assert status_of("JOB_STATE_FAILED") == "failed"
+
+
+def test_cancel_listing_describe_and_delete_file(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.faults(processing_seconds=30.0)
+    step = StepDir(tmp_path / "caption")
+    chunk = write_chunk(step, [request("a", "x")])
+    engine = Engine(step, config(), gemini, "caption")
+    engine.begin([chunk])
+    engine.submit_ready()
+    batch_id = step.batch_id("001").read_text().strip()
+    (row,) = list(gemini.listing(10))
+    assert row["id"] == batch_id and row["metadata"]["br_step"] == "caption"
+    assert row["state"].startswith("BATCH_STATE_")
+    assert gemini.cancel(batch_id).status == "cancelled"
+    assert gemini.describe(batch_id)["metadata"]["state"] == "BATCH_STATE_CANCELLED"
+    batch = gemini.retrieve(batch_id)
+    assert batch.input_file_id and batch.files == [batch.input_file_id]
+    gemini.delete_file(batch.input_file_id)
+    with pytest.raises(UserError):
+        gemini.delete_file(batch.input_file_id)
+
+
+def test_a_missing_or_rejected_key_is_one_line_naming_the_variable(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env found above it
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emulator.root)
+    with pytest.raises(UserError, match="GEMINI_API_KEY is not set"):
+        Gemini(config()).retrieve("batches/abc")
+
+
+def test_shape_is_gemini_lines(gemini: Gemini) -> None:
+    line = gemini.shape(request("a/b c", "hi", max_tokens=5, stop="x"))
+    assert line == {
+        "key": "a/b c",
+        "request": {
+            "system_instruction": {"parts": [{"text": "Be brief."}]},
+            "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "generation_config": {"max_output_tokens": 5, "stop_sequences": ["x"]},
+        },
+    }
+    assert gemini.shape(line) == line
+    url = gemini_shape.image_part("https://img.test/a/photo.png?x=1")
+    assert url == {
+        "file_data": {"mime_type": "image/png", "file_uri": "https://img.test/a/photo.png?x=1"}
+    }
+    with pytest.raises(UserError, match="logprobs"):
+        gemini.shape(request("a", "hi", logprobs=True))
+
+
+def rows_of(lines: list[dict[str, Any]]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    return gemini_shape.file_rows(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
