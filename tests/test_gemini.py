@@ -17,7 +17,8 @@ import pytest
 from br.batches import gemini_shape
 from br.batches.chunk import Chunk, Done
 from br.batches.engine import Engine
-from br.batches.gemini import Gemini, status_of
+from br.batches.gemini import Gemini
+from br.batches.gemini_batch import status_of
 from br.cli import UserError
 from br.config import Config
 from br.layout import StepDir
@@ -136,9 +137,9 @@ def test_shape_upload_create_poll_and_rows_by_key(
     assert rows["image"]["usage"]["prompt_tokens"] >= 258  # the image reached the server
     assert rows["boom"]["error"]["status"] == 500 and rows["boom"]["retryable"] is True
     assert rows["bad"]["error"]["status"] == 400 and rows["bad"]["retryable"] is False
-    # One upload (start, then the bytes) and one create; the batch is recognisable by its display name.
+    # One upload (start, then the bytes) and one create, recognisable by its display name.
     stats = emulator.stats()
-    assert created(emulator) == 1 and stats["calls"]["POST /upload/{version}/files"] == 2
+    assert created(emulator) == 1 and stats["calls"][UPLOAD] == 2
     client = sdk(emulator)  # kept: a collected client closes its pool
     (job,) = list(client.batches.list())
     sha = step.chunk("001").read_bytes()
@@ -313,6 +314,17 @@ def test_a_missing_or_rejected_key_is_one_line_naming_the_variable(
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emulator.root)
     with pytest.raises(UserError, match="GEMINI_API_KEY is not set"):
         Gemini(config()).retrieve("batches/abc")
+    strict = Emulator(tmp_path / "strict", "--api-key", KEY).start()
+    try:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", strict.root)
+        monkeypatch.setenv("GOOGLE_API_KEY", "wrong-key-not-secret")
+        with pytest.raises(UserError) as err:
+            list(Gemini(config()).pages())
+        message = str(err.value)
+        assert "rejected the key in GOOGLE_API_KEY" in message and "\n" not in message
+        assert "wrong-key-not-secret" not in message
+    finally:
+        strict.stop()
 
 
 def test_shape_is_gemini_lines(gemini: Gemini) -> None:

@@ -30,12 +30,12 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from br.batches import gemini_shape
+from br.batches.gemini_batch import EXPIRY, batch_of, display_name, seconds, status_of
 from br.batches.provider import (
     TERMINAL,
     Batch,
@@ -43,7 +43,6 @@ from br.batches.provider import (
     Label,
     Limits,
     NotFound,
-    Problem,
     Refused,
     Trouble,
     Upload,
@@ -54,79 +53,10 @@ from br.config import Config
 GOOGLE_HOST = "generativelanguage.googleapis.com"
 DEFAULT_BASE_URL = f"https://{GOOGLE_HOST}/"
 KEY_NAMES = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # the SDK's order (§1.1)
-EXPIRY = 48 * 3600  # a job pending or running this long expires (§4.2)
 MAX_INLINE_BYTES = 20 * 1024 * 1024  # an inline create (§3.3); we always upload instead
 MAX_FILE_BYTES = 2 * 1000**3  # an input file (§3.2; UNVERIFIED GB or GiB: the smaller)
 # UNVERIFIED (§3.3): no per-batch request limit is published; OpenAI's 50,000 is kept.
 LIMITS = Limits(max_requests=50_000, max_file_bytes=MAX_FILE_BYTES, max_embedding_inputs=0)
-LABEL = re.compile(r"^br ([0-9a-f]{64}) (\d+)(?: |$)")
-STATES = {
-    "PENDING": "validating",
-    "QUEUED": "validating",
-    "RUNNING": "in_progress",
-    "PAUSED": "in_progress",
-    "UPDATING": "in_progress",
-    "CANCELLING": "cancelling",
-    "SUCCEEDED": "completed",
-    "PARTIALLY_SUCCEEDED": "completed",
-    "FAILED": "failed",
-    "CANCELLED": "cancelled",
-    "EXPIRED": "expired",
-}
-
-
-def status_of(state: Any) -> str:
-    """The seam's status of a wire (`BATCH_STATE_X`) or SDK (`JOB_STATE_X`) state; an unknown
-    one is treated as running (polled on, given up past its deadline)."""
-    text = str(getattr(state, "value", state) or "")
-    return STATES.get(re.sub(r"^(BATCH|JOB)_STATE_", "", text), "in_progress")
-
-
-def seconds(stamp: Any) -> float:
-    """An RFC 3339 time (up to 9 fractional digits, `Z`) as epoch seconds."""
-    if isinstance(stamp, datetime):
-        return stamp.timestamp()
-    text = re.sub(r"(\.\d{6})\d+", r"\1", str(stamp or "")).replace("Z", "+00:00")
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def display_name(label: Label) -> str:
-    return f"br {label.sha} {label.attempt} {label.step}"[:128]
-
-
-def batch_of(op: dict[str, Any]) -> Batch:
-    """The common Batch of an Operation as the wire has it (§4.1)."""
-    meta = op.get("metadata") or {}
-    stats = meta.get("batchStats") or {}
-    output = meta.get("output") or {}
-    label = LABEL.match(str(meta.get("displayName") or ""))
-    created = seconds(meta.get("createTime"))
-    error = op.get("error") if isinstance(op.get("error"), dict) else None
-    return Batch(
-        id=str(op.get("name") or meta.get("name")),
-        status=status_of(meta.get("state")),
-        created_at=created,
-        expires_at=created + EXPIRY if created else None,
-        request_counts=Counts(
-            int(stats.get("requestCount") or 0),
-            int(stats.get("successfulRequestCount") or 0),
-            int(stats.get("failedRequestCount") or 0),
-        ),
-        input_file_id=(meta.get("inputConfig") or {}).get("fileName"),
-        output_file_id=output.get("responsesFile"),
-        key=(label[1], int(label[2])) if label else None,
-        problems=(Problem(problem_code(error), str(error.get("message") or "")),) if error else (),
-    )
-
-
-def problem_code(error: dict[str, Any]) -> str:
-    code = error.get("status") or {3: "invalid_argument", 8: "resource_exhausted"}.get(
-        error.get("code"), f"code_{error.get('code')}"
-    )
-    return str(code).lower()
 
 
 class Gemini:
