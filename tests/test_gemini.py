@@ -348,3 +348,39 @@ def test_shape_is_gemini_lines(gemini: Gemini) -> None:
 
 def rows_of(lines: list[dict[str, Any]]) -> Iterator[tuple[str | None, dict[str, Any]]]:
     return gemini_shape.file_rows(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+
+
+# ----------------------------------------------------------------------------- plan data
+
+
+def test_gemini_tokens_count_images_by_the_tile_rule() -> None:
+    from br.prompts.tokens import estimate_tokens, gemini_image_tokens
+
+    assert gemini_image_tokens(384, 384) == 258  # small: one flat charge
+    assert gemini_image_tokens(1536, 1024) == 258 * 3 * 2  # tiles of 1024 / 1.5 px
+    assert gemini_image_tokens(3000, 300) == 258 * 12 * 2  # the tile never under 256 px
+    text = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 400}]}
+    assert estimate_tokens(text) == 100
+    one_px = request("a", "")["body"] | {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "abcd"},
+                    {"type": "image_url", "image_url": {"url": PNG}},
+                ],
+            }
+        ]
+    }
+    assert estimate_tokens(one_px) == 1 + 258  # fmt: skip
+    # OpenAI's models keep OpenAI's rule (4 a message, 85 a low-detail image).
+    assert estimate_tokens({**text, "model": "gpt-4o-mini"}) == 104
+
+
+def test_gemini_prices_when_the_config_names_none() -> None:
+    from br.prices import price_of
+
+    assert price_of(config(), MODEL) == {"input": 0.15, "cached_input": 0.15, "output": 1.25}
+    mine = Config(Path("t.yaml"), {"prices": {MODEL: {"input": 1, "output": 2}}})
+    assert price_of(mine, MODEL) == {"input": 1.0, "cached_input": 1.0, "output": 2.0}
+    assert price_of(config(), "gpt-4o-mini") is None
