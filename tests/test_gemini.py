@@ -248,6 +248,17 @@ def test_an_expired_job_sends_its_requests_again(
     assert {r["attempts"] for r in rows.values()} == {2} and created(emulator) == 2
 
 
+def test_a_failed_job_stops_its_chunk_with_the_reason(
+    gemini: Gemini, emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.faults(fail="server_error")
+    step = StepDir(tmp_path / "caption")
+    chunk = write_chunk(step, [request("a", "x")])
+    (reason,) = run(step, gemini, [chunk])
+    assert "invalid_argument" in reason and "server_error" in reason
+    assert created(emulator) == 1 and not step.results("001").exists()
+
+
 def test_a_data_key_with_slashes_spaces_and_100_characters_round_trips(
     gemini: Gemini, emulator: Emulator, tmp_path: Path
 ) -> None:
