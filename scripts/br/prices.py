@@ -44,11 +44,27 @@ def check_cost(s: dict[str, Any], cap: float) -> str:
     return f"estimated cost {usd(total)}, within MAX_COST {usd(cap)}{left}"
 
 
+# Gemini's batch prices, USD per 1M tokens: half the paid tier's interactive prices (the batch
+# guide: "50% of the interactive price"), prompts up to 200k tokens, as
+# https://ai.google.dev/gemini-api/docs/pricing listed them in September 2026 (2.5 Pro's and 2.5
+# Flash-Lite's other half from the same page's earlier listing). A config's `prices:` entry
+# wins: prices change, and this table is only what a plan uses when the config names none.
+# Cached input is priced as input (cache hits are billed as outside batches, and cheaper).
+GEMINI_BATCH_PRICES: dict[str, dict[str, float]] = {
+    "gemini-2.5-pro": {"input": 0.625, "output": 5.00},
+    "gemini-2.5-flash": {"input": 0.15, "output": 1.25},
+    "gemini-2.5-flash-lite": {"input": 0.05, "output": 0.20},
+    "gemini-3.1-pro-preview": {"input": 1.00, "output": 6.00},
+    "gemini-3.5-flash": {"input": 0.75, "output": 4.50},
+}
+
+
 def price_of(config: Config, model: str) -> dict[str, float | None] | None:
     """The model's batch prices (USD per 1M tokens); None when the table lacks it. The table's
     shape is checked when the config is read (config.check_prices); `output` may be left out
-    (None) for a model that writes none, an embeddings model."""
-    price = config.price(model)
+    (None) for a model that writes none, an embeddings model. A Gemini model the config does
+    not price takes GEMINI_BATCH_PRICES'."""
+    price = config.price(model) or GEMINI_BATCH_PRICES.get(model.removeprefix("models/"))
     if price is None:
         return None
     return {

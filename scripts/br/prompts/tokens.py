@@ -6,6 +6,12 @@ side down to 768 px, and costs 170 per 512 px tile plus 85. UNVERIFIED: whether 
 is scaled *up* to 768 px; we follow the common reading that only larger images are scaled down.
 Other models weigh images differently (gpt-4o-mini: 2833 + 5667 a tile, the same dollar cost;
 gpt-4.1-mini and later: 32 px patches); these estimates use the figures above.
+
+Gemini models (`gemini-...`) are counted by Gemini's rule instead (`gemini_tokens`; FACTS.md
+of the Gemini Batch API, §8): an image with both sides at most 384 px is 258 tokens; a larger
+one is cut into square tiles of side min(w, h) / 1.5, kept within 256-768 px, 258 tokens each;
+the same whether it travels inline or as a file. Text is a token per 4 characters, with no
+per-message overhead (the emulator counts the same way).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
     characters of each, a token per token of a token array). The same rules the emulator
     applies; real tokenizers differ, so a budget should keep a margin.
     """
+    if is_gemini(body.get("model")):
+        return gemini_tokens(body)
     if "messages" in body:
         return chat_tokens(body.get("messages") or [])
     if is_embedding(body, url):
@@ -140,3 +148,43 @@ def body_images(body: dict[str, Any]) -> tuple[int, int]:
     """(number of image parts, their estimated tokens) of a chat or Responses body."""
     found = [url_tokens(url, detail) for url, detail in image_parts(body)]
     return len(found), sum(found)
+
+
+# ----------------------------------------------------------------------------- Gemini
+
+GEMINI_TILE_TOKENS = 258
+GEMINI_SMALL_SIDE = 384
+
+
+def is_gemini(model: Any) -> bool:
+    return isinstance(model, str) and model.removeprefix("models/").startswith("gemini")
+
+
+def gemini_image_tokens(width: int, height: int) -> int:
+    """Prompt tokens of one image for Gemini 2.0 and later (see the top)."""
+    if width <= GEMINI_SMALL_SIDE and height <= GEMINI_SMALL_SIDE:
+        return GEMINI_TILE_TOKENS
+    tile = min(768.0, max(256.0, min(width, height) / 1.5))
+    return GEMINI_TILE_TOKENS * math.ceil(width / tile) * math.ceil(height / tile)
+
+
+def gemini_tokens(body: dict[str, Any]) -> int:
+    """A chat or Responses body (as requests.jsonl holds it) bound for a Gemini model: a token
+    per 4 characters of text, each image by Gemini's tile rule (a remote one's size assumed)."""
+    images = 0
+    texts: list[Any] = [body.get("instructions")]
+    given = body.get("input")
+    items = body.get("messages") or ([{"content": given}] if given is not None else [])
+    for item in items if isinstance(items, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in [{"text": content}] if isinstance(content, str) else content or []:
+            if not isinstance(part, dict):
+                continue
+            found = part_image(part)
+            if found:
+                size = url_pixel_size(found[0]) or ASSUMED_REMOTE_SIZE
+                images += gemini_image_tokens(*size)
+            else:
+                texts.append(part.get("text"))
+    chars = sum(len(t) for t in texts if isinstance(t, str))
+    return math.ceil(chars / 4) + images
