@@ -176,7 +176,8 @@ $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py 
 	$(PY) scripts/run_batches.py --collect --dir $(call q,$(B)) --config "$$BR_CONFIG" \
 	  --step $(call q,$(STEP))
 	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
-	  --max-requests $(call q,$(MAX_REQUESTS)) --max-bytes $(call q,$(MAX_BYTES)) -o $(call q,$@)
+	  --max-requests $(call q,$(MAX_REQUESTS)) --max-bytes $(call q,$(MAX_BYTES)) \
+	  --config "$$BR_CONFIG" --step $(call q,$(STEP)) -o $(call q,$@)
 
 # The paid step, every chunk in one process: all batches in flight (within the token budget)
 # before any wait, then batch_NNN.id -> results_NNN.jsonl for each; results.list names them
@@ -282,23 +283,23 @@ gallery: | $(VENV_OK)
 .PHONY: status
 ## status        the last LIMIT batches on the account (FILTER: jq over each batch)
 status: | $(VENV_OK)
-	$(PY) scripts/batches.py status --config "$$BR_CONFIG" --limit $(call q,$(LIMIT)) \
+	$(PY) scripts/batches.py status --config "$$BR_CONFIG" --step $(call q,$(STEP)) --limit $(call q,$(LIMIT)) \
 	  --filter $(call q,$(FILTER))
 
 .PHONY: check
 ## check         one batch, readable: make check BATCH=batch_...
 check: | $(VENV_OK)
-	$(PY) scripts/batches.py check --config "$$BR_CONFIG" $(call q,$(BATCH))
+	$(PY) scripts/batches.py check --config "$$BR_CONFIG" --step $(call q,$(STEP)) $(call q,$(BATCH))
 
 .PHONY: cancel
 ## cancel        cancel STEP's batches still in flight
 cancel: | $(VENV_OK)
-	$(PY) scripts/batches.py cancel --config "$$BR_CONFIG" --dir $(call q,$(B))
+	$(PY) scripts/batches.py cancel --config "$$BR_CONFIG" --step $(call q,$(STEP)) --dir $(call q,$(B))
 
 .PHONY: tidy
 ## tidy          delete STEP's files on the server whose results are in answers/ (DRY_RUN=1: list)
 tidy: | $(VENV_OK)
-	$(PY) scripts/tidy.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
+	$(PY) scripts/tidy.py --dir $(call q,$(B)) --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 .PHONY: emulator

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from br.batches.account import cancel, check, status
-from br.batches.openai import OpenAI
+from br.batches.providers import provider_for
 from br.config import load_config
 from br.layout import StepDir
 
@@ -26,6 +26,7 @@ from br.layout import StepDir
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--step", default=None)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("status")
     p.add_argument("--limit", type=int, default=10)
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, required=True)
     for p in sub.choices.values():
         p.add_argument("--config", type=Path, default=None, help="for base_url / api_key")
+        p.add_argument("--step", default=None, help="the step (its provider:)")
     args = parser.parse_args(argv)
-    provider = OpenAI(load_config(args.config) if args.config else None)
+    provider = provider_for(load_config(args.config) if args.config else None, args.step)
     if args.command == "status":
         if args.limit < 1:
             raise UserError(f"LIMIT must be at least 1, not {args.limit}")

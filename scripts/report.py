@@ -23,10 +23,15 @@ import sys
 from pathlib import Path
 
 from br.answers.report import build, chunk_ids, spend, table
-from br.batches.client import make_client
+from br.batches.providers import provider_for
 from br.config import load_config
 from br.files import write_text
 from br.layout import StepDir, moved, no_step, step_dir
+
+
+def step_name(found: Path) -> str:
+    """The step a directory is of: <step>, or a pipeline's NN-<step>."""
+    return found.name.split("-", 1)[-1] if found.parent.name == "pipeline" else found.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(no_step(args.dir))
     step = StepDir(args.dir)
     ids = chunk_ids(step)
-    client = None if args.offline or not ids else make_client(config)
+    client = None if args.offline or not ids else provider_for(config, step_name(found))
     report = build(step, ids, config, client, args.max_cost)
     write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(table(report))

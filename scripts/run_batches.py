@@ -26,7 +26,7 @@ from pathlib import Path
 from br.batches.chunk import chunks_of
 from br.batches.earlier import earlier_batches
 from br.batches.engine import Engine
-from br.batches.openai import OpenAI
+from br.batches.providers import provider_for
 from br.config import load_config
 from br.files import write_text
 from br.layout import StepDir
@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     step = StepDir(args.dir)
     config = load_config(args.config)
-    engine = Engine(
-        step, config, OpenAI(config), args.step, args.retries, args.resend, args.token_budget
-    )
+    provider = provider_for(config, args.step)
+    engine = Engine(step, config, provider, args.step, args.retries, args.resend, args.token_budget)
     if args.collect:
         if not engine.ledger.unfetched() and not engine.ledger.unknown():
             return 0

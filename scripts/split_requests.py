@@ -3,9 +3,12 @@
 Requests whose body was already answered (a result in answers/, kept from earlier runs and keyed
 by a hash of the request body) are left out, so changing a prompt or adding rows sends only the
 requests that changed, wherever the chunk boundaries fall. Each chunk holds at most
---max-requests requests (never above 50,000) and --max-bytes bytes (default safely under the
-200 MB limit). chunks.mk lists the chunk ids for the Makefile. Unchanged chunks keep their bytes
-and mtime; chunk files beyond the new count are removed with their batch id and results.
+--max-requests requests (never above the provider's limit: OpenAI 50,000, Anthropic 100,000) and
+--max-bytes bytes (default safely under OpenAI's 200 MB and Anthropic's 256 MB). A provider whose
+lines are not the pipeline's (provider: anthropic) gets its own in the chunks
+(br/batches/providers.py), so a chunk file holds exactly what is sent. chunks.mk lists the chunk
+ids for the Makefile. Unchanged chunks keep their bytes and mtime; chunk files beyond the new
+count are removed with their batch id and results.
 """
 
 from __future__ import annotations
@@ -20,10 +23,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from br.batches.split import answered_hashes, chunks, pending_lines, remove_stale, set_aside
+from br.batches.providers import provider_for, reshapes
+from br.batches.split import (
+    answered_hashes,
+    chunks,
+    pending_lines,
+    remove_stale,
+    set_aside,
+    shaped,
+)
+from br.config import load_config
 from br.files import commit, same_bytes, write_text
 from br.layout import StepDir
-from br.limits import DEFAULT_MAX_BYTES, MAX_REQUESTS
+from br.limits import DEFAULT_MAX_BYTES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answers", required=True, type=Path, help="answers/ directory")
     parser.add_argument("--max-requests", type=int, default=1000)
     parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--config", type=Path, help="the config: whose Batch API (provider:)")
+    parser.add_argument("--step", default=None, help="the config's step")
     parser.add_argument(
         "-o", "--manifest", required=True, type=Path, help="the manifest of chunks to write"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.max_requests <= MAX_REQUESTS:
-        raise UserError(f"MAX_REQUESTS must be 1 to {MAX_REQUESTS}, not {args.max_requests}")
+    provider = provider_for(load_config(args.config) if args.config else None, args.step)
+    limits = provider.limits
+    if not 1 <= args.max_requests <= limits.max_requests:
+        raise UserError(f"MAX_REQUESTS must be 1 to {limits.max_requests}, not {args.max_requests}")
     if args.max_bytes < 1:
         raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
 
@@ -49,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = step.new_stage()
     try:
         staged = []
-        pending = pending_lines(args.requests, done, total)
+        shape = provider.shape if reshapes(provider) else None
+        pending = shaped(pending_lines(args.requests, done, total), shape)
         for lines in chunks(pending, args.max_requests, args.max_bytes):
             staged.append(stage / str(len(staged)))
             with open(staged[-1], "w", encoding="utf-8") as f:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from br.batches.chunk import chunk_info
 from br.batches.ledger import Ledger
-from br.batches.openai import OpenAI
+from br.batches.providers import provider_for
 from br.batches.submission import Submitter
 from br.config import load_config
 from br.files import write_text
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, help="batch_NNN.id")
     args = parser.parse_args(argv)
 
-    provider = OpenAI(load_config(args.config))
+    provider = provider_for(load_config(args.config), args.step)
     chunk = chunk_info(args.chunk)
     ledger = Ledger(StepDir(args.chunk.parent).ledger)
     batch_id = Submitter(provider, ledger, args.step, args.resend).batch_id(chunk, 0, args.output)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from br.batches.ledger import Ledger
-from br.batches.openai import OpenAI
+from br.batches.providers import provider_for
 from br.batches.tidy import tidy
 from br.config import load_config
 from br.layout import StepDir
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dir", required=True, type=Path, help="the step's build directory")
     parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--step", default=None, help="the step (its provider:)")
     parser.add_argument("--dry-run", action="store_true", help="list, delete nothing")
     args = parser.parse_args(argv)
 
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if not ledger.chunk_of:
         note(f"{args.dir} has no ledger of batches: nothing of this step was sent")
         return 0
-    tidy(OpenAI(load_config(args.config)), step, ledger, args.dry_run)
+    provider = provider_for(load_config(args.config), args.step)
+    if not getattr(provider, "keeps_files", True):
+        note(f"{args.dir}: {type(provider).__name__}'s batches keep no files: nothing to delete")
+        return 0
+    tidy(provider, step, ledger, args.dry_run)
     return 0
 
 

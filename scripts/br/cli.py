@@ -36,6 +36,7 @@ class UserError(Exception):
 # "argument", "environment", ".env" (with the file in KEY_FILE) or "config" (the config's path).
 KEY_SOURCE: str | None = None
 KEY_FILE: str | None = None
+KEY_NAME = "OPENAI_API_KEY"  # the variable the provider's key comes from (ANTHROPIC_API_KEY, ...)
 
 # Errors of the disk, not of the program: one line naming the path.
 DISK_ERRNOS = {
@@ -59,15 +60,15 @@ def key_advice() -> str:
     if KEY_SOURCE == "config":
         return (
             f"the api_key in {KEY_FILE} was rejected (401); fix it there, or delete it and set "
-            "OPENAI_API_KEY in the environment or .env"
+            f"{KEY_NAME} in the environment or .env"
         )
     if KEY_SOURCE == ".env":
-        return f"the OPENAI_API_KEY in {KEY_FILE} was rejected (401); put a valid key there"
+        return f"the {KEY_NAME} in {KEY_FILE} was rejected (401); put a valid key there"
     if KEY_SOURCE == "argument":
         return "the api_key passed to the function was rejected (401); pass a valid key"
     return (
-        "the OPENAI_API_KEY in the environment was rejected (401); export a valid key: "
-        "export OPENAI_API_KEY=..."
+        f"the {KEY_NAME} in the environment was rejected (401); export a valid key: "
+        f"export {KEY_NAME}=..."
     )
 
 
@@ -104,27 +105,36 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
             if any(w in text for w in ("full", "readonly", "read-only", "disk I/O", "unable")):
                 print(f"error: a temporary index failed: {text}; free disk space", file=sys.stderr)
                 return 2
-        # openai is only imported by scripts that call the API; small ones stay fast.
-        openai = sys.modules.get("openai")
-        if openai is None:
-            raise
-        if isinstance(e, openai.AuthenticationError):
-            print(f"error: {key_advice()}", file=sys.stderr)
-            return 2
-        if isinstance(e, openai.APIConnectionError):
-            print(
-                f"error: cannot reach the API ({type(e).__name__}); check OPENAI_BASE_URL or "
-                "the network, then rerun make to resume.",
-                file=sys.stderr,
-            )
-            return 3
-        if isinstance(e, openai.APIStatusError):
-            print(
-                f"error: the API answered {e.status_code} ({e.message}); rerun make to resume.",
-                file=sys.stderr,
-            )
-            return 3
+        # The SDKs are only imported by scripts that call the API; small ones stay fast.
+        for name in ("anthropic", "openai"):
+            sdk = sys.modules.get(name)
+            code = api_error(e, sdk) if sdk is not None else None
+            if code is not None:
+                return code
         raise
+
+
+def api_error(e: Exception, sdk: Any) -> int | None:
+    """One line for an SDK's (openai's, anthropic's) authentication, connection or status
+    error, and the exit code; None for another error."""
+    if isinstance(e, sdk.AuthenticationError):
+        print(f"error: {key_advice()}", file=sys.stderr)
+        return 2
+    if isinstance(e, sdk.APIConnectionError):
+        where = KEY_NAME.replace("_API_KEY", "_BASE_URL")
+        print(
+            f"error: cannot reach the API ({type(e).__name__}); check {where} or the network, "
+            "then rerun make to resume.",
+            file=sys.stderr,
+        )
+        return 3
+    if isinstance(e, sdk.APIStatusError):
+        print(
+            f"error: the API answered {e.status_code} ({e.message}); rerun make to resume.",
+            file=sys.stderr,
+        )
+        return 3
+    return None
 
 
 def step_arguments(parser: Any) -> None:

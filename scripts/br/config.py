@@ -11,6 +11,7 @@ from typing import Any
 import jq
 import yaml
 
+from br.anthropic_api import check_step as check_anthropic_step
 from br.cli import UserError
 from br.openai_api import (
     BODY_KEYS,
@@ -38,7 +39,9 @@ TOP_LEVEL_KEYS = {
     "max_requests",
     "context_windows",
     "max_cost",
+    "provider",
 }
+PROVIDERS = ("openai", "anthropic", "gemini")  # whose Batch API a step's batches go to
 STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # one path component: see check_step_name
 # Keys a step may hold besides chat-completions body parameters.
 STEP_KEYS = {
@@ -62,6 +65,7 @@ STEP_KEYS = {
     "endpoint": str,
     "dimensions": int,
     "encoding_format": str,
+    "provider": str,
 }
 ENDPOINT = CHAT  # the default endpoint (openai_api.py has the others)
 
@@ -86,6 +90,7 @@ class Step:
     body: dict[str, Any] = field(default_factory=dict)
     context_window: int | None = None  # the model's, in tokens (openai_api.py, or the config's)
     endpoint: str = CHAT  # /v1/chat/completions, /v1/responses or /v1/embeddings
+    provider: str = "openai"  # whose Batch API (PROVIDERS): the step's, else the config's
 
     @property
     def schema(self) -> dict[str, Any] | None:
@@ -112,7 +117,20 @@ class Config:
             raise UserError(
                 f"{self.path} has no step '{name}'; steps there: {', '.join(self.steps) or 'none'}"
             )
-        return parse_step(self.path, name, raw, self.data.get("model"), self.context_windows())
+        return parse_step(
+            self.path,
+            name,
+            raw,
+            self.data.get("model"),
+            self.context_windows(),
+            self.data.get("provider", "openai"),
+        )
+
+    def provider(self, step: str | None = None) -> str:
+        """Whose Batch API: the step's `provider:`, else the config's, else openai."""
+        raw = self.data.get(step) if step and step not in TOP_LEVEL_KEYS else None
+        chosen = raw.get("provider") if isinstance(raw, dict) and "provider" in raw else None
+        return str(chosen or self.data.get("provider") or "openai")
 
     def price(self, model: str) -> dict[str, float] | None:
         """The model's entry in `prices:`, checked (a Config not from load_config included)."""
@@ -177,6 +195,7 @@ def load_config(path: Path) -> Config:
             f"{path}: base_url must be an http(s) URL such as https://api.openai.com/v1, "
             f"not {base_url!r}"
         )
+    check_provider(f"{path}:", data.get("provider"))
     check_prices(path, data.get("prices"))
     windows = data.get("context_windows")
     if windows is not None and not (
@@ -220,6 +239,13 @@ def check_top_level_keys(path: Path, data: dict[Any, Any]) -> None:
             f"{path}: unknown setting '{key}'{hint}; the settings are "
             f"{', '.join(sorted(TOP_LEVEL_KEYS))}, and a step is a mapping (user: ...)"
         )
+
+
+def check_provider(where: str, provider: Any) -> None:
+    """`provider:` names one of PROVIDERS (or is absent: openai)."""
+    if provider is not None and provider not in PROVIDERS:
+        hint = near_miss(provider, set(PROVIDERS))
+        raise UserError(f"{where} provider {provider!r} is not one of {', '.join(PROVIDERS)}{hint}")
 
 
 PRICE_KEYS = ("input", "cached_input", "output")
@@ -300,6 +326,7 @@ def parse_step(
     raw: dict[str, Any],
     default_model: Any,
     context_windows: dict[str, int] | None = None,
+    default_provider: Any = "openai",
 ) -> Step:
     """A step checked whole: types, known keys, jq that compiles, a valid JSON schema, enumerated
     values. Every script parses steps here, so a mistake is found before anything is paid."""
@@ -354,6 +381,10 @@ def parse_step(
         raise UserError(f"{where}: the Batch API does not support stream: true; remove it")
     if endpoint != EMBEDDINGS:
         check_parameters(where, body, endpoint)
+    provider = raw.get("provider", default_provider) or "openai"
+    check_provider(f"{where}:", provider)
+    if provider == "anthropic":
+        check_anthropic_step(where, endpoint, body)
     return Step(
         name=name,
         model=model,
@@ -373,4 +404,5 @@ def parse_step(
         body=body,
         context_window=context_window(model, context_windows),
         endpoint=endpoint,
+        provider=provider,
     )

@@ -16,17 +16,31 @@ from br.cli import UserError
 # isort: split
 
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from br.answers import store
 from br.batches.ledger import Ledger
+from br.batches.provider import NotFound
 from br.config import Config
 from br.layout import StepDir, chunk_id
 from br.prices import output_cost, price_of, usd
 from br.records import iter_jsonl
 
-END_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
+END_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at", "ended_at")
+
+
+def epoch(value: Any) -> Any:
+    """A time as seconds since the epoch (Anthropic's are RFC 3339 strings)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return value
+
+
 TOKENS = ("input", "cached", "output")
 
 
@@ -63,14 +77,15 @@ def response_tokens(usage: dict[str, Any] | None) -> dict[str, int]:
     }
 
 
-def batch_summary(client: Any, batch_id: str) -> dict[str, Any]:
-    """A batch's status, counts, usage and times, read from the API."""
-    import openai
-
+def batch_summary(provider: Any, batch_id: str) -> dict[str, Any]:
+    """A batch's status, counts, usage and times, read from the API (the provider's JSON:
+    OpenAI's, or Anthropic's with RFC 3339 times and a processing_status)."""
     try:
-        b = client.batches.retrieve(batch_id).model_dump()
-    except openai.NotFoundError:
+        b = provider.describe(batch_id)
+    except NotFound:
         return {"id": batch_id, "status": "not_found", "usage": None}
+    b = {k: epoch(v) if k.endswith("_at") else v for k, v in b.items()}
+    b.setdefault("status", b.get("processing_status"))
     ended = next((b[k] for k in END_FIELDS if b.get(k)), None)
     usage = b.get("usage")
     tokens = None
@@ -105,7 +120,7 @@ def chunk_model(step: StepDir, cid: str, batches: list[dict[str, Any]], config: 
     chunk = step.chunk(cid)
     if chunk.exists():
         for request in iter_jsonl(chunk):
-            return str((request.get("body") or {}).get("model"))
+            return str((request.get("body") or request.get("params") or {}).get("model"))
     for b in batches:
         if b.get("model"):
             return str(b["model"])

@@ -19,17 +19,24 @@ from br.layout import StepDir, chunk_id
 from br.prompts.build import compile_jq
 
 
-def when(ts: int | None) -> str:
+def when(ts: int | str | None) -> str:
+    if isinstance(ts, str):  # Anthropic's times are RFC 3339 already
+        return ts[:19].replace("T", " ")
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
 def row(batch: dict[str, Any]) -> str:
+    """One line of `make status`: OpenAI's batch, or Anthropic's (processing_status, and
+    request_counts of succeeded, errored, canceled, expired, processing)."""
     counts = batch.get("request_counts") or {}
-    done = f"{counts.get('completed', 0)}+{counts.get('failed', 0)}/{counts.get('total', 0)}"
+    if "processing" in counts:
+        failed = sum(counts.get(k, 0) for k in ("errored", "canceled", "expired"))
+        done = f"{counts.get('succeeded', 0)}+{failed}/{sum(counts.values())}"
+    else:
+        done = f"{counts.get('completed', 0)}+{counts.get('failed', 0)}/{counts.get('total', 0)}"
+    status = batch.get("status") or batch.get("processing_status") or ""
     step = (batch.get("metadata") or {}).get(META_STEP, "")
-    return (
-        f"{batch['id']:<40} {batch['status']:<12} {done:>14}  {when(batch['created_at'])}  {step}"
-    )
+    return f"{batch['id']:<40} {status:<12} {done:>14}  {when(batch.get('created_at'))}  {step}"
 
 
 def status(provider: Provider, limit: int, filter_: str) -> int:
@@ -38,7 +45,11 @@ def status(provider: Provider, limit: int, filter_: str) -> int:
     shown = 0
     for batch in provider.listing(limit):
         for out in program.input_value(batch):
-            if isinstance(out, dict) and "id" in out and "status" in out:
+            if (
+                isinstance(out, dict)
+                and "id" in out
+                and ("status" in out or "processing_status" in out)
+            ):
                 print(row(out))
             else:
                 print(json.dumps(out, ensure_ascii=False))
@@ -55,7 +66,7 @@ def check(provider: Provider, batch_id: str) -> int:
         data = provider.describe(batch_id, nones=False)
     except NotFound:
         raise UserError(f"no batch {batch_id} on this account; `make status` lists them")
-    for key in [k for k in data if k.endswith("_at")]:
+    for key in [k for k in data if k.endswith("_at") and not isinstance(data[k], str)]:
         data[key] = f"{data[key]} ({when(data[key])})"
     print(json.dumps(data, indent=2, ensure_ascii=False))
     return 0

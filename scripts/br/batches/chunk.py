@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from br.batches.provider import Batch
+from br.batches.providers import line_identity
 from br.cli import UserError
 from br.config import ENDPOINT
 from br.files import atomic_output, sha256_file
 from br.layout import StepDir
-from br.prompts.images.identity import request_hash
-from br.prompts.tokens import estimate_tokens
 from br.records import BOM, iter_jsonl
 
 
@@ -81,13 +80,12 @@ def chunk_info(path: Path) -> ChunkInfo:
     """Read a chunk file (once): one model and one endpoint, or one line saying which."""
     ids, costs, hashes, models, urls = [], [], {}, set(), set()
     for request in iter_jsonl(path):
-        body = request.get("body") or {}
-        cid = request.get("custom_id")
+        cid, sha, model, url, tokens = line_identity(request)  # whoever's line it is
         ids.append(cid)
-        costs.append(estimate_tokens(body))
-        hashes[cid] = request_hash(request)
-        models.add(body.get("model"))
-        urls.add(request.get("url") or ENDPOINT)
+        costs.append(tokens)
+        hashes[cid] = sha
+        models.add(model)
+        urls.add(url)
     if len(models) != 1:
         raise UserError(f"{path} mixes models {sorted(map(str, models))}; one model per batch")
     if len(urls) != 1:

@@ -18,7 +18,7 @@ from br.files import move_aside
 from br.layout import StepDir, chunk_id
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
 from br.prompts.images.identity import materialise, request_hash
-from br.records import iter_jsonl
+from br.records import dumps, iter_jsonl
 
 
 def answered_hashes(answers_dir: Path) -> DigestSet:
@@ -47,6 +47,16 @@ def pending_lines(requests: Path, done: DigestSet, total: list[int]) -> Iterator
                     # A local image's reference becomes its data URL: inline bytes live only
                     # in the chunks that send them (images.py).
                     yield materialise(line if line.endswith("\n") else line + "\n")
+
+
+def shaped(lines: Iterator[str], shape: Callable[[dict], dict] | None) -> Iterator[str]:
+    """Each pending line as the provider sends it (provider.shape), where its lines are not
+    the pipeline's own: a chunk file holds exactly what is sent. None: as they are."""
+    if shape is None:
+        yield from lines
+        return
+    for line in lines:
+        yield dumps(shape(json.loads(line))) + "\n"
 
 
 def embedding_inputs(line: str) -> int:

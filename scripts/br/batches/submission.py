@@ -45,6 +45,7 @@ from typing import TypeVar
 from br.batches.chunk import ChunkInfo
 from br.batches.ledger import Ledger
 from br.batches.machine import ChunkIndex
+from br.batches.polling import interval
 from br.batches.provider import GONE, Batch, Label, NotFound, Provider, Refused, Unlistable
 from br.cli import UserError, note
 
@@ -65,14 +66,51 @@ def batches_since(provider: Provider, since: float) -> Iterator[Batch]:
 
 
 def find_batch(
-    provider: Provider, sha: str, attempt: int, since: float, file_id: str | None
+    provider: Provider,
+    sha: str,
+    attempt: int,
+    since: float,
+    file_id: str | None,
+    known: frozenset[str] = frozenset(),
 ) -> Batch | None:
     """A batch of this identity made since `since` that did not fail, or None."""
+    if not getattr(provider, "labels", True):
+        return find_by_results(provider, since, file_id, known)
     for batch in batches_since(provider, since):
         ours = (file_id and batch.input_file_id == file_id) or batch.key == (sha, attempt)
         if ours and batch.status != "failed":
             return batch
     return None
+
+
+def find_by_results(
+    provider: Provider, since: float, file_id: str | None, known: frozenset[str]
+) -> Batch | None:
+    """For a provider whose batches carry no label (Anthropic): the batch made since `since`,
+    not one the ledger knows, whose results hold exactly the requests of `file_id`
+    (provider.holds). A candidate still running cannot be told yet: wait for it to end,
+    sending nothing meanwhile (a second batch might pay twice). Unlistable when the server
+    cannot say (its results are gone): the caller stops with the two ways forward."""
+    while True:
+        pending = []
+        for batch in batches_since(provider, since):
+            if batch.id in known or batch.status == "failed":
+                continue
+            try:
+                held = provider.holds(batch, file_id)  # type: ignore[attr-defined]
+            except NotFound:
+                raise Unlistable(f"the results of {batch.id} cannot be read to tell") from None
+            if held:
+                return batch
+            if held is None:
+                pending.append(batch.id)
+        if not pending:
+            return None
+        note(
+            f"a create sent at {when(since)} got no answer; {', '.join(pending[:3])} may be its "
+            "batch: waiting for it to end to read its results (nothing is sent meanwhile)"
+        )
+        time.sleep(interval(time.time() - since))
 
 
 def find_upload(provider: Provider, filename: str, size: int, since: float) -> str | None:
@@ -210,7 +248,7 @@ class Submitter:
             return None
         try:
             return find_batch(
-                self.provider, chunk.sha, attempt, since, self.ledger.uploads.get(chunk.sha)
+                self.provider, chunk.sha, attempt, since, self.file_id(chunk), self.ours()
             )
         except Unlistable:
             where = id_file or f"the id file of {chunk.path.name}"
@@ -220,6 +258,18 @@ class Submitter:
                 f"batch id (see the server's dashboard) into {where} and rerun, or rerun with "
                 "RESEND=1 to send it again (it may then be paid twice)"
             )
+
+    def ours(self) -> frozenset[str]:
+        """The batches the ledger knows: none of them is an unanswered create's."""
+        return frozenset(self.ledger.chunk_of)
+
+    def file_id(self, chunk: ChunkInfo) -> str | None:
+        """The chunk's uploaded file, as the ledger knows it; a provider without labels
+        (Anthropic) keeps its chunks locally, and names one without a call."""
+        found = self.ledger.uploads.get(chunk.sha)
+        if found is None and not getattr(self.provider, "labels", True):
+            found = self.provider.upload(chunk.path, chunk.path.name)
+        return found
 
     def upload(self, chunk: ChunkInfo) -> str:
         sha, ledger = chunk.sha, self.ledger
@@ -256,7 +306,7 @@ class Submitter:
 
         def find() -> Batch | None:
             try:
-                return find_batch(self.provider, chunk.sha, attempt, started, file_id)
+                return find_batch(self.provider, chunk.sha, attempt, started, file_id, self.ours())
             except Unlistable:
                 raise UserError(
                     f"{chunk.path.name}: the batch create sent at {when(started)} got no answer, "

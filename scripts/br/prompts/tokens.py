@@ -12,10 +12,19 @@ of the Gemini Batch API, §8): an image with both sides at most 384 px is 258 to
 one is cut into square tiles of side min(w, h) / 1.5, kept within 256-768 px, 258 tokens each;
 the same whether it travels inline or as a file. Text is a token per 4 characters, with no
 per-message overhead (the emulator counts the same way).
+
+Claude models (a model named claude-*, whatever the provider) follow Anthropic's rule instead
+(https://platform.claude.com/docs/en/build-with-claude/vision, in
+../shared/reference/anthropic-message-batches/FACTS.md §8.2): 28 x 28 px patches,
+ceil(w/28) x ceil(h/28) tokens, after scaling down (aspect kept) to at most 1568 px on the long
+edge and 1568 tokens; `image_detail` means nothing there. Opus 4.7 and later allow 2576 px and
+4784 tokens: UNVERIFIED which later models do, so every claude model is estimated at 1568 (an
+estimate on the low side for those few).
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -30,6 +39,11 @@ BASE_TOKENS = 85
 # than 768 px (1536 x 1024), which at high detail is 6 tiles, 1105 tokens. A wider image costs
 # up to 1445, a square or 4:3 one 765.
 ASSUMED_REMOTE_SIZE = (1536, 1024)
+CLAUDE_PATCH, CLAUDE_MAX_SIDE, CLAUDE_MAX_TOKENS = 28, 1568, 1568
+
+
+def is_claude(model: Any) -> bool:
+    return str(model or "").startswith("claude")
 
 
 def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
@@ -44,7 +58,8 @@ def estimate_tokens(body: dict[str, Any], url: str | None = None) -> int:
     if is_gemini(body.get("model")):
         return gemini_tokens(body)
     if "messages" in body:
-        return chat_tokens(body.get("messages") or [])
+        claude = is_claude(body.get("model"))
+        return chat_tokens(body.get("messages") or [], claude) + system_tokens(body)
     if is_embedding(body, url):
         return embedding_tokens(body.get("input"))
     return response_tokens(body)
@@ -59,7 +74,8 @@ def is_embedding(body: dict[str, Any], url: str | None) -> bool:
     return "embedding" in str(body.get("model")) or "dimensions" in body
 
 
-def chat_tokens(messages: list[dict[str, Any]]) -> int:
+def chat_tokens(messages: list[dict[str, Any]], claude: bool = False) -> int:
+    """Chat messages (and Anthropic's: its image blocks by Anthropic's rule)."""
     chars, image_tokens = 0, 0
     for message in messages:
         content = message.get("content")
@@ -68,8 +84,18 @@ def chat_tokens(messages: list[dict[str, Any]]) -> int:
             if part.get("type") == "text":
                 chars += len(part.get("text") or "")
             elif part.get("type") == "image_url":
-                image_tokens += part_tokens(part)
+                image_tokens += part_tokens(part, claude)
+            elif part.get("type") == "image":
+                image_tokens += block_tokens(part)
     return math.ceil(chars / 4) + 4 * len(messages) + image_tokens
+
+
+def system_tokens(body: dict[str, Any]) -> int:
+    """Anthropic's top-level `system` (a string or text blocks); 0 for a chat body."""
+    system = body.get("system")
+    if isinstance(system, list):
+        system = "".join(str(b.get("text") or "") for b in system if isinstance(b, dict))
+    return math.ceil(len(system) / 4) + 4 if isinstance(system, str) and system else 0
 
 
 def response_tokens(body: dict[str, Any]) -> int:
@@ -131,22 +157,53 @@ def url_pixel_size(url: str) -> tuple[int, int] | None:
     return None
 
 
-def url_tokens(url: str, detail: str | None) -> int:
+def claude_image_tokens(width: int, height: int) -> int:
+    """Prompt tokens of one image by Anthropic's rule (see the note at the top): the largest
+    scale of at most 1 whose long edge fits 1568 px and whose patches fit 1568 tokens."""
+
+    def tokens(scale: float) -> int:
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        return math.ceil(w / CLAUDE_PATCH) * math.ceil(h / CLAUDE_PATCH)
+
+    if max(width, height) <= CLAUDE_MAX_SIDE and tokens(1.0) <= CLAUDE_MAX_TOKENS:
+        return tokens(1.0)
+    low, high = 0.0, min(1.0, CLAUDE_MAX_SIDE / max(width, height))
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if tokens(mid) <= CLAUDE_MAX_TOKENS else (low, mid)
+    return tokens(low)
+
+
+def block_tokens(block: dict[str, Any]) -> int:
+    """An Anthropic image block: its base64 bytes' size, or a URL's assumed size."""
+    source = block.get("source") or {}
+    size = None
+    if source.get("type") == "base64":
+        size = pixel_size(base64.b64decode(str(source.get("data") or "")))
+    elif isinstance(source.get("url"), str):
+        size = url_pixel_size(source["url"])
+    return claude_image_tokens(*(size or ASSUMED_REMOTE_SIZE))
+
+
+def url_tokens(url: str, detail: str | None, claude: bool = False) -> int:
     """Estimated tokens of an image (its detail, its size; a remote one's assumed)."""
+    if claude:
+        return claude_image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE))
     if detail == "low":
         return LOW_DETAIL_TOKENS
     return image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE), detail)
 
 
-def part_tokens(part: dict[str, Any]) -> int:
+def part_tokens(part: dict[str, Any], claude: bool = False) -> int:
     """Estimated tokens of an image content part (chat or Responses); 0 for another part."""
     found = part_image(part)
-    return url_tokens(*found) if found else 0
+    return url_tokens(*found, claude) if found else 0
 
 
 def body_images(body: dict[str, Any]) -> tuple[int, int]:
     """(number of image parts, their estimated tokens) of a chat or Responses body."""
-    found = [url_tokens(url, detail) for url, detail in image_parts(body)]
+    claude = is_claude(body.get("model"))
+    found = [url_tokens(url, detail, claude) for url, detail in image_parts(body)]
     return len(found), sum(found)
 
 

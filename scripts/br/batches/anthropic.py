@@ -1,0 +1,256 @@
+"""Anthropic's Message Batches behind the provider seam (provider.py), through the official
+`anthropic` SDK. Facts from ../shared/reference/anthropic-message-batches/FACTS.md (section in
+brackets); the lines themselves (shape, custom_id, results) are anthropic_lines.py's.
+
+- No files: the requests travel inline in the create [§2]. `upload` is local: the "file id"
+  is the chunk's path and sha256, and `create` reads that file back (refusing one whose bytes
+  changed). `make tidy` has nothing to delete.
+- Statuses [§4.1] map onto the common words: `in_progress` -> in_progress, `canceling` ->
+  cancelling, `ended` -> completed, or cancelled when a cancel was initiated (its results are
+  partial). Expiry is per request (`expired` lines, sent again), never a batch status.
+- No batch metadata [§3.1]: a batch cannot carry our label. A create that got no answer is
+  found by `holds`: a batch made since, with as many requests, whose results (readable once it
+  ends [§4.1]) hold exactly our chunk's custom_ids, which name each request's hash
+  (anthropic_lines.py). submission.py waits for such a candidate to end rather than create a
+  second batch meanwhile.
+- Keys as the SDK reads them [§1.1]: ANTHROPIC_API_KEY (environment, then .env), and
+  ANTHROPIC_BASE_URL, else the config's base_url: (with the same warning as OpenAI's when it
+  is not Anthropic's host). Creates go out without the SDK's retries: submission.once decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from br import cli
+from br.batches import anthropic_lines
+from br.batches.provider import (
+    Batch,
+    Counts,
+    Label,
+    Limits,
+    NotFound,
+    Refused,
+    Trouble,
+    Unlistable,
+    Upload,
+)
+from br.cli import UserError, note
+from br.config import Config
+from br.limits import MAX_EMBEDDING_INPUTS
+from br.records import iter_jsonl
+
+MAX_REQUESTS = 100_000  # requests per batch [§3.2]
+MAX_BATCH_BYTES = 256_000_000  # "256 MB" per batch [§3.2] (MB read as 10^6 bytes: the safer)
+HOST = "api.anthropic.com"
+KEY = "ANTHROPIC_API_KEY"
+STATUS = {"in_progress": "in_progress", "canceling": "cancelling", "ended": "completed"}
+
+
+def make_client(config: Config | None, max_retries: int = 5) -> Any:
+    """The Anthropic client: the key from ANTHROPIC_API_KEY (environment, then .env), the base
+    URL from ANTHROPIC_BASE_URL, else the config's base_url:."""
+    import anthropic
+    from dotenv import find_dotenv, load_dotenv
+
+    from_environment = bool(os.environ.get(KEY))
+    dotenv = find_dotenv()
+    load_dotenv(dotenv, override=False)
+    key = os.environ.get(KEY)
+    cli.KEY_NAME = KEY
+    cli.KEY_SOURCE, cli.KEY_FILE = ("environment", None) if from_environment else (".env", dotenv)
+    if not key:
+        raise UserError(
+            f"{KEY} is not set: export {KEY}=sk-ant-... (or put it in .env) for provider: anthropic"
+        )
+    base_url = os.environ.get("ANTHROPIC_BASE_URL") or (config.data if config else {}).get(
+        "base_url"
+    )
+    host = urlparse(str(base_url)).hostname
+    if base_url and not os.environ.get("ANTHROPIC_BASE_URL") and host != HOST:
+        note(
+            f"warning: {config.path if config else 'the config'} sets base_url: your API key is "
+            f"sent to {host}, not {HOST}; remove base_url: unless you trust that host"
+        )
+    return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=max_retries)
+
+
+def local_id(path: Path, sha: str) -> str:
+    """The 'file id' of a chunk kept locally: its path and the sha256 of its bytes."""
+    return f"{path.resolve()}#{sha}"
+
+
+class Anthropic:
+    """The Provider of Anthropic's Message Batches (and of servers that speak it)."""
+
+    limits = Limits(MAX_REQUESTS, MAX_BATCH_BYTES, MAX_EMBEDDING_INPUTS)
+    reshapes = True  # chunk lines are Anthropic's, not the pipeline's
+    keeps_files = False  # nothing on the server for make tidy to delete
+    labels = False  # no metadata: a lost create is found by its results (`holds`)
+
+    def __init__(self, config: Config | None = None, client: Any = None) -> None:
+        self.config, self._client, self._bare = config, client, None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client(self.config)
+        return self._client
+
+    @property
+    def bare(self) -> Any:
+        if self._bare is None:
+            self._bare = self.client.with_options(max_retries=0)
+        return self._bare
+
+    @property
+    def where(self) -> str:
+        return str(self.client.base_url)
+
+    def shape(self, request: dict[str, Any]) -> dict[str, Any]:
+        return anthropic_lines.shape(request)
+
+    def upload(self, path: Path, filename: str) -> str:
+        return local_id(path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+    def requests(self, file_id: str) -> list[dict[str, Any]]:
+        """The lines of a chunk kept locally (`upload`), checked to be the bytes uploaded."""
+        path, _, sha = file_id.rpartition("#")
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = b""
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise UserError(f"{path} changed or is gone since it was prepared; rerun make")
+        return list(iter_jsonl(Path(path)))
+
+    def label_fields(self, label: Label) -> dict[str, str]:
+        return {}  # nothing is sent: Message Batches have no metadata
+
+    def create(self, file_id: str, endpoint: str, label: Label) -> Batch:
+        import anthropic
+
+        requests = self.requests(file_id)
+        try:
+            made = self.bare.messages.batches.create(requests=requests)
+        except (anthropic.BadRequestError, anthropic.RequestTooLargeError) as e:
+            raise Refused(e.message) from e
+        # The label is not on the server; the batch just made is this identity's.
+        return batch_of(made, key=(label.sha, label.attempt))
+
+    def holds(self, batch: Batch, file_id: str | None) -> bool | None:
+        """Is this batch the one a create of `file_id` made? None: cannot tell until it ends."""
+        if not file_id:
+            return False
+        ids = {r.get("custom_id") for r in self.requests(file_id)}
+        if batch.request_counts is None or batch.request_counts.total != len(ids):
+            return False
+        if batch.status not in ("completed", "cancelled"):
+            return None
+        found = {cid for cid, _ in self.result_rows(batch)}
+        return found == ids
+
+    def uploads(self) -> Iterator[Upload]:
+        raise Unlistable("Message Batches keep no files")
+
+    def pages(self, size: int = 100) -> Iterator[list[Batch]]:
+        for page in self.client.messages.batches.list(limit=size).iter_pages():
+            yield [batch_of(b) for b in page.data]
+
+    def retrieve(self, batch_id: str) -> Batch:
+        with not_found():
+            return batch_of(self.client.messages.batches.retrieve(batch_id))
+
+    def result_rows(self, batch: Batch) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        with not_found():
+            for line in self.client.messages.batches.results(batch.id):
+                data = line.to_dict()
+                yield data.get("custom_id"), anthropic_lines.outcome(data.get("result") or {})
+
+    def results_kept(self, batch: Batch) -> bool:
+        """Results are kept 29 days after the batch was made [§4.1]. Taken as kept: a results
+        route that then answers 404 makes the chunk's results lost (ended.lost)."""
+        return True
+
+    def cancel(self, batch_id: str) -> Batch:
+        import anthropic
+
+        try:
+            return batch_of(self.client.messages.batches.cancel(batch_id))
+        except (anthropic.BadRequestError, anthropic.ConflictError) as e:
+            raise Refused(e.message) from e
+
+    def delete_file(self, file_id: str) -> None:
+        return None  # no files (keeps_files)
+
+    def download(self, file_id: str) -> bytes:
+        raise UserError(
+            "an earlier Anthropic batch's chunk file is gone, and Message Batches cannot give "
+            "its requests back; rerun with the chunk file restored, or RESEND=1"
+        )
+
+    def describe(self, batch_id: str, nones: bool = True) -> dict[str, Any]:
+        with not_found():
+            batch = self.client.messages.batches.retrieve(batch_id)
+        return dict(batch.model_dump(mode="json", exclude_none=not nones))
+
+    def listing(self, limit: int) -> Iterator[dict[str, Any]]:
+        pages = self.client.messages.batches.list(limit=min(limit, 100))
+        for batch in itertools.islice(pages, limit):
+            yield batch.model_dump(mode="json")
+
+    def trouble(self, error: Exception) -> Trouble | None:
+        import anthropic
+
+        if isinstance(error, anthropic.RateLimitError):
+            return Trouble(unclear=False, retry_after=retry_after(error))
+        if isinstance(error, (anthropic.APIConnectionError, anthropic.InternalServerError)):
+            return Trouble(unclear=True, retry_after=retry_after(error))
+        return None
+
+
+def batch_of(b: Any, key: tuple[str, int] | None = None) -> Batch:
+    """The common Batch of a MessageBatch [§4]."""
+    counts = b.request_counts
+    failed = counts.errored + counts.canceled + counts.expired
+    total = counts.processing + counts.succeeded + failed
+    status = STATUS.get(b.processing_status, b.processing_status)
+    if status == "completed" and b.cancel_initiated_at is not None:
+        status = "cancelled"  # ended after a cancel: partial results
+    created = b.created_at.timestamp()
+    return Batch(
+        id=b.id,
+        status=status,
+        created_at=created,
+        expires_at=b.expires_at.timestamp() if b.expires_at else None,
+        in_progress_at=created,
+        request_counts=Counts(total, counts.succeeded, failed),
+        output_file_id=b.results_url or None,
+        key=key,
+    )
+
+
+@contextlib.contextmanager
+def not_found() -> Iterator[None]:
+    import anthropic
+
+    try:
+        yield
+    except anthropic.NotFoundError as e:
+        raise NotFound(e.message) from e
+
+
+def retry_after(e: Exception) -> float | None:
+    response = getattr(e, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(float(value), 60.0) if value else None
+    except ValueError:
+        return None
