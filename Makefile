@@ -316,6 +316,17 @@ demo: | $(VENV_OK)
 	  $(MAKE) --no-print-directory pipeline BUILD=$(call q,$(BUILD)/demo) \
 	  INPUT=data/example.json CONFIG=configs/example.yaml PREFLIGHT=0
 	$(PY) scripts/show.py $(call q,$(BUILD)/demo/$(DEMO_NAME)/pipeline/02-caption/merged.json)
+	@echo "== the same caption step on each provider (configs/providers.yaml)"
+	$(PY) scripts/with_emulator.py --state-dir $(call q,$(BUILD)/demo/emulator) -- \
+	  $(MAKE) --no-print-directory demo-providers BUILD=$(call q,$(BUILD)/demo)
+	$(PY) scripts/show.py $(call q,$(BUILD)/demo/$(DEMO_NAME)/gemini/merged.json)
+
+# make demo's second part (run by it, inside its emulator): one step on each provider.
+.PHONY: demo-providers
+demo-providers: | $(VENV_OK)
+	@for step in openai claude gemini; do \
+	  $(MAKE) --no-print-directory caption STEP=$$step INPUT=data/example.json \
+	    CONFIG=configs/providers.yaml PREFLIGHT=0 || exit; done
 
 .PHONY: test
 ## test          lint, then the test suite (real make, scripts, HTTP and SDK against the emulator)

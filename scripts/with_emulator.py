@@ -1,10 +1,11 @@
-"""Run a command against a fresh local emulator: start it on a free port, point the OpenAI
-environment variables at it, run the command, stop the emulator, and exit with the command's code.
+"""Run a command against a fresh local emulator: start it on a free port, point each provider's
+environment variables at it (OpenAI's, Anthropic's and Gemini's: the emulator serves all three),
+run the command, stop the emulator, and exit with the command's code.
 
     python scripts/with_emulator.py --state-dir build/demo/emulator -- make caption
 
-A key of your own in OPENAI_API_KEY is replaced by a dummy one for the command, so it never
-reaches the emulator or its state directory.
+A key of your own (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, GOOGLE_API_KEY) is replaced
+by a dummy one for the command, so it never reaches the emulator or its state directory.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give a command after --, e.g. -- make caption")
     proc, url = start(args.state_dir, shlex.split(args.emulator_args))
     print(f"emulator: {url} (state in {args.state_dir})", file=sys.stderr, flush=True)
-    env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "emulator-demo-key"}
+    root = url.removesuffix("/v1")  # Anthropic's and Gemini's base URLs are the server's root
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_API_KEY"}  # it wins over GEMINI_
+    env.update(OPENAI_BASE_URL=url, OPENAI_API_KEY="emulator-demo-key")
+    env.update(ANTHROPIC_BASE_URL=root, ANTHROPIC_API_KEY="emulator-demo-key")
+    env.update(GOOGLE_GEMINI_BASE_URL=root, GEMINI_API_KEY="emulator-demo-key")
     try:
         return subprocess.call(command, env=env)
     finally:
