@@ -38,6 +38,7 @@ TOP_LEVEL_KEYS = {
     "max_requests",
     "context_windows",
     "max_cost",
+    "mode",  # batch (the default), live or flex: br/live/modes.py
 }
 STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # one path component: see check_step_name
 # Keys a step may hold besides chat-completions body parameters.
@@ -62,6 +63,7 @@ STEP_KEYS = {
     "endpoint": str,
     "dimensions": int,
     "encoding_format": str,
+    "mode": str,  # this step's batch, live or flex (br/live/modes.py); never sent
 }
 ENDPOINT = CHAT  # the default endpoint (openai_api.py has the others)
 
