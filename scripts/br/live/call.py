@@ -3,7 +3,7 @@
 The request line is the batch's (`{"custom_id", "method", "url", "body"}`, images inline), sent
 to its url with the SDK's own retries off: this module decides when to try again. A 429 is
 waited out by its headers (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-requests` /
-`-tokens`; else 1, 2, 4 ... 30 seconds), up to PATIENCE_429 times in a row; a 5xx or a dropped
+`-tokens`; else 1, 2, 4 ... 32 seconds), up to PATIENCE_429 times in a row; a 5xx or a dropped
 connection is tried `retries` more times; any other status (a 400: a bad schema, a rejected
 parameter) is the answer, at once. The row is the one a batch's output or error line makes
 (br.batches.openai.outcome), so the merge cannot tell them apart.
@@ -58,7 +58,7 @@ def wait_of(headers: Any, tries: int) -> float:
         else None,
     ]
     told = [w for w in found if w is not None]
-    return min(max(told) if told else 2.0 ** min(tries, 5), MAX_WAIT)
+    return min(max(told) if told else 0.5 * 2.0 ** min(tries, 6), MAX_WAIT)
 
 
 class Caller:
