@@ -203,7 +203,9 @@ def load_config(path: Path) -> Config:
 
 def near_miss(key: Any, known: set[str]) -> str:
     """' (did you mean 'max_cost'?)' for a key that resembles a known one, else ''."""
-    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+    # Swapped letters first: `modle` is `model`, though `mode` is as close by difflib's ratio.
+    swapped = [k for k in sorted(known) if sorted(k) == sorted(str(key))]
+    close = swapped[:1] or difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
