@@ -55,6 +55,15 @@ N ?= 100000
 PORT ?= 8000
 # Quote a value for the shell (DATA_KEY may be a jq expression with spaces and quotes).
 q = '$(subst ','\'',$(1))'
+## MODE          batch (default), live (the synchronous API) or flex (its flex tier); default: the config's mode:
+MODE ?=
+## CONCURRENCY   MODE=live/flex and `make sample`: requests in flight at once
+CONCURRENCY ?= 8
+## SAMPLE, SEED  `make sample`: first (the first N records) or random (N picked with SEED)
+SAMPLE ?= first
+SEED ?= 0
+# `make sample`'s N defaults to 10 (bench's to 100000): what was typed, before it is fixed below.
+SAMPLE_N := $(if $(filter command environment,$(firstword $(origin N))),$(value N),10)
 ## DRY_RUN       `make tidy`: 1 lists what it would delete, and deletes nothing
 DRY_RUN ?= 0
 ## MAX_COST      USD: stop before the first upload when the plan's estimate is above it
@@ -69,7 +78,7 @@ BUILD ?= build
 # exactly what was typed (B, NAME and FMT too: `make pipeline` passes them on).
 USER_VARIABLES := INPUT CONFIG STEP STEPS DATA_KEY RESPONSE_KEY OUTPUT MAX_REQUESTS MAX_BYTES \
   RETRIES PREFLIGHT IMAGE_ROOT TOKEN_BUDGET STRICT LIMIT FILTER BATCH N PORT DRY_RUN MAX_COST \
-  RESEND BUILD B NAME FMT
+  RESEND BUILD B NAME FMT MODE CONCURRENCY SAMPLE SEED
 $(foreach v,$(USER_VARIABLES),$(if $(filter command environment,$(firstword $(origin $(v)))),\
   $(eval override $(v) := $$(value $(v)))))
 # A step name is one path component of letters, digits, _ . and - (not . or ..), so a step's
@@ -95,7 +104,7 @@ FMT ?= json
 ## B             the step's build directory
 B ?= $(BUILD)/$(NAME)/$(STEP)
 # Goals that read INPUT and CONFIG check them first: one line, before anything runs.
-ifneq ($(filter caption gallery $(B)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter caption gallery sample $(B)/%,$(MAKECMDGOALS)),)
 _INPUT_IS := $(shell { [ -f $(call q,$(INPUT)) ] && echo file; } || { [ -d $(call q,$(INPUT)) ] && echo directory; } || true)
 ifeq ($(_INPUT_IS),directory)
 $(error INPUT=$(INPUT) is a directory, not a file; set INPUT=path/to/data.json (a JSON list, or .jsonl))
@@ -172,7 +181,9 @@ $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_request
 
 # The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
 # sent and never fetched is collected into answers/: a changed input never abandons one.
-$(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params scripts/split_requests.py $(LIB) $(PROMPTS) $(BATCHES) | $(VENV_OK)
+# live.sent (touched when a live run or a sample sends): answers/ holds answers the chunks do
+# not know of, so the split is made again, leaving them out.
+$(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params $(wildcard $(B)/live.sent) scripts/split_requests.py $(LIB) $(PROMPTS) $(BATCHES) | $(VENV_OK)
 	$(PY) scripts/run_batches.py --collect --dir $(call q,$(B)) --config "$$BR_CONFIG" \
 	  --step $(call q,$(STEP))
 	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
@@ -193,9 +204,15 @@ CHECK_OUTPUT = $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --writable
 CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
   --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST))
-$(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py $(VENV_OK)
+# MODE=live or flex (or the config's mode:): the same files through the synchronous API
+# (run_live.py), CONCURRENCY requests at once; it creates no batch.
+RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
+  --step $(call q,$(STEP)) --mode $(call q,$(MODE))
+$(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
 	$(CHECK_COST)
-	$(RUN_BATCHES) -o $(call q,$@)
+	@mode=$$($(RUN_LIVE) --print-mode); if [ "$$mode" = batch ]; then set -x; \
+	  $(RUN_BATCHES) -o $(call q,$@); else set -x; \
+	  $(RUN_LIVE) --concurrency $(call q,$(CONCURRENCY)) --retries $(call q,$(RETRIES)) -o $(call q,$@); fi
 
 # One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl. The
 # chunks come from the split: a chunk file older than chunks.mk is simply unchanged.
@@ -258,6 +275,15 @@ plan: | $(VENV_OK)
 	  --data-key $(call q,$(DATA_KEY)) --max-requests $(call q,$(MAX_REQUESTS)) \
 	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers) $(IMAGE_ARGS) \
 	  --response-key $(call q,$(RESPONSE_KEY))
+
+.PHONY: sample
+## sample        try STEP on N records (default 10) through the live API: prompts, answers, cost; sample.json
+sample: | $(VENV_OK)
+	@$(PY) scripts/sample.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
+	  --data-key $(call q,$(DATA_KEY)) --dir $(call q,$(B)) --n $(call q,$(SAMPLE_N)) \
+	  --sample $(call q,$(SAMPLE)) --seed $(call q,$(SEED)) --concurrency $(call q,$(CONCURRENCY)) \
+	  --retries $(call q,$(RETRIES)) --mode $(call q,$(MODE)) \
+	  --response-key $(call q,$(RESPONSE_KEY)) $(IMAGE_ARGS)
 
 .PHONY: preflight
 ## preflight     check STEP's image URLs now, as make caption does first (failures: preflight.jsonl)

@@ -30,8 +30,20 @@ BATCH_SETTINGS = (
     "never_end",
     "bare_error_lines",
 )
-SECONDS = ("validating_seconds", "processing_seconds", "finalizing_seconds")
-RATES = ("request_error_rate", "http_error_rate")
+# live_seconds / flex_seconds: how long a synchronous model call takes (a flex one: both);
+# flex_unavailable_rate: a share of flex calls answered 429 "Resource Unavailable";
+# rpm_limit / tpm_limit: requests and tokens per minute per model (ratelimits.py), over a
+# rolling rate_window_seconds (60; shorter for tests).
+SECONDS = (
+    "validating_seconds",
+    "processing_seconds",
+    "finalizing_seconds",
+    "live_seconds",
+    "flex_seconds",
+    "rate_window_seconds",
+)
+RATES = ("request_error_rate", "http_error_rate", "flex_unavailable_rate")
+PER_MINUTE = ("rpm_limit", "tpm_limit")
 # Server variances (docs/api-facts.md "Servers that vary"): on/off switches.
 SWITCHES = (
     "expire",
@@ -89,7 +101,7 @@ def _clean(key: str, value: Any) -> Any:
         if value not in LISTING_STATUSES or isinstance(value, bool):
             raise ApiError(400, f"'listing_status' must be one of {list(LISTING_STATUSES)}.")
         return value
-    if key == "token_limit":
+    if key == "token_limit" or key in PER_MINUTE:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ApiError(400, "'token_limit' must be an integer or null.", param=key)
         return value
@@ -127,6 +139,12 @@ class Faults:
             "response_delay": {},
             "http_error_routes": [],
             "listing_status": 405,
+            "live_seconds": 0.0,
+            "flex_seconds": 0.0,
+            "flex_unavailable_rate": 0.0,
+            "rpm_limit": None,
+            "rate_window_seconds": 60.0,
+            "tpm_limit": None,
             **dict.fromkeys(SWITCHES, False),
         }
         self.update(initial)

@@ -50,6 +50,7 @@ class Options:
     explicit_nulls: bool = False
     read_timeout: float = 30.0
     verbose: bool = False
+    live: dict[str, Any] = field(default_factory=dict)  # live_seconds, rpm_limit, ... (faults.py)
 
     def settings(self) -> dict[str, Any]:
         """The initial fault settings (``POST /_emulator/faults`` changes them later)."""
@@ -66,6 +67,7 @@ class Options:
             "seed": self.seed,
             "listing_status": self.listing_status,
             **self.variances,
+            **self.live,
         }
 
 
@@ -74,6 +76,10 @@ class _Parser(argparse.ArgumentParser):
         """One line: what is wrong (argparse's default adds a usage block)."""
         print(f"emulator.py: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+LIVE_SECONDS = ("live_seconds", "flex_seconds")
+LIVE_SETTINGS = (*LIVE_SECONDS, "flex_unavailable_rate", "rpm_limit", "tpm_limit")
 
 
 def _parser() -> _Parser:
@@ -134,6 +140,12 @@ def _parser() -> _Parser:
         help="seconds a client may stay silent while sending a request (default 30)",
     )
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    # The synchronous endpoints: latency, per-minute limits per model, and the flex tier.
+    p.add_argument("--live-seconds", type=float, default=0.0, help="each live model call")
+    p.add_argument("--flex-seconds", type=float, default=0.0, help="more for a flex call")
+    p.add_argument("--flex-unavailable-rate", type=float, default=0.0, help="flex 429 share")
+    p.add_argument("--rpm-limit", type=int, default=None, help="requests per minute per model")
+    p.add_argument("--tpm-limit", type=int, default=None, help="tokens per minute per model")
     return p
 
 
@@ -154,12 +166,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     bad = [k for k in kinds if k not in HTTP_FAULT_KINDS]
     if bad:
         p.error(f"unknown --http-error-kinds: {bad}; choose from {list(HTTP_FAULT_KINDS)}")
-    for name in ("validating_seconds", "processing_seconds", "finalizing_seconds"):
+    for name in ("validating_seconds", "processing_seconds", "finalizing_seconds", *LIVE_SECONDS):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("request_error_rate", "http_error_rate"):
+    for name in ("request_error_rate", "http_error_rate", "flex_unavailable_rate"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    for name in ("rpm_limit", "tpm_limit"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.read_timeout <= 0:
         p.error("--read-timeout must be > 0")
     if a.upstream_api_key is not None:
@@ -202,4 +217,5 @@ def parse_args(argv: list[str] | None = None) -> Options:
         explicit_nulls=a.explicit_nulls,
         read_timeout=a.read_timeout,
         verbose=a.verbose,
+        live={name: getattr(a, name) for name in LIVE_SETTINGS},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from starlette.routing import Route
 from . import answers, facts, uploads, validation
 from .exceptions import ApiError, InvalidValue, MissingParameter
 from .lifecycle import Emulator
+from .ratelimits import Limits, check_flex, request_tokens
 from .wire import JsonAnswer, api_route, in_model, read_json
 
 CHUNK = 1 << 20  # bytes per read of a download (each read is a thread hop)
@@ -153,11 +155,17 @@ class Batches:
 
 
 class Live:
-    """The model endpoints called directly (not in a batch)."""
+    """The model endpoints called directly (not in a batch): with the latency, the per-minute
+    limits and the flex tier of ratelimits.py (all off by default)."""
 
-    def __init__(self, emu: Emulator, endpoint: str) -> None:
+    def __init__(self, emu: Emulator, endpoint: str, limits: Limits) -> None:
         self.emu = emu
         self.endpoint = endpoint
+        self.limits = limits
+
+    def count(self, key: str) -> None:
+        with self.emu.stats_lock:
+            self.emu.stats[key] = self.emu.stats.get(key, 0) + 1
 
     async def create(self, request: Request) -> Response:
         body = await read_json(request, facts.MAX_MODEL_BODY)
@@ -173,17 +181,41 @@ class Live:
         if body.get("stream") is True:
             raise ApiError(400, "The emulator does not support streaming.", param="stream")
         endpoint = self.endpoint
+        settings = self.emu.faults.settings
+        flex = body.get("service_tier") == "flex"
+        self.count("live_calls")
+        try:
+            rate = float(settings["flex_unavailable_rate"])
+            with self.emu.stats_lock:
+                unavailable = flex and rate > 0 and self.emu.faults.rng.random() < rate
+            check_flex(body, endpoint, unavailable)
+            headers: dict[str, str] = {}
+            if settings["rpm_limit"] is not None or settings["tpm_limit"] is not None:
+                tokens = request_tokens(answers.prompt_tokens(endpoint, body), body)
+                rpm, tpm = settings["rpm_limit"], settings["tpm_limit"]
+                window = float(settings["rate_window_seconds"]) or 60.0
+                headers = self.limits.admit(str(body["model"]), tokens, rpm, tpm, window=window)
+        except ApiError as e:
+            if e.status == 429:
+                self.count("live_rate_limited")
+            raise
+        delay = float(settings["live_seconds"]) + (float(settings["flex_seconds"]) if flex else 0)
+        if delay:
+            await asyncio.sleep(delay)
         status, payload = await run_in_threadpool(
             lambda: answers.answer(endpoint, body, created=int(time.time()))
         )
+        if flex and "service_tier" in payload:
+            payload["service_tier"] = "flex"
         with self.emu.stats_lock:
             self.emu.stats["requests_processed"] += 1
-        return JsonAnswer(payload, status)
+        return JsonAnswer(payload, status, headers or None)
 
 
 def table(emu: Emulator) -> list[Route]:
     files, batches = Files(emu), Batches(emu)
-    live = {e: Live(emu, e) for e in facts.ANSWERED_ENDPOINTS}
+    limits = Limits()  # one rolling minute per model, whichever endpoint is called
+    live = {e: Live(emu, e, limits) for e in facts.ANSWERED_ENDPOINTS}
     paths: list[tuple[str, dict[str, Any]]] = [
         ("/v1/files", {"POST": files.create, "GET": files.list}),
         ("/v1/files/{id}", {"GET": files.get, "DELETE": files.delete}),

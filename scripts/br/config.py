@@ -40,6 +40,7 @@ TOP_LEVEL_KEYS = {
     "context_windows",
     "max_cost",
     "provider",
+    "mode",  # batch (the default), live or flex: br/live/modes.py
 }
 PROVIDERS = ("openai", "anthropic", "gemini")  # whose Batch API a step's batches go to
 STEP_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # one path component: see check_step_name
@@ -66,6 +67,7 @@ STEP_KEYS = {
     "dimensions": int,
     "encoding_format": str,
     "provider": str,
+    "mode": str,  # this step's batch, live or flex (br/live/modes.py); never sent
 }
 ENDPOINT = CHAT  # the default endpoint (openai_api.py has the others)
 
@@ -220,7 +222,9 @@ def load_config(path: Path) -> Config:
 
 def near_miss(key: Any, known: set[str]) -> str:
     """' (did you mean 'max_cost'?)' for a key that resembles a known one, else ''."""
-    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+    # Swapped letters first: `modle` is `model`, though `mode` is as close by difflib's ratio.
+    swapped = [k for k in sorted(known) if sorted(k) == sorted(str(key))]
+    close = swapped[:1] or difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

@@ -82,6 +82,22 @@ class StepDir:
     def report(self) -> Path:
         return self.root / "report.json"
 
+    @property
+    def sample(self) -> Path:
+        """`make sample`: the sampled records with their answers."""
+        return self.root / "sample.json"
+
+    @property
+    def live_sent(self) -> Path:
+        """Touched before a live run or a sample sends: answers/ then holds what the chunks of
+        the last split do not know, so chunks.mk is remade (the next split leaves them out)."""
+        return self.root / "live.sent"
+
+    def live_answer(self, hash_hex: str) -> Path:
+        """One answer got through the synchronous API, in a file of its own, written whole as
+        it arrives (a kill loses only what was in flight)."""
+        return self.answers / f"live-{hash_hex[:32]}.jsonl"
+
     def merged(self, fmt: str = "json") -> Path:
         return self.root / f"merged.{fmt}"
 

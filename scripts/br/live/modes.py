@@ -1,0 +1,75 @@
+"""Which API a step runs through, and what that costs.
+
+- ``batch`` (the default): the Batch API, at the config's `prices:`.
+- ``live``: the synchronous API, one request at a time (CONCURRENCY at once). Priced at twice
+  the config's batch prices: OpenAI's Batch API is half the price of the synchronous one, and
+  the config holds batch prices. That rule is an assumption; the provider's price page wins.
+- ``flex``: the synchronous API with `service_tier: "flex"`, priced at batch prices (OpenAI's
+  flex processing guide: "priced at Batch API rates"), slower, with 429 "Resource Unavailable"
+  waited out. Only for the models OpenAI offers it for (FLEX_MODELS), on chat completions and
+  responses.
+
+MODE= on the command line wins, then the step's `mode:`, then the config's top-level `mode:`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from br.cli import UserError
+from br.config import Config
+from br.openai_api import EMBEDDINGS
+
+MODES = ("batch", "live", "flex")
+# OpenAI's flex processing guide (April 2025): "currently only available for o3 and o4-mini";
+# later versions say "supported models are listed on the pricing page", which lists the gpt-5
+# family with flex prices. UNVERIFIED for gpt-5's dated and -chat variants: the pricing page
+# is the authority, and a model it lacks is refused by the API with a 400.
+FLEX_MODELS = re.compile(r"^(o3|o4-mini|gpt-5(\.\d+)?(-mini|-nano)?)(-\d{4}-\d{2}-\d{2})?$")
+LIVE_PRICE_FACTOR = {"batch": 1.0, "live": 2.0, "flex": 1.0}
+
+
+def mode_of(config: Config, step_name: str, override: str = "") -> str:
+    """The step's mode: `override` (MODE=), else the step's mode:, else the config's."""
+    raw = config.data.get(step_name)
+    step_mode = raw.get("mode") if isinstance(raw, dict) else None
+    mode = override or step_mode or config.data.get("mode") or "batch"
+    if mode not in MODES:
+        where = "MODE" if override else f"{config.path}: mode:"
+        raise UserError(f"{where} is '{mode}'; use batch, live or flex")
+    if mode != "batch":
+        check_live(config, step_name, mode)
+    return str(mode)
+
+
+def check_live(config: Config, step_name: str, mode: str) -> None:
+    """The synchronous path is OpenAI's only, in this version: one line, before anything is sent,
+    for a step on another provider."""
+    provider = config.provider(step_name)
+    if provider != "openai":
+        raise UserError(
+            f"step '{step_name}' runs on {provider}, and {mode} answers (make sample, MODE=live, "
+            "MODE=flex) are OpenAI's only in this version; use MODE=batch, or provider: openai"
+        )
+
+
+def check_flex(model: str, endpoint: str) -> None:
+    """One line, before anything is sent, for a model or endpoint that has no flex tier."""
+    if endpoint == EMBEDDINGS:
+        raise UserError(
+            "MODE=flex: flex processing is for chat completions and responses, not embeddings; "
+            "use MODE=live or MODE=batch"
+        )
+    if not FLEX_MODELS.match(model):
+        raise UserError(
+            f"MODE=flex: {model} has no flex tier (OpenAI offers it for o3, o4-mini and the "
+            "gpt-5 family); use MODE=batch for batch prices, or MODE=live"
+        )
+
+
+def price_note(mode: str) -> str:
+    return {
+        "live": "live prices: assumed twice the config's batch prices",
+        "flex": "flex: the config's batch prices",
+        "batch": "the config's batch prices",
+    }[mode]

@@ -1,0 +1,107 @@
+"""`make caption MODE=live` (or flex): a step's chunks answered through the synchronous API.
+
+Reads chunks.mk, the chunks and answers/; sends every request that answers/ has no final
+answer for (a success, or a failure retrying cannot fix), CONCURRENCY at once, and writes each
+answer the moment it arrives to answers/live-<hash>.jsonl (whole, fsynced: call.py, sample.py's
+`keep`). Then results_NNN.jsonl for every chunk (its requests' standing rows, as a batch's) and
+results.list, so the merge, report, gallery and pipelines read a live run as a batch run.
+
+Exactly once as far as a synchronous API allows: an answer is on disk before the next request
+takes its place, so a kill -9 loses at most the CONCURRENCY requests in flight, and a rerun
+sends only what has no answer. Before the first request, live.sent is touched: chunks.mk is
+then remade on the next run, in any mode, and its split leaves out what was answered here, so
+switching to MODE=batch pays nothing twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from typing import Any
+
+from br.answers import store
+from br.batches.chunk import fresh
+from br.cli import UserError, note
+from br.config import Config
+from br.files import write_jsonl
+from br.layout import StepDir
+from br.live.call import Caller
+from br.prompts.images.identity import request_hash
+from br.records import iter_jsonl
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines
+
+
+class Tally:
+    """Progress on stderr: answered of total, failed, 429s waited out."""
+
+    def __init__(self, total: int, mode: str) -> None:
+        self.total, self.mode = total, mode
+        self.answered = self.failed = 0
+        self.started = self.last = time.monotonic()
+
+    def add(self, row: dict[str, Any], caller: Caller) -> None:
+        self.answered += 1
+        self.failed += not store.succeeded(row)
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY or self.answered == self.total:
+            self.last = now
+            rate = self.answered / max(now - self.started, 1e-6)
+            note(
+                f"{self.mode}: {self.answered}/{self.total} answered ({self.failed} failed), "
+                f"{rate:.1f} requests/s, {caller.waited} rate limit wait(s)"
+            )
+
+
+def chunk_requests(step: StepDir, ids: list[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Per chunk not yet done: its requests with their hashes."""
+    out = {}
+    for nnn in ids:
+        path = step.chunk(nnn)
+        if not path.exists():
+            raise UserError(f"{path} does not exist; run make to split the requests")
+        if fresh(step.results(nnn), path, step.batch_id(nnn)):
+            continue
+        out[nnn] = [(request_hash(r), r) for r in iter_jsonl(path)]
+    return out
+
+
+def run_live(step: StepDir, config: Config, mode: str, concurrency: int, retries: int) -> list[str]:
+    """Answer the step's chunks live; the chunk ids written (their results files)."""
+    ids = step.chunk_ids()
+    if ids is None:
+        raise UserError(f"{step.manifest} does not exist; run make to split the requests first")
+    todo = chunk_requests(step, ids)
+    with tempfile.NamedTemporaryFile(dir=step.root, prefix=".live-", suffix=".db") as tmp:
+        db = sqlite3.connect(tmp.name)
+        db.execute("PRAGMA journal_mode=OFF")
+        index = store.Index(db)
+        index.add(store.rows(step))
+        every = {h: r for requests in todo.values() for h, r in requests}
+        standing = index.get([bytes.fromhex(h) for h in every])
+        pending = [
+            r for h, r in every.items() if not store.final(standing.get(bytes.fromhex(h), {}))
+        ]
+        if pending:
+            step.live_sent.touch()
+            note(f"{step.root}: sending {len(pending)} request(s) {mode}, {concurrency} at once")
+            caller = Caller(config, mode, retries)
+            tally = Tally(len(pending), mode)
+
+            def done(request: dict[str, Any], row: dict[str, Any]) -> None:
+                h = request_hash(request)
+                kept = store.stored(str(request.get("custom_id") or ""), h, row)
+                write_jsonl(step.live_answer(h), [kept])
+                index.add([kept])
+                tally.add(row, caller)
+
+            caller.send_all(pending, concurrency, done)
+        for nnn, requests in todo.items():
+            rows = index.get([bytes.fromhex(h) for h, _ in requests])
+            write_jsonl(
+                step.results(nnn),
+                ({**rows[bytes.fromhex(h)], "custom_id": r.get("custom_id")} for h, r in requests),
+            )
+        db.close()
+    return ids
