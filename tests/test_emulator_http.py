@@ -241,3 +241,17 @@ def test_upstream_key_comes_from_the_environment(start_emulator: Callable[..., E
             model="m", messages=[{"role": "user", "content": "x"}]
         )
     assert upstream.admin("GET", "/_emulator/stats")["calls"]["POST /v1/chat/completions"] == 1
+
+
+def test_sigterm_right_after_the_url_line_stops_the_emulator(tmp_path: Path) -> None:
+    """The URL is printed before uvicorn installs its signal handlers: a caller that stops the
+    emulator at once (a test that needs no call) must not leave it serving forever."""
+    for k in range(10):
+        cmd = [sys.executable, str(EMULATOR), "--port", "0", "--state-dir", str(tmp_path / str(k))]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("http://")
+        proc.terminate()
+        try:
+            assert proc.wait(timeout=15) == 0
+        finally:
+            proc.kill()

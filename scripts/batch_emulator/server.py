@@ -230,16 +230,22 @@ def serve(options: Options) -> int:
         date_header=False,
     )
     server = uvicorn.Server(config)
+
+    # A signal before uvicorn installs its own handlers (the URL is printed first, so a caller
+    # may stop us at once) must still stop it; and uvicorn re-raises the signal it caught once it
+    # has shut down: this handler serves both, so SIGTERM ends the process with status 0 (state
+    # is on disk already).
+    def stop_serving(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_serving)
     sock = _listen(options)
     host = as_host(options.host) if options.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
     print(f"http://{host}:{sock.getsockname()[1]}/v1", flush=True)
     stop = threading.Event()
     ticker = threading.Thread(target=_ticker, args=(emu, stop), name="ticker", daemon=True)
     ticker.start()
-    # uvicorn re-raises the signal it caught once it has shut down; these handlers make that
-    # a no-op, so SIGTERM ends the process with status 0 (state is on disk already).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: None)
     try:
         server.run(sockets=[sock])
     finally:
