@@ -38,6 +38,7 @@ from br.batches.provider import (
     Limits,
     NotFound,
     Refused,
+    SDKClient,
     Trouble,
     Unlistable,
     Upload,
@@ -87,7 +88,7 @@ def local_id(path: Path, sha: str) -> str:
     return f"{path.resolve()}#{sha}"
 
 
-class Anthropic:
+class Anthropic(SDKClient):
     """The Provider of Anthropic's Message Batches (and of servers that speak it)."""
 
     limits = Limits(MAX_REQUESTS, MAX_BATCH_BYTES, MAX_EMBEDDING_INPUTS)
@@ -95,24 +96,8 @@ class Anthropic:
     keeps_files = False  # nothing on the server for make tidy to delete
     labels = False  # no metadata: a lost create is found by its results (`holds`)
 
-    def __init__(self, config: Config | None = None, client: Any = None) -> None:
-        self.config, self._client, self._bare = config, client, None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = make_client(self.config)
-        return self._client
-
-    @property
-    def bare(self) -> Any:
-        if self._bare is None:
-            self._bare = self.client.with_options(max_retries=0)
-        return self._bare
-
-    @property
-    def where(self) -> str:
-        return str(self.client.base_url)
+    def make_client(self) -> Any:
+        return make_client(self.config)
 
     def shape(self, request: dict[str, Any]) -> dict[str, Any]:
         return anthropic_lines.shape(request)

@@ -35,12 +35,12 @@ from br.batches.provider import (
     NotFound,
     Problem,
     Refused,
+    SDKClient,
     Trouble,
     Unlistable,
     Upload,
     failed,
 )
-from br.config import Config
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES, MAX_REQUESTS
 
 # Metadata keys that identify our batches (deterministic, so a rerun can recognise them).
@@ -57,30 +57,13 @@ RETRYABLE_STATUS = {408, 409, 429}
 STATUS_IN_MESSAGE = re.compile(r"\b(?:Error code|status(?: code)?)[:= ]+([1-5]\d\d)\b", re.I)
 
 
-class OpenAI:
+class OpenAI(SDKClient):
     """The Provider of OpenAI's Batch API (and of servers that speak it: OPENAI_BASE_URL)."""
 
     limits = Limits(MAX_REQUESTS, MAX_FILE_BYTES, MAX_EMBEDDING_INPUTS)
 
-    def __init__(self, config: Config | None = None, client: Any = None) -> None:
-        self.config, self._client, self._bare = config, client, None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = make_client(self.config)
-        return self._client
-
-    @property
-    def bare(self) -> Any:
-        """The client without the SDK's retries, for calls that pay (uploads and creates)."""
-        if self._bare is None:
-            self._bare = self.client.with_options(max_retries=0)
-        return self._bare
-
-    @property
-    def where(self) -> str:
-        return str(self.client.base_url)
+    def make_client(self) -> Any:
+        return make_client(self.config)
 
     def shape(self, request: dict[str, Any]) -> dict[str, Any]:
         """requests.jsonl's lines are OpenAI's batch lines already: custom_id, method, url, body."""

@@ -136,6 +136,35 @@ class Limits:
     max_embedding_inputs: int
 
 
+class SDKClient:
+    """A provider's SDK client, made on first use from the config (so a rerun with nothing to
+    do needs no key), and `bare`, the same client without the SDK's retries, for the calls that
+    pay (uploads and creates: submission.once decides when to try again). A subclass says how
+    its client is made (`make_client`)."""
+
+    def __init__(self, config: Any = None, client: Any = None) -> None:
+        self.config, self._client, self._bare = config, client, None
+
+    def make_client(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.make_client()
+        return self._client
+
+    @property
+    def bare(self) -> Any:
+        if self._bare is None:
+            self._bare = self.client.with_options(max_retries=0)
+        return self._bare
+
+    @property
+    def where(self) -> str:
+        return str(self.client.base_url)
+
+
 class Provider(Protocol):
     where: str  # the API's base URL: the machine-wide state (machine.py) is kept per URL
     limits: Limits
