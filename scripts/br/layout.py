@@ -1,13 +1,10 @@
-"""The build directory name of an input, and its format: `make` reads both at parse time.
+"""The build directory's names, owned here and nowhere else.
 
-`news-3f2a9c1e json` for data/news.json: the readable stem (characters Make cannot take in a
-target become `_`) and the first 8 hex digits of the sha256 of the input's absolute path, so
-a/news.json, b/news.json and news.jsonl never share a step directory. The input's content is
-tracked separately (requests.params holds its sha256), because mtimes are not identity.
-Standard library only: it runs before the virtual environment exists.
-
-The one owner of the build directory's file names (StepDir), and where a pipeline's
-step is (step_dir).
+- `name_of`: the directory of an input, `<readable stem>-<8 hex of the sha256 of its absolute
+  path>`, and whether its merged output is json or jsonl (scripts/build_name.py prints both for
+  make at parse time: standard library only, it runs before the virtual environment exists).
+- `StepDir`: a step's directory and every file in it (the one reader and writer of chunks.mk).
+- `step_dir`: where a pipeline's step is, for the verbs that look at one.
 """
 
 import hashlib

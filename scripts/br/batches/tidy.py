@@ -1,10 +1,6 @@
-"""Delete a step's files on the server once their results are safe in answers/: `make tidy`.
-
-For every batch in the step's ledger that ended and was fetched (its rows are in answers/), the
-batch's input, output and error files are deleted on the server, each named on stdout, and the
-ledger notes it so a second tidy asks nothing. A batch still running, or ended but not yet
-fetched, keeps its files (and is listed as kept, with why). `dry_run` lists what would go and
-deletes nothing. Batches themselves cannot be deleted through the API; they stay.
+"""Delete a step's files on the server once their results are safe in answers/ (`tidy`, for
+scripts/tidy.py, which says what it does for the user): a batch still running, or not yet
+fetched, keeps its files; a file a kept batch shares stays; the ledger notes each deletion.
 """
 
 from __future__ import annotations

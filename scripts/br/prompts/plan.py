@@ -1,13 +1,7 @@
-"""What a step would send and cost, before anything is sent: `make plan STEP=...`.
-
-Reads INPUT and the step of CONFIG and builds the requests exactly as make_requests.py would,
-then splits them exactly as split_requests.py would, all in memory: nothing is written (not
-even build/), no API is called and no key is needed. Prints the records, the requests, the
-records skipped (by missing field) or not selected by `where:`, the chunks and bytes, the
-estimated input tokens (text and images), an upper bound on output tokens when the step sets
-max_tokens, and the cost at the batch prices of the config's `prices:` table (USD per million
-tokens). With --answers, requests already answered by an earlier run are left out, as the split
-does. Rerunning it only prints the same plan again.
+"""A step's plan, built in memory exactly as make_requests.py and split_requests.py would build
+the requests and chunks (nothing written, no API called): records, requests, skips, chunks,
+bytes, estimated tokens and cost (`make_plan`, `sent_plan`, `summary`, `render`); the command
+is scripts/plan.py.
 """
 
 from __future__ import annotations
