@@ -39,7 +39,6 @@ from br.batches.provider import (
     NotFound,
     Refused,
     SDKClient,
-    Trouble,
     Unlistable,
     Upload,
 )
@@ -91,6 +90,7 @@ def local_id(path: Path, sha: str) -> str:
 class Anthropic(SDKClient):
     """The Provider of Anthropic's Message Batches (and of servers that speak it)."""
 
+    sdk = "anthropic"
     limits = Limits(MAX_REQUESTS, MAX_BATCH_BYTES, MAX_EMBEDDING_INPUTS)
     reshapes = True  # chunk lines are Anthropic's, not the pipeline's
     keeps_files = False  # nothing on the server for make tidy to delete
@@ -191,15 +191,6 @@ class Anthropic(SDKClient):
         for batch in itertools.islice(pages, limit):
             yield batch.model_dump(mode="json")
 
-    def trouble(self, error: Exception) -> Trouble | None:
-        import anthropic
-
-        if isinstance(error, anthropic.RateLimitError):
-            return Trouble(unclear=False, retry_after=retry_after(error))
-        if isinstance(error, (anthropic.APIConnectionError, anthropic.InternalServerError)):
-            return Trouble(unclear=True, retry_after=retry_after(error))
-        return None
-
 
 def batch_of(b: Any, key: tuple[str, int] | None = None) -> Batch:
     """The common Batch of a MessageBatch [§4]."""
@@ -230,12 +221,3 @@ def not_found() -> Iterator[None]:
         yield
     except anthropic.NotFoundError as e:
         raise NotFound(e.message) from e
-
-
-def retry_after(e: Exception) -> float | None:
-    response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value else None
-    except ValueError:
-        return None

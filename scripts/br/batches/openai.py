@@ -36,7 +36,6 @@ from br.batches.provider import (
     Problem,
     Refused,
     SDKClient,
-    Trouble,
     Unlistable,
     Upload,
     failed,
@@ -156,15 +155,6 @@ class OpenAI(SDKClient):
         for batch in last_batches(self.client, limit):
             yield batch.model_dump(mode="json")
 
-    def trouble(self, error: Exception) -> Trouble | None:
-        import openai
-
-        if isinstance(error, openai.RateLimitError):
-            return Trouble(unclear=False, retry_after=retry_after(error))
-        if isinstance(error, (openai.APIConnectionError, openai.InternalServerError)):
-            return Trouble(unclear=True, retry_after=retry_after(error))
-        return None
-
 
 def last_batches(client: Any, limit: int) -> list[Any]:
     """The last `limit` batches on the account, newest first, as the SDK's objects."""
@@ -215,15 +205,6 @@ def unlistable() -> Iterator[None]:
         if e.status_code in UNLISTABLE:
             raise Unlistable(f"this server cannot list these ({e.status_code})") from e
         raise
-
-
-def retry_after(e: Exception) -> float | None:
-    response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value else None
-    except ValueError:
-        return None
 
 
 # ----------------------------------------------------------------------------- result lines

@@ -29,6 +29,7 @@ message, status} | None, retryable, usage} (plus cut_short when it stopped at it
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,9 @@ class SDKClient:
     """A provider's SDK client, made on first use from the config (so a rerun with nothing to
     do needs no key), and `bare`, the same client without the SDK's retries, for the calls that
     pay (uploads and creates: submission.once decides when to try again). A subclass says how
-    its client is made (`make_client`)."""
+    its client is made (`make_client`), and `sdk` names the SDK's module."""
+
+    sdk = "openai"
 
     def __init__(self, config: Any = None, client: Any = None) -> None:
         self.config, self._client, self._bare = config, client, None
@@ -163,6 +166,26 @@ class SDKClient:
     @property
     def where(self) -> str:
         return str(self.client.base_url)
+
+    def trouble(self, error: Exception) -> Trouble | None:
+        """A 429 (nothing was made), or a dropped connection or a 5xx (unclear): the SDK's own
+        exception classes, which the openai and anthropic SDKs name alike."""
+        sdk = importlib.import_module(self.sdk)
+        if isinstance(error, sdk.RateLimitError):
+            return Trouble(unclear=False, retry_after=retry_after(error))
+        if isinstance(error, (sdk.APIConnectionError, sdk.InternalServerError)):
+            return Trouble(unclear=True, retry_after=retry_after(error))
+        return None
+
+
+def retry_after(e: Exception) -> float | None:
+    """The seconds an error's `retry-after` header asks for (at most a minute), if any."""
+    response = getattr(e, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(float(value), 60.0) if value else None
+    except ValueError:
+        return None
 
 
 class Provider(Protocol):
