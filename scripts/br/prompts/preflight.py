@@ -185,6 +185,7 @@ class Preflight:
         workers: int = DEFAULT_WORKERS,
         ttl: float = DEFAULT_TTL,
         offline: bool = False,
+        per_host: int = PER_HOST,
     ) -> None:
         """`offline` (for `make plan`): check nothing; use what the cache knows (failures too)."""
         self.cache, self.field, self.timeout = cache, field, timeout
@@ -195,7 +196,7 @@ class Preflight:
         self.reasons: Counter[str] = Counter()
         self.seconds = 0.0
         self.saved_at = time.monotonic()
-        self.per_host = PER_HOST
+        self.per_host = per_host
         self.answered: set[str] = set()  # hosts that gave an HTTP answer in this run
         self.misses: dict[str, list[str]] = {}  # a host's tries without an answer, until then
         self.given_up: dict[str, str] = {}  # host -> the reason its other URLs get
@@ -235,7 +236,9 @@ class Preflight:
         if unchecked:  # the time `filter` will take on this window, at most
             self.unchecked_hosts.update(unchecked)
             busiest = max(unchecked.values())
-            self.seconds_at_most += bound(unchecked.total(), busiest, self.timeout, self.workers)
+            self.seconds_at_most += bound(
+                unchecked.total(), busiest, self.timeout, self.workers, self.per_host
+            )
         for url, reason in self.run(todo):
             self.counts["checked"] += 1
             if reason is None:
