@@ -6,8 +6,9 @@ even build/), no API is called and no key is needed. Prints the records, the req
 records skipped (by missing field) or not selected by `where:`, the chunks and bytes, the
 estimated input tokens (text and images), an upper bound on output tokens when the step sets
 max_tokens, and the cost at the batch prices of the config's `prices:` table (USD per million
-tokens). With --answers, requests already answered by an earlier run are left out, as the split
-does. Rerunning it only prints the same plan again.
+tokens). With --preflight-cache, the image URLs the preflight has not checked yet, their hosts
+and an upper bound on the time the check takes. With --answers, requests already answered by
+an earlier run are left out, as the split does. Rerunning it only prints the same plan again.
 """
 
 from __future__ import annotations

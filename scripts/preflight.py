@@ -2,7 +2,9 @@
 
 Reads the step's requests (built from --input with --config and --step) or a requests or chunk
 file (--requests), and checks each http(s) image URL the way br/prompts/preflight.py describes,
-remembering the URLs that passed in --cache (preflight.json) for 24 hours:
+remembering the URLs that passed in --cache (preflight.json) for 24 hours: --workers at once,
+--per-host at once on one host, and a host that gives no answer to 3 tries is given up (its
+other URLs fail at once, without a try):
 
     preflight.py --input DATA --config CFG --step STEP [--data-key KEY] --cache FILE [-o FILE]
     preflight.py --requests requests.jsonl --cache FILE [-o FILE]
@@ -32,6 +34,7 @@ from br.prompts.preflight import (
     DEFAULT_TIMEOUT,
     DEFAULT_TTL,
     DEFAULT_WORKERS,
+    PER_HOST,
     Preflight,
     remote_url,
 )
@@ -58,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="preflight.jsonl: each failure")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds a URL")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="checks at once")
+    parser.add_argument("--per-host", type=int, default=PER_HOST, help="checks at once a host")
     parser.add_argument("--ttl-hours", type=float, default=DEFAULT_TTL / 3600)
     args = parser.parse_args(argv)
-    if args.timeout <= 0 or args.workers < 1:
-        raise UserError("--timeout must be positive and --workers at least 1")
+    if args.timeout <= 0 or args.workers < 1 or args.per_host < 1:
+        raise UserError("--timeout must be positive, --workers and --per-host at least 1")
     field = args.field
     if args.input is not None:
         if not (args.config and args.step):
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.requests.exists():
             raise UserError(f"{args.requests} does not exist; build it first (make plan, caption)")
         requests = iter_jsonl(args.requests)
-    checker = Preflight(args.cache, field, args.timeout, args.workers, args.ttl_hours * 3600)
+    checker = Preflight(
+        args.cache, field, args.timeout, args.workers, args.ttl_hours * 3600, per_host=args.per_host
+    )
     failures = (
         {"custom_id": request.get("custom_id"), "url": remote_url(request), "reason": reason}
         for request, reason in checker.filter(requests, remote_url)

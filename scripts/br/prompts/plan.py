@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # isort: split
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from br.prices import output_cost, price_of, usd
 from br.prompts.build import step_requests
 from br.prompts.images.cache import LocalImages
 from br.prompts.images.identity import materialised_size, request_hash
-from br.prompts.preflight import Preflight
+from br.prompts.preflight import GIVE_UP_AFTER, Preflight
 from br.prompts.request_images import reason_kinds
 from br.prompts.tokens import body_images, estimate_tokens
 from br.records import iter_jsonl, iter_records
@@ -46,6 +47,10 @@ class Plan:
     skipped: Counter[str] = field(default_factory=Counter)
     image_reasons: list[str] = field(default_factory=list)  # records skipped for their image
     unchecked_urls: int = 0  # image URLs the preflight has not checked yet
+    unchecked_hosts: int = 0  # the hosts they are on
+    busiest_host: int = 0  # the most of them on one host
+    preflight_seconds: float = 0.0  # the time checking them takes, at most
+    preflight_limits: str = ""  # how the preflight checks them: "4 at a time a host, ..."
     skipped_records: int = 0
     not_selected: int = 0
     chunk_sizes: list[tuple[int, int]] = field(default_factory=list)  # (requests, bytes)
@@ -105,6 +110,14 @@ def make_plan(
         plan.chunk_sizes.append((len(chunk), sum(materialised_size(line) for line in chunk)))
     plan.not_selected = plan.records - plan.requests - plan.reused - plan.skipped_records
     plan.unchecked_urls = checker.counts["unchecked"] if checker else 0
+    if checker is not None and checker.unchecked_hosts:
+        plan.unchecked_hosts = len(checker.unchecked_hosts)
+        plan.busiest_host = max(checker.unchecked_hosts.values())
+        plan.preflight_seconds = checker.seconds_at_most
+        plan.preflight_limits = (
+            f"{checker.per_host} at a time a host, {checker.workers} in all, "
+            f"{checker.timeout:g} s time-out"
+        )
     return plan
 
 
@@ -171,6 +184,10 @@ def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
         "skipped_for_image": len(plan.image_reasons),
         "skipped_image_reasons": reason_kinds(plan.image_reasons) if plan.image_reasons else "",
         "image_urls_not_checked": plan.unchecked_urls,
+        "image_url_hosts_not_checked": plan.unchecked_hosts,
+        "image_urls_busiest_host": plan.busiest_host,
+        "preflight_seconds_at_most": plan.preflight_seconds,
+        "preflight_limits": plan.preflight_limits,
         "not_selected": plan.not_selected,
         "chunks": len(plan.chunk_sizes),
         "bytes": sum(b for _, b in plan.chunk_sizes),
@@ -192,6 +209,16 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def duration(seconds: float) -> str:
+    """12 s, 2 min 40 s, 3 h 5 min."""
+    n = math.ceil(seconds)
+    if n < 60:
+        return f"{n} s"
+    if n < 3600:
+        return f"{n // 60} min" + (f" {n % 60} s" if n % 60 else "")
+    return f"{n // 3600:,} h" + (f" {n % 3600 // 60} min" if n % 3600 // 60 else "")
+
+
 def render(s: dict[str, Any], config: Config) -> str:
     out = [f"plan for step '{s['step']}' (nothing is sent; estimates only)"]
     row = "  {:<30} {}".format
@@ -210,6 +237,13 @@ def render(s: dict[str, Any], config: Config) -> str:
         out.append(
             row("image URLs not checked yet", f"{s['image_urls_not_checked']:,}")
             + " (make caption checks them first; make preflight STEP=... now)"
+        )
+        hosts = s["image_url_hosts_not_checked"]
+        out.append(
+            row("preflight, at most", duration(s["preflight_seconds_at_most"]))
+            + f" ({s['image_urls_not_checked']:,} URLs on {hosts:,} host{'s' * (hosts != 1)},"
+            f" {s['image_urls_busiest_host']:,} on the busiest; {s['preflight_limits']};"
+            f" a host that does not answer is given up after {GIVE_UP_AFTER} tries)"
         )
     if s["reused_answers"]:
         out.append(row("already answered (reused)", f"{s['reused_answers']:,}"))

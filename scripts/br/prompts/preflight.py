@@ -5,8 +5,16 @@ Each http(s) image URL gets a HEAD request; where HEAD is refused or answered un
 decides, and its bytes are sniffed too. A 403, 404, time-out, connection failure, a content
 type that is not an image the API takes, or a size over the API's image limit makes a reason
 such as `image_url: HTTP 403` or `image_url: timed out after 10s`; the record goes to
-skipped.jsonl with it, not into a batch. Checks run concurrently (16 threads, 10 s each by
-default) with the standard library only.
+skipped.jsonl with it, not into a batch. Checks run concurrently with the standard library
+only: 16 at once (10 s time-out each, by default), at most 4 at once on one host.
+
+A host is remembered for the run. Until it answers (any HTTP status, a 404 too) it is tried one
+URL at a time; when 3 tries get no answer (connection refused, a DNS failure, a time-out) it is
+given up and its other URLs fail at once, without a try each: `image_url: host img.example
+unreachable (3 tries timed out; not checked again)`. A host that answered once is checked URL
+by URL to the end. So a window of N URLs whose busiest host holds n takes at most
+2 x timeout x (ceil(N / 16) + ceil(n / 4) + 4) (each URL a HEAD and maybe a GET; `bound`), and
+a dead host costs 3 time-outs, not one per URL.
 
 URLs that passed are cached with the time of the check in a JSON file in the step's build
 directory (written whole, atomically), so a rerun within 24 hours does not check them again.
@@ -26,12 +34,14 @@ from br.cli import note
 
 import http.client
 import json
+import math
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +53,9 @@ from br.prompts.images.identity import image_parts
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_WORKERS = 16
+PER_HOST = 4  # checks at once on one host (once it has answered; 1 until then)
+GIVE_UP_AFTER = 3  # tries without an answer before a host is given up
+NO_ANSWER = ("timed out", "cannot connect", "cannot fetch")  # reasons where no HTTP answer came
 DEFAULT_TTL = 24 * 3600.0
 WINDOW = 2000  # records held at once by `filter`, so memory does not grow with the dataset
 SAVE_EVERY = 30.0  # seconds: `filter` saves the cache at most this often, and the caller at the end
@@ -131,8 +144,38 @@ def failure(e: BaseException, timeout: float) -> str:
     raise e
 
 
+def host_of(url: str) -> str:
+    """The host a URL is fetched from, as its failures are remembered: `img.example`, or
+    `img.example:8080` for a port other than the scheme's own."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return parts.netloc.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return host if port is None or port == default else f"{host}:{port}"
+
+
+def bound(urls: int, busiest: int, timeout: float, workers: int, per_host: int = PER_HOST) -> float:
+    """Seconds a check of `urls` URLs, `busiest` of them on one host, takes at most.
+
+    Each URL costs at most 2 x timeout (a HEAD, then maybe a ranged GET). While a thread is idle,
+    every host with URLs left is at its limit; so the time is at most the time all threads are
+    busy (urls / workers checks), plus the busiest host at its limit (busiest / per_host), its
+    tries one at a time before it answers (3), and the last check (1).
+    """
+    if not urls:
+        return 0.0
+    rounds = math.ceil(urls / workers) + math.ceil(busiest / per_host) + GIVE_UP_AFTER + 1
+    return 2 * timeout * rounds
+
+
 class Preflight:
-    """Checks URLs concurrently, remembering those that passed in a cache file."""
+    """Checks URLs concurrently, remembering those that passed in a cache file and, for the
+    run, the hosts that answered and those given up."""
 
     def __init__(
         self,
@@ -142,6 +185,7 @@ class Preflight:
         workers: int = DEFAULT_WORKERS,
         ttl: float = DEFAULT_TTL,
         offline: bool = False,
+        per_host: int = PER_HOST,
     ) -> None:
         """`offline` (for `make plan`): check nothing; use what the cache knows (failures too)."""
         self.cache, self.field, self.timeout = cache, field, timeout
@@ -152,6 +196,13 @@ class Preflight:
         self.reasons: Counter[str] = Counter()
         self.seconds = 0.0
         self.saved_at = time.monotonic()
+        self.per_host = per_host
+        self.answered: set[str] = set()  # hosts that gave an HTTP answer in this run
+        self.misses: dict[str, list[str]] = {}  # a host's tries without an answer, until then
+        self.given_up: dict[str, str] = {}  # host -> the reason its other URLs get
+        # offline: the URLs not checked yet, by host, and a bound on the time to check them
+        self.unchecked_hosts: Counter[str] = Counter()
+        self.seconds_at_most = 0.0
         if cache is not None and cache.exists():
             try:
                 data = json.loads(cache.read_text(encoding="utf-8"))
@@ -166,6 +217,7 @@ class Preflight:
         start, now = time.monotonic(), time.time()
         results: dict[str, str | None] = {}
         todo = []
+        unchecked: Counter[str] = Counter()  # offline: by host
         for url in dict.fromkeys(urls):
             if now - self.passed.get(url, -1e18) < self.ttl:
                 results[url] = None
@@ -178,25 +230,95 @@ class Preflight:
             elif self.offline:
                 self.counts["unchecked"] += 1
                 results[url] = None
+                unchecked[host_of(url)] += 1
             else:
                 todo.append(url)
-        if todo:
-            with ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
-                for url, reason in zip(
-                    todo, pool.map(lambda u: check_url(u, self.timeout), todo), strict=True
-                ):
-                    self.counts["checked"] += 1
-                    if reason is None:
-                        self.passed[url] = now
-                        self.failed.pop(url, None)
-                        results[url] = None
-                    else:
-                        self.passed.pop(url, None)
-                        self.failed[url] = [reason, now]
-                        self.reasons[reason] += 1
-                        results[url] = f"{self.field}: {reason}"
+        if unchecked:  # the time `filter` will take on this window, at most
+            self.unchecked_hosts.update(unchecked)
+            busiest = max(unchecked.values())
+            self.seconds_at_most += bound(
+                unchecked.total(), busiest, self.timeout, self.workers, self.per_host
+            )
+        for url, reason in self.run(todo):
+            self.counts["checked"] += 1
+            if reason is None:
+                self.passed[url] = now
+                self.failed.pop(url, None)
+                results[url] = None
+            else:
+                self.passed.pop(url, None)
+                self.failed[url] = [reason, now]
+                self.reasons[reason] += 1
+                results[url] = f"{self.field}: {reason}"
         self.seconds += time.monotonic() - start
         return results
+
+    def run(self, urls: list[str]) -> Iterator[tuple[str, str | None]]:
+        """Each URL with its reason (None: passed), as the checks end.
+
+        Threads go to hosts in turn, at most `per_host` at once on a host that answered, one
+        on a host that has not yet; a host given up has its URLs failed without a try."""
+        queues: dict[str, deque[str]] = {}
+        for url in urls:
+            queues.setdefault(host_of(url), deque()).append(url)
+        ready = deque(queues)  # hosts that may start a check now
+        waiting = set(ready)
+        running: Counter[str] = Counter()
+        pending: dict[Future[str | None], tuple[str, str]] = {}
+        with ThreadPoolExecutor(max(1, min(self.workers, len(urls)))) as pool:
+            while ready or pending:
+                while ready and len(pending) < self.workers:
+                    host = ready.popleft()
+                    waiting.discard(host)
+                    queue = queues[host]
+                    if host in self.given_up:
+                        while queue:
+                            self.counts["given_up"] += 1
+                            yield queue.popleft(), self.given_up[host]
+                        continue
+                    if not queue or running[host] >= self.limit(host):
+                        continue
+                    url = queue.popleft()
+                    pending[pool.submit(check_url, url, self.timeout)] = (host, url)
+                    running[host] += 1
+                    if queue and running[host] < self.limit(host):
+                        ready.append(host)
+                        waiting.add(host)
+                if not pending:
+                    continue
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    host, url = pending.pop(future)
+                    running[host] -= 1
+                    reason = future.result()
+                    self.learn(host, reason)
+                    yield url, reason
+                    if queues[host] and host not in waiting:
+                        ready.append(host)
+                        waiting.add(host)
+
+    def limit(self, host: str) -> int:
+        """Checks at once on a host: one until it answers (a URL without a host: any)."""
+        return self.per_host if host in self.answered or not host else 1
+
+    def learn(self, host: str, reason: str | None) -> None:
+        """What a check says of its host: it answers, or one more try without an answer."""
+        if not host or host in self.answered or host in self.given_up:
+            return
+        if reason is None or not reason.startswith(NO_ANSWER):
+            self.answered.add(host)
+            self.misses.pop(host, None)
+            return
+        misses = self.misses.setdefault(host, [])
+        misses.append(reason)
+        if len(misses) >= GIVE_UP_AFTER:
+            kinds = {m.split(" (")[0].split(" after")[0] for m in misses}
+            what = {"timed out": "timed out", "cannot connect": "could not connect"}
+            how = what.get(kinds.pop(), "failed") if len(kinds) == 1 else "failed"
+            self.given_up[host] = (
+                f"host {host} unreachable ({len(misses)} tries {how}; not checked again)"
+            )
+            del self.misses[host]
 
     def filter(
         self, items: Iterable[T], url_of: Callable[[T], str | None], window: int = WINDOW
@@ -256,6 +378,10 @@ class Preflight:
         unchecked = self.counts["unchecked"]
         if unchecked:
             line += f", {unchecked} not checked yet"
+        if self.given_up:
+            hosts = len(self.given_up)
+            line += f", {hosts} host{'s' * (hosts > 1)} unreachable"
+            line += f" ({self.counts['given_up']} URL(s) failed without a try)"
         return line + f", {checked} checked in {self.seconds:.1f}s"
 
 
