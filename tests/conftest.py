@@ -22,6 +22,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 TEST_KEY = "test-key-not-secret"
+# The example's two steps (configs/example.yaml, trimmed), for a pipeline on any provider: a
+# config is a provider's header (model:, provider:, prices:) and these.
+EXAMPLE_STEPS = """pipeline: [article_filter, caption]
+article_filter:
+  is_multimodal: false
+  system: You screen news articles. Answer in JSON.
+  user: |
+    Title: {title}
+    Article: {article}
+  response_format:
+    type: object
+    properties:
+      keep: {type: boolean}
+      reason: {type: string}
+    required: [keep, reason]
+    additionalProperties: false
+  response_key: article_filter
+  max_tokens: 200
+caption:
+  where: .article_filter.keep != false
+  system: You write factual captions for news photographs.
+  user: 'Headline: {title}'
+  response_key: generated_caption
+  max_tokens: 300
+"""
 
 
 class Emulator:

@@ -13,37 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
+from conftest import EXAMPLE_STEPS, ROOT, Emulator, input_dir, make, read_json, write_json
 
 KEY = "test-anthropic-key"
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-PIPELINE = """model: claude-sonnet-4-5
-provider: anthropic
-prices:
-  claude-sonnet-4-5: {input: 1.50, cached_input: 0.15, output: 7.50}
-pipeline: [article_filter, caption]
-article_filter:
-  is_multimodal: false
-  system: You screen news articles. Answer in JSON.
-  user: |
-    Title: {title}
-    Article: {article}
-  response_format:
-    type: object
-    properties:
-      keep: {type: boolean}
-      reason: {type: string}
-    required: [keep, reason]
-    additionalProperties: false
-  response_key: article_filter
-  max_tokens: 200
-caption:
-  where: .article_filter.keep != false
-  system: You write factual captions for news photographs.
-  user: 'Headline: {title}'
-  response_key: generated_caption
-  max_tokens: 300
-"""
+PIPELINE = (
+    "model: claude-sonnet-4-5\nprovider: anthropic\nprices:\n"
+    "  claude-sonnet-4-5: {input: 1.50, cached_input: 0.15, output: 7.50}\n" + EXAMPLE_STEPS
+)
 TEXT = """model: claude-sonnet-4-5
 provider: anthropic
 caption:

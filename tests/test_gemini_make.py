@@ -5,34 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Emulator, input_dir, make, read_json, write_json
+from conftest import EXAMPLE_STEPS, Emulator, input_dir, make, read_json, write_json
 
 KEY = "test-gemini-key"
-PIPELINE = """model: gemini-2.5-flash
-provider: gemini
-pipeline: [article_filter, caption]
-article_filter:
-  is_multimodal: false
-  system: You screen news articles. Answer in JSON.
-  user: |
-    Title: {title}
-    Article: {article}
-  response_format:
-    type: object
-    properties:
-      keep: {type: boolean}
-      reason: {type: string}
-    required: [keep, reason]
-    additionalProperties: false
-  response_key: article_filter
-  max_tokens: 200
-caption:
-  where: .article_filter.keep != false
-  system: You write factual captions for news photographs.
-  user: 'Headline: {title}'
-  response_key: generated_caption
-  max_tokens: 300
-"""
+PIPELINE = "model: gemini-2.5-flash\nprovider: gemini\n" + EXAMPLE_STEPS
 
 
 def env(emu: Emulator) -> dict[str, str]:
