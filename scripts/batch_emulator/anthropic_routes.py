@@ -10,13 +10,12 @@ A key comes as ``x-api-key`` (SDKs before 2.x, the docs' curl) or as ``Authoriza
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .anthropic_batches import LIST_LIMIT, MAX_BODY_BYTES, MessageBatches
@@ -26,9 +25,7 @@ from .provider_errors import AnthropicError, ProviderError
 from .provider_wire import Dialect, provider_route
 from .routes import ALL_METHODS
 from .store import ID_ALPHABET
-from .wire import JsonAnswer, bearer, in_model, read_json
-
-CHUNK = 1 << 20
+from .wire import JsonAnswer, bearer, in_model, read_json, streamed
 
 
 class Anthropic(Dialect):
@@ -132,17 +129,8 @@ class Handlers:
     async def results(self, request: Request) -> Response:
         batch_id, model = request.path_params["id"], self.model
         fh = await self._run(lambda now: open(model.results_path(batch_id), "rb"))  # noqa: SIM115
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(0)
-
-        def chunks() -> Iterator[bytes]:
-            with fh:
-                while data := fh.read(CHUNK):
-                    yield data
-
         # UNVERIFIED: the Content-Type; the SDK asks for application/binary.
-        headers = {"content-length": str(size)}
-        return StreamingResponse(chunks(), media_type="application/binary", headers=headers)
+        return streamed(fh, "application/binary")[0]
 
 
 def table(emu: Emulator) -> list[Route]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
@@ -34,10 +33,9 @@ from .lifecycle import Emulator
 from .provider_errors import GoogleError, ProviderError
 from .provider_wire import Dialect, provider_route
 from .routes import ALL_METHODS
-from .wire import JsonAnswer, in_model, read_body, read_json
+from .wire import JsonAnswer, in_model, read_body, read_json, streamed
 
 VERSIONS = ("v1", "v1beta")
-CHUNK = 1 << 20
 UNREGISTERED = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
@@ -198,16 +196,7 @@ class Handlers:
         ident = request.path_params["id"].partition(":")[0]
         files = self.files
         fh = await self._run(lambda now: open(files.data_path(files.get(ident, now)), "rb"))  # noqa: SIM115
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(0)
-
-        def chunks() -> Iterator[bytes]:
-            with fh:
-                while data := fh.read(CHUNK):
-                    yield data
-
-        headers = {"content-length": str(size)}
-        return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+        return streamed(fh, "application/octet-stream")[0]
 
     # ---- uploads: the resumable protocol -----------------------------------------------
 

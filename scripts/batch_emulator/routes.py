@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from . import answers, facts, uploads, validation
 from .exceptions import ApiError, InvalidValue, MissingParameter
 from .lifecycle import Emulator
 from .ratelimits import Limits, check_flex, request_tokens
-from .wire import JsonAnswer, api_route, in_model, read_json
+from .wire import JsonAnswer, api_route, in_model, read_json, streamed
 
-CHUNK = 1 << 20  # bytes per read of a download (each read is a thread hop)
 # Every method reaches the endpoint, which answers the API's 404 for those a path lacks.
 ALL_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"]
 
@@ -99,20 +96,11 @@ class Files:
             return store.open_data(file_id)
 
         fh = await in_model(self.emu, open_it)
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(0)
+        # UNVERIFIED: the real Content-Type; raw bytes as application/octet-stream.
+        response, size = streamed(fh, "application/octet-stream")
         with self.emu.stats_lock:
             self.emu.count_bytes("GET /v1/files/{id}/content", size)
-
-        def chunks() -> Iterator[bytes]:
-            with fh:
-                while data := fh.read(CHUNK):
-                    yield data
-
-        # UNVERIFIED: the real Content-Type; raw bytes as application/octet-stream.
-        return StreamingResponse(
-            chunks(), media_type="application/octet-stream", headers={"content-length": str(size)}
-        )
+        return response
 
 
 class Batches:

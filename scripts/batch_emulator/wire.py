@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .exceptions import ApiError, BadJson, BodyTooLarge, InvalidUrl, Unauthorized
@@ -194,3 +195,20 @@ def api_route(emu: Emulator, template: str, methods: dict[str, Handler]) -> Hand
             )
 
     return endpoint
+
+
+CHUNK = 1 << 20  # bytes per read of a download (each read is a thread hop)
+
+
+def streamed(fh: Any, media_type: str) -> tuple[StreamingResponse, int]:
+    """A download of an open file, read a chunk at a time and closed at the end, and its size."""
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(0)
+
+    def chunks() -> Iterator[bytes]:
+        with fh:
+            while data := fh.read(CHUNK):
+                yield data
+
+    headers = {"content-length": str(size)}
+    return StreamingResponse(chunks(), media_type=media_type, headers=headers), size
