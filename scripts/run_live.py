@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.retries < 0:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
     step_dir = StepDir(args.dir)
-    ids = run_live(step_dir, config, mode, args.concurrency, args.retries)
+    ids = run_live(step_dir, config, args.step, mode, args.concurrency, args.retries)
     if args.output:
         write_text(args.output, step_dir.results_list_text(ids))
     return 0

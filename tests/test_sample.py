@@ -116,11 +116,11 @@ def test_sample_mistakes_are_one_line(emulator: Emulator, tmp_path: Path) -> Non
     assert calls(emulator) == 0
 
 
-def test_live_answers_on_another_provider_are_refused_in_one_line(
+def test_flex_on_another_provider_is_refused_in_one_line(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """The synchronous path is OpenAI's only: a step on Anthropic is refused before anything
-    is sent, by make sample and by MODE=live."""
+    """Flex is OpenAI's tier: a step on Anthropic asking for it is refused before anything is
+    sent, by make sample and by MODE=flex (live answers on Anthropic: test_live_providers.py)."""
     config = "provider: anthropic\nmodel: claude-sonnet-4-5\n" + CONFIG.split("\n", 1)[1]
     config = config.replace(
         "  response_key: verdict\n", "  response_key: verdict\n  max_tokens: 50\n"
@@ -129,9 +129,10 @@ def test_live_answers_on_another_provider_are_refused_in_one_line(
     variables = dict(
         BUILD=tmp_path / "build", INPUT=data, CONFIG=cfg, STEP="verdict", DATA_KEY="id"
     )
-    for target, extra in (("sample", {}), ("caption", {"MODE": "live"})):
-        r = make(target, env=emulator.env(), check=False, **variables, **extra)
+    for target in ("sample", "caption"):
+        r = make(target, env=emulator.env(), check=False, MODE="flex", **variables)
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-        assert len(errors) == 1 and "OpenAI's only" in errors[0], r.stderr
-    assert calls(emulator) == 0 and emulator.stats().get("message_batches_created", 0) == 0
+        assert len(errors) == 1 and "MODE=flex is OpenAI's flex tier" in errors[0], r.stderr
+    stats = emulator.stats()
+    assert stats.get("live_calls", 0) == 0 and stats.get("message_batches_created", 0) == 0

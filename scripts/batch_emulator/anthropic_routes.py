@@ -1,6 +1,7 @@
 """The wire of Anthropic's Message Batches API (docs/api-facts-anthropic.md "Routes"):
 ``/v1/messages/batches`` create and list, ``/{id}`` retrieve and delete, ``/{id}/cancel``,
-``/{id}/results`` (JSONL), on the same port as OpenAI's API.
+``/{id}/results`` (JSONL), on the same port as OpenAI's API; and ``/v1/messages``, one Message
+answered now (provider_live.py).
 
 A key comes as ``x-api-key`` (SDKs before 2.x, the docs' curl) or as ``Authorization: Bearer``
 (SDK 2.x); ``anthropic-version`` must be one of the two versions in use. Every answer carries a
@@ -22,10 +23,13 @@ from .anthropic_batches import LIST_LIMIT, MAX_BODY_BYTES, MessageBatches
 from .anthropic_messages import VERSIONS
 from .lifecycle import Emulator
 from .provider_errors import AnthropicError, ProviderError
+from .provider_live import ProviderLive
 from .provider_wire import Dialect, provider_route
 from .routes import ALL_METHODS
 from .store import ID_ALPHABET
 from .wire import JsonAnswer, bearer, in_model, read_json, streamed
+
+MAX_MESSAGE_BYTES = 32_000_000  # the Messages API's request size limit (32 MB)
 
 
 class Anthropic(Dialect):
@@ -74,6 +78,7 @@ class Handlers:
     def __init__(self, emu: Emulator) -> None:
         self.emu = emu
         self.model = MessageBatches(emu)
+        self.live = ProviderLive(emu)
 
     async def _run(self, fn: Callable[[float], Any]) -> Any:
         def step(now: float) -> Any:
@@ -92,6 +97,12 @@ class Handlers:
         return JsonAnswer(
             await self._run(lambda now: model.view(model.create(payload, version, now), root))
         )
+
+    async def message(self, request: Request) -> Response:
+        """`POST /v1/messages`: one Message, answered now (provider_live.py)."""
+        params = await read_json(request, MAX_MESSAGE_BYTES)
+        body, headers = await self.live.message(params, request.headers["anthropic-version"])
+        return JsonAnswer(body, headers=headers)
 
     async def retrieve(self, request: Request) -> Response:
         batch_id, root, model = request.path_params["id"], self._root(request), self.model
@@ -136,6 +147,7 @@ class Handlers:
 def table(emu: Emulator) -> list[Route]:
     h, dialect = Handlers(emu), Anthropic()
     paths: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/messages", {"POST": h.message}),
         ("/v1/messages/batches", {"POST": h.create, "GET": h.list}),
         ("/v1/messages/batches/{id}", {"GET": h.retrieve, "DELETE": h.delete}),
         ("/v1/messages/batches/{id}/cancel", {"POST": h.cancel}),

@@ -1,6 +1,7 @@
 """The wire of Gemini's Batch API and File API (docs/api-facts-gemini.md "Routes"), under
 ``/v1`` (the SDK's default) and ``/v1beta`` (the docs'), on the same port as OpenAI's API:
 
+- ``POST /{v}/models/{model}:generateContent`` (one answer now: provider_live.py);
 - ``POST /{v}/models/{model}:batchGenerateContent``; ``GET /{v}/batches``;
   ``GET|DELETE /{v}/batches/{id}``; ``POST /{v}/batches/{id}:cancel``;
 - ``POST /upload/{v}/files`` (the resumable protocol: start, then chunks at the session URL);
@@ -31,6 +32,7 @@ from .gemini_batches import LIST_SIZE, MAX_INLINE_BYTES, GeminiBatches
 from .gemini_files import MAX_FILE_BYTES
 from .lifecycle import Emulator
 from .provider_errors import GoogleError, ProviderError
+from .provider_live import ProviderLive
 from .provider_wire import Dialect, provider_route
 from .routes import ALL_METHODS
 from .wire import JsonAnswer, in_model, read_body, read_json, streamed
@@ -106,6 +108,7 @@ class Handlers:
         self.emu = emu
         self.model = GeminiBatches(emu)
         self.files = self.model.files
+        self.live = ProviderLive(emu)
 
     async def _run(self, fn: Callable[[float], Any]) -> Any:
         def step(now: float) -> Any:
@@ -118,6 +121,9 @@ class Handlers:
 
     async def create(self, request: Request) -> Response:
         model, _, method = request.path_params["model"].partition(":")
+        if method == "generateContent":
+            req = await read_json(request, MAX_INLINE_BYTES)
+            return JsonAnswer(await self.live.content(model, req))
         if method != "batchGenerateContent":
             raise GoogleError(404, f"Method {method or 'generateContent'} is not emulated.")
         try:

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import ApiError
@@ -45,6 +46,34 @@ def request_tokens(prompt_tokens: int, body: dict[str, Any]) -> int:
     return prompt_tokens + cap
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A call against the minute's limits: `over` names the limit it would break ("requests",
+    "tokens"), empty when it was admitted; the rest is the minute's state after it."""
+
+    over: str
+    rpm: int | None
+    tpm: int | None
+    requests_used: int
+    tokens_used: int
+    requested: int
+    reset: float  # seconds until the oldest call leaves the window
+    wait: float  # seconds until this call would fit (0 when admitted)
+
+    @property
+    def limit(self) -> int | None:
+        return self.rpm if self.over == "requests" else self.tpm
+
+    @property
+    def used(self) -> int:
+        return self.requests_used if self.over == "requests" else self.tokens_used
+
+    @property
+    def retry_after(self) -> int:
+        """`retry-after`: whole seconds, rounded up."""
+        return max(math.ceil(self.wait), 1)
+
+
 class Limits:
     """Per model, the calls and tokens of the rolling minute."""
 
@@ -52,7 +81,7 @@ class Limits:
         self.lock = threading.Lock()
         self.seen: dict[str, deque[tuple[float, int]]] = {}
 
-    def admit(
+    def decide(
         self,
         model: str,
         tokens: int,
@@ -60,9 +89,9 @@ class Limits:
         tpm: int | None,
         now: float | None = None,
         window: float = WINDOW,
-    ) -> dict[str, str]:
-        """The rate limit headers of an admitted call, or ApiError 429 (with them) if the
-        call would go over a limit: it then counts nothing."""
+    ) -> Decision:
+        """Whether a call fits the model's minute (it is then counted), and the state each
+        provider's headers are made of: its route words them (OpenAI: `admit`)."""
         now = time.time() if now is None else now
         with self.lock:
             calls = self.seen.setdefault(model, deque())
@@ -73,23 +102,43 @@ class Limits:
             over_tokens = tpm is not None and used_tokens + tokens > tpm
             if not (over_requests or over_tokens):
                 calls.append((now, tokens))
-            headers = self.headers(calls, rpm, tpm, now, window)
-            if over_requests or over_tokens:
-                wait = self.wait(calls, tokens, tpm, now, over_requests, window)
-                kind, limit, used = (
-                    ("requests", rpm, len(calls)) if over_requests else ("tokens", tpm, used_tokens)
-                )
-                unit = "RPM" if over_requests else "TPM"
-                raise ApiError(
-                    429,
-                    f"Rate limit reached for {model} in organization org-emulator on {kind} per "
-                    f"min ({unit}): Limit {limit}, Used {used}, Requested "
-                    f"{1 if over_requests else tokens}. Please try again in {duration(wait)}.",
-                    type_=kind,
-                    code="rate_limit_exceeded",
-                    headers={**headers, "retry-after": str(max(math.ceil(wait), 1))},
-                )
-            return headers
+            over = "requests" if over_requests else "tokens" if over_tokens else ""
+            return Decision(
+                over=over,
+                rpm=rpm,
+                tpm=tpm,
+                requests_used=len(calls),
+                tokens_used=sum(t for _, t in calls),
+                requested=1 if over_requests else tokens,
+                reset=(calls[0][0] + window - now) if calls else 0.0,
+                wait=self.wait(calls, tokens, tpm, now, over_requests, window) if over else 0.0,
+            )
+
+    def admit(
+        self,
+        model: str,
+        tokens: int,
+        rpm: int | None,
+        tpm: int | None,
+        now: float | None = None,
+        window: float = WINDOW,
+    ) -> dict[str, str]:
+        """OpenAI's rate limit headers of an admitted call, or ApiError 429 (with them) if the
+        call would go over a limit: it then counts nothing."""
+        d = self.decide(model, tokens, rpm, tpm, now, window)
+        headers = self.headers(d)
+        if d.over:
+            unit = "RPM" if d.over == "requests" else "TPM"
+            raise ApiError(
+                429,
+                f"Rate limit reached for {model} in organization org-emulator on {d.over} per "
+                f"min ({unit}): Limit {d.limit}, Used {d.used}, Requested {d.requested}. "
+                f"Please try again in {duration(d.wait)}.",
+                type_=d.over,
+                code="rate_limit_exceeded",
+                headers={**headers, "retry-after": str(d.retry_after)},
+            )
+        return headers
 
     @staticmethod
     def wait(
@@ -115,19 +164,16 @@ class Limits:
         return window
 
     @staticmethod
-    def headers(
-        calls: deque[tuple[float, int]], rpm: int | None, tpm: int | None, now: float, window: float
-    ) -> dict[str, str]:
+    def headers(d: Decision) -> dict[str, str]:
         out: dict[str, str] = {}
-        reset = (calls[0][0] + window - now) if calls else 0.0
-        if rpm is not None:
-            out["x-ratelimit-limit-requests"] = str(rpm)
-            out["x-ratelimit-remaining-requests"] = str(max(rpm - len(calls), 0))
-            out["x-ratelimit-reset-requests"] = duration(reset)
-        if tpm is not None:
-            out["x-ratelimit-limit-tokens"] = str(tpm)
-            out["x-ratelimit-remaining-tokens"] = str(max(tpm - sum(t for _, t in calls), 0))
-            out["x-ratelimit-reset-tokens"] = duration(reset)
+        if d.rpm is not None:
+            out["x-ratelimit-limit-requests"] = str(d.rpm)
+            out["x-ratelimit-remaining-requests"] = str(max(d.rpm - d.requests_used, 0))
+            out["x-ratelimit-reset-requests"] = duration(d.reset)
+        if d.tpm is not None:
+            out["x-ratelimit-limit-tokens"] = str(d.tpm)
+            out["x-ratelimit-remaining-tokens"] = str(max(d.tpm - d.tokens_used, 0))
+            out["x-ratelimit-reset-tokens"] = duration(d.reset)
         return out
 
 

@@ -1,9 +1,10 @@
 """Which API a step runs through, and what that costs.
 
 - ``batch`` (the default): the Batch API, at the config's `prices:`.
-- ``live``: the synchronous API, one request at a time (CONCURRENCY at once). Priced at twice
-  the config's batch prices: OpenAI's Batch API is half the price of the synchronous one, and
-  the config holds batch prices. That rule is an assumption; the provider's price page wins.
+- ``live``: the synchronous API (CONCURRENCY requests at once), on the step's provider (OpenAI's
+  chat/responses, Anthropic's Messages, Gemini's generateContent). Priced at twice the config's
+  batch prices: each provider's batch is half its synchronous price (br/prices.py names the
+  sources); the provider's price page wins.
 - ``flex``: the synchronous API with `service_tier: "flex"`, priced at batch prices (OpenAI's
   flex processing guide: "priced at Batch API rates"), slower, with 429 "Resource Unavailable"
   waited out. Only for the models OpenAI offers it for (FLEX_MODELS), on chat completions and
@@ -43,13 +44,13 @@ def mode_of(config: Config, step_name: str, override: str = "") -> str:
 
 
 def check_live(config: Config, step_name: str, mode: str) -> None:
-    """The synchronous path is OpenAI's only, in this version: one line, before anything is sent,
-    for a step on another provider."""
+    """Flex is OpenAI's tier only: one line, before anything is sent, for a step on another
+    provider (live answers run on every provider: wires.py)."""
     provider = config.provider(step_name)
-    if provider != "openai":
+    if mode == "flex" and provider != "openai":
         raise UserError(
-            f"step '{step_name}' runs on {provider}, and {mode} answers (make sample, MODE=live, "
-            "MODE=flex) are OpenAI's only in this version; use MODE=batch, or provider: openai"
+            f"step '{step_name}' runs on {provider}, and MODE=flex is OpenAI's flex tier; use "
+            "MODE=live (the synchronous API) or MODE=batch"
         )
 
 

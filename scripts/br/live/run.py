@@ -22,12 +22,12 @@ from typing import Any
 
 from br.answers import store
 from br.batches.chunk import fresh
+from br.batches.providers import line_identity
 from br.cli import UserError, note
 from br.config import Config
 from br.files import write_jsonl
 from br.layout import StepDir
 from br.live.call import Caller
-from br.prompts.images.identity import request_hash
 from br.records import iter_jsonl
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines
@@ -63,11 +63,13 @@ def chunk_requests(step: StepDir, ids: list[str]) -> dict[str, list[tuple[str, d
             raise UserError(f"{path} does not exist; run make to split the requests")
         if fresh(step.results(nnn), path, step.batch_id(nnn)):
             continue
-        out[nnn] = [(request_hash(r), r) for r in iter_jsonl(path)]
+        out[nnn] = [(line_identity(r)[1], r) for r in iter_jsonl(path)]
     return out
 
 
-def run_live(step: StepDir, config: Config, mode: str, concurrency: int, retries: int) -> list[str]:
+def run_live(
+    step: StepDir, config: Config, step_name: str, mode: str, concurrency: int, retries: int
+) -> list[str]:
     """Answer the step's chunks live; the chunk ids written (their results files)."""
     ids = step.chunk_ids()
     if ids is None:
@@ -86,11 +88,11 @@ def run_live(step: StepDir, config: Config, mode: str, concurrency: int, retries
         if pending:
             step.live_sent.touch()
             note(f"{step.root}: sending {len(pending)} request(s) {mode}, {concurrency} at once")
-            caller = Caller(config, mode, retries)
+            caller = Caller(config, mode, retries, config.provider(step_name))
             tally = Tally(len(pending), mode)
 
             def done(request: dict[str, Any], row: dict[str, Any]) -> None:
-                h = request_hash(request)
+                h = line_identity(request)[1]
                 kept = store.stored(str(request.get("custom_id") or ""), h, row)
                 write_jsonl(step.live_answer(h), [kept])
                 index.add([kept])

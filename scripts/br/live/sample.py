@@ -215,7 +215,7 @@ def run_sample(
     if todo:
         step_dir.root.mkdir(parents=True, exist_ok=True)
         step_dir.live_sent.touch()
-        caller = Caller(config, mode, args.retries)
+        caller = Caller(config, mode, args.retries, config.provider(step.name))
 
         def done(request: dict[str, Any], row: dict[str, Any]) -> None:
             ps = by_hash[request_hash(request)]

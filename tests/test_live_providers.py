@@ -1,0 +1,129 @@
+"""`make sample` and MODE=live on Anthropic (Messages API) and Gemini (generateContent): the
+real make, the official SDKs and the emulator's synchronous routes, with its rate limits."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Emulator, input_dir, make, read_json, write_json
+
+PROVIDERS = {
+    "anthropic": ("claude-sonnet-4-5", "message_batches_created"),
+    "gemini": ("gemini-2.5-flash", "gemini_batches_created"),
+}
+KEY = "test-provider-key"
+CONFIG = """\
+model: {model}
+provider: {provider}
+prices:
+  {model}: {{input: 1.0, output: 4.0}}
+verdict:
+  is_multimodal: false
+  user: "Is this news? {{title}}"
+  response_key: verdict
+  max_tokens: 40
+  response_format:
+    type: object
+    properties: {{keep: {{type: boolean}}}}
+    required: [keep]
+"""
+
+
+def env(emu: Emulator) -> dict[str, str]:
+    return emu.env(
+        ANTHROPIC_BASE_URL=emu.root,
+        ANTHROPIC_API_KEY=KEY,
+        GOOGLE_GEMINI_BASE_URL=emu.root,
+        GEMINI_API_KEY=KEY,
+    )
+
+
+def setup(tmp_path: Path, provider: str, n: int) -> dict[str, Any]:
+    data = write_json(
+        tmp_path / "news.json", [{"id": f"r{i}", "title": f"t {i}"} for i in range(n)]
+    )
+    cfg = tmp_path / "news.yaml"
+    cfg.write_text(CONFIG.format(model=PROVIDERS[provider][0], provider=provider))
+    return dict(BUILD=tmp_path / "build", INPUT=data, CONFIG=cfg, STEP="verdict", DATA_KEY="id")
+
+
+def step_dir(variables: dict[str, Any]) -> Path:
+    return input_dir(Path(str(variables["BUILD"])), Path(str(variables["INPUT"]))) / "verdict"
+
+
+def batches(emulator: Emulator, provider: str) -> int:
+    stats = emulator.stats()
+    return int(stats.get(PROVIDERS[provider][1], 0)) + int(stats["batches_created"])
+
+
+def all_answered(variables: dict[str, Any], n: int) -> None:
+    merged = read_json(step_dir(variables) / "merged.json")
+    assert len(merged) == n and all(isinstance(r["verdict"]["keep"], bool) for r in merged)
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_sample_then_live_under_429s_answers_every_record_without_a_batch(
+    emulator: Emulator, tmp_path: Path, provider: str
+) -> None:
+    variables = setup(tmp_path, provider, 12)
+    r = make("sample", env=env(emulator), N=3, **variables)
+    assert "3 record(s), 0 failed" in r.stdout and '"keep":' in r.stdout
+    stats = emulator.stats()
+    assert stats["live_calls"] == 3 and batches(emulator, provider) == 0
+    # 4 requests a second per model: the run is throttled, and waits each 429 out.
+    emulator.faults(rpm_limit=4, rate_window_seconds=1, live_seconds=0.05)
+    r = make("caption", env=env(emulator), MODE="live", CONCURRENCY=4, **variables)
+    all_answered(variables, 12)
+    stats = emulator.stats()
+    assert stats["live_rate_limited"] > 0 and stats["requests_processed"] == 12
+    assert batches(emulator, provider) == 0 and "live: 9/9 answered (0 failed)" in r.stderr
+    make("report", env=env(emulator), **variables)
+    # A rerun sends nothing, and neither does a switch to batch mode.
+    make("caption", env=env(emulator), MODE="live", **variables)
+    make("caption", env=env(emulator), **variables)
+    stats = emulator.stats()
+    assert stats["requests_processed"] == 12 and batches(emulator, provider) == 0
+
+
+def post(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers
+
+
+def test_each_provider_answers_a_429_in_its_own_words(emulator: Emulator) -> None:
+    emulator.faults(rpm_limit=1, rate_window_seconds=30)
+    url = f"{emulator.root}/v1/messages"
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, answer, first = post(url, body, headers)
+    assert status == 200 and answer["type"] == "message"
+    assert first["anthropic-ratelimit-requests-remaining"] == "0"
+    status, answer, second = post(url, body, headers)
+    assert status == 429 and answer["error"]["type"] == "rate_limit_error"
+    assert 1 <= int(second["retry-after"]) <= 30
+    assert second["anthropic-ratelimit-requests-limit"] == "1"
+    assert second["anthropic-ratelimit-requests-reset"].endswith("Z")
+    url = f"{emulator.root}/v1beta/models/gemini-2.5-flash:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    status, answer, _ = post(url, body, {"x-goog-api-key": KEY})
+    assert status == 200 and answer["candidates"][0]["content"]["parts"][0]["text"]
+    status, answer, _ = post(url, body, {"x-goog-api-key": KEY})
+    assert status == 429 and answer["error"]["status"] == "RESOURCE_EXHAUSTED"
+    delays = [d["retryDelay"] for d in answer["error"]["details"] if "retryDelay" in d]
+    assert len(delays) == 1 and delays[0].endswith("s")
+    stats = emulator.stats()
+    assert stats["live_calls"] == 4 and stats["live_rate_limited"] == 2
