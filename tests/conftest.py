@@ -161,3 +161,13 @@ def write_json(path: Path, records: list[dict[str, Any]]) -> Path:
     else:
         path.write_text(json.dumps(records, indent=1))
     return path
+
+
+def live_answered(answers: Path) -> int:
+    """How many answers the live runs' journals in `answers` hold (whole lines only)."""
+    total = 0
+    for path in answers.glob("live-run-*.jsonl"):
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        total += sum(1 for line in whole.splitlines() if b'"outcome"' in line)
+    return total

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
+from conftest import ROOT, Emulator, input_dir, live_answered, make, read_json, write_json
 
 CHAT = "POST /v1/chat/completions"
 CONFIG = """\
@@ -84,11 +84,11 @@ def test_kill_9_mid_run_costs_at_most_concurrency(emulator: Emulator, tmp_path: 
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while len(list(answers.glob("live-*.jsonl"))) < 10 and time.monotonic() < deadline:
+    while live_answered(answers) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    answered = len(list(answers.glob("live-*.jsonl")))
+    answered = live_answered(answers)
     assert 10 <= answered < n
     time.sleep(0.5)  # let the requests in flight end on the server
     # The rest in batch mode: a switch of modes; only what has no answer is sent.

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +91,15 @@ class StepDir:
         the last split do not know, so chunks.mk is remade (the next split leaves them out)."""
         return self.root / "live.sent"
 
-    def live_answer(self, hash_hex: str) -> Path:
-        """One answer got through the synchronous API, in a file of its own, written whole as
-        it arrives (a kill loses only what was in flight)."""
-        return self.answers / f"live-{hash_hex[:32]}.jsonl"
+    def live_journal(self) -> Path:
+        """A new journal for one live run or sample (br/journal.py): its answers, each appended
+        as it arrives. Earlier versions wrote one `live-<hash>.jsonl` per answer, still read
+        (every answers/*.jsonl is)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return self.answers / f"live-run-{stamp}-{os.getpid()}.jsonl"
+
+    def live_journals(self) -> list[Path]:
+        return sorted(self.answers.glob("live-run-*.jsonl")) if self.answers.is_dir() else []
 
     def merged(self, fmt: str = "json") -> Path:
         return self.root / f"merged.{fmt}"

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from br import journal
 from br.answers import store
 from br.batches.ledger import Ledger
 from br.batches.provider import NotFound
@@ -211,6 +212,7 @@ def totals(step: StepDir, chunks: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_from_batches": batches if batch_usage_complete else None,
         "cost_usd": sum(costs) if costs and None not in costs else None,  # type: ignore[arg-type]
         "wall_seconds": max(ends) - min(starts) if starts and ends else None,
+        "maybe_paid_twice": journal.resent(step.live_journals(), step.answer_files()),
     }
 
 
@@ -338,6 +340,11 @@ def table(report: dict[str, Any]) -> str:
         extra.append(f"{total['reused_answers']} request(s) answered by earlier runs (no cost now)")
     if extra:
         out.append("; ".join(extra))
+    if total.get("maybe_paid_twice"):
+        out.append(
+            f"{total['maybe_paid_twice']} requests may have been paid twice (sent by a run that "
+            "was killed before it answered)"
+        )
     basis = "the batches' usage" if total["tokens_from_batches"] else "the responses' usage"
     out.append(f"tokens and cost from {basis}, at the batch prices in the config's prices: table")
     for model in sorted({c["model"] for c in report["chunks"] if c["price"] is None}):

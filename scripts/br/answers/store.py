@@ -2,7 +2,9 @@
 
 A step's answers/ holds one file per attempt of a chunk, named by `layout.StepDir.answers_file`
 (`<chunk sha256[:32]>-<attempt>.jsonl`), written whole once that attempt's batch has ended and
-never edited. Each row is one request of that attempt:
+never edited, and one journal per live run or sample (br/journal.py: appended to as answers
+arrive; read through `journal.rows`, which leaves out its sent marks and a torn last line).
+Each row is one request of that attempt:
 
     {"custom_id": ..., "hash": <request_hash of the line sent>,
      "outcome": "succeeded" | "failed", "response": <the answer> | None,
@@ -24,10 +26,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from br import journal
 from br.cli import UserError
 from br.files import write_jsonl
 from br.layout import StepDir
-from br.records import dumps, iter_jsonl
+from br.records import dumps
 
 Row = dict[str, Any]
 
@@ -84,7 +87,7 @@ def write(path: Path, rows: Iterable[Row]) -> int:
 def rows(step: StepDir) -> Iterator[Row]:
     """Every row of every attempt in the step's answers/, file by file in name order."""
     for path in step.answer_files():
-        yield from iter_jsonl(path)
+        yield from journal.rows(path)
 
 
 def answers_dir(path: Path) -> StepDir:

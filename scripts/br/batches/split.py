@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
+from br import journal
 from br.digests import DigestSet
 from br.files import move_aside
 from br.layout import StepDir, chunk_id
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
 from br.prompts.images.identity import materialise, request_hash
-from br.records import dumps, iter_jsonl
+from br.records import dumps
 
 
 def answered_hashes(answers_dir: Path) -> DigestSet:
@@ -26,7 +27,7 @@ def answered_hashes(answers_dir: Path) -> DigestSet:
     On disk (digests.py), so a million answers do not sit in memory."""
     done = DigestSet(answers_dir.parent if answers_dir.parent.is_dir() else None)
     for path in sorted(answers_dir.glob("*.jsonl")) if answers_dir.is_dir() else []:
-        for row in iter_jsonl(path):
+        for row in journal.rows(path):  # a live run's journal too (sent marks left out)
             if row.get("outcome") == "succeeded" or not row.get("retryable", True):
                 done.add(bytes.fromhex(row["hash"])[:16])
     done.flush()

@@ -75,9 +75,11 @@ class Caller:
         requests: Iterable[dict[str, Any]],
         concurrency: int,
         done: Callable[[dict[str, Any], Row], None],
+        before: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """Every request sent, at most `concurrency` at once; `done(request, row)` for each as
-        it arrives, in this thread."""
+        """Every request sent, at most `concurrency` at once; `before(request)` just before it
+        goes (a journal's sent mark), `done(request, row)` as its answer arrives, both in this
+        thread."""
         pending: dict[Future[Row], dict[str, Any]] = {}
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             for request in requests:
@@ -85,6 +87,8 @@ class Caller:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
                         done(pending.pop(f), f.result())
+                if before is not None:
+                    before(request)
                 pending[pool.submit(self.send, request)] = request
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)

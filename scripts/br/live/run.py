@@ -2,15 +2,16 @@
 
 Reads chunks.mk, the chunks and answers/; sends every request that answers/ has no final
 answer for (a success, or a failure retrying cannot fix), CONCURRENCY at once, and writes each
-answer the moment it arrives to answers/live-<hash>.jsonl (whole, fsynced: call.py, sample.py's
-`keep`). Then results_NNN.jsonl for every chunk (its requests' standing rows, as a batch's) and
+answer the moment it arrives to the run's journal in answers/ (br/journal.py: appended,
+fsynced). Then results_NNN.jsonl for every chunk (its requests' standing rows, as a batch's) and
 results.list, so the merge, report, gallery and pipelines read a live run as a batch run.
 
 Exactly once as far as a synchronous API allows: an answer is on disk before the next request
 takes its place, so a kill -9 loses at most the CONCURRENCY requests in flight, and a rerun
-sends only what has no answer. Before the first request, live.sent is touched: chunks.mk is
-then remade on the next run, in any mode, and its split leaves out what was answered here, so
-switching to MODE=batch pays nothing twice.
+sends only what has no answer. Each request is marked sent in the journal before it goes, so
+`make report` can say how many a kill may have had paid twice. Before the first request,
+live.sent is touched: chunks.mk is then remade on the next run, in any mode, and its split
+leaves out what was answered here, so switching to MODE=batch pays nothing twice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from br.batches.providers import line_identity
 from br.cli import UserError, note
 from br.config import Config
 from br.files import write_jsonl
+from br.journal import Journal
 from br.layout import StepDir
 from br.live.call import Caller
 from br.records import iter_jsonl
@@ -90,15 +92,19 @@ def run_live(
             note(f"{step.root}: sending {len(pending)} request(s) {mode}, {concurrency} at once")
             caller = Caller(config, mode, retries, config.provider(step_name))
             tally = Tally(len(pending), mode)
+            with Journal(step.live_journal(), step.live_journals()) as log:
 
-            def done(request: dict[str, Any], row: dict[str, Any]) -> None:
-                h = line_identity(request)[1]
-                kept = store.stored(str(request.get("custom_id") or ""), h, row)
-                write_jsonl(step.live_answer(h), [kept])
-                index.add([kept])
-                tally.add(row, caller)
+                def before(request: dict[str, Any]) -> None:
+                    log.sent(line_identity(request)[1])
 
-            caller.send_all(pending, concurrency, done)
+                def done(request: dict[str, Any], row: dict[str, Any]) -> None:
+                    h = line_identity(request)[1]
+                    kept = store.stored(str(request.get("custom_id") or ""), h, row)
+                    log.add([kept])
+                    index.add([kept])
+                    tally.add(row, caller)
+
+                caller.send_all(pending, concurrency, done, before)
         for nnn, requests in todo.items():
             rows = index.get([bytes.fromhex(h) for h, _ in requests])
             write_jsonl(

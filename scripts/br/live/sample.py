@@ -24,7 +24,8 @@ from br.answers.merge import Merger
 from br.answers.report import cost, response_tokens
 from br.cli import note
 from br.config import Step
-from br.files import atomic_output, write_jsonl
+from br.files import atomic_output
+from br.journal import Journal
 from br.layout import StepDir
 from br.prices import price_of, usd
 from br.prompts.build import Built, RequestBuilder, step_requests
@@ -165,10 +166,10 @@ def write_sample(path: Path, records: list[dict[str, Any]]) -> None:
         f.write("\n")
 
 
-def keep(step_dir: StepDir, p: Picked, row: dict[str, Any]) -> None:
-    """One answer, durably, the moment it arrives: answers/live-<hash>.jsonl."""
+def keep(log: Journal, p: Picked, row: dict[str, Any]) -> None:
+    """One answer, durably, the moment it arrives: in the sample's journal."""
     p.row, p.asked = store.stored(p.built.custom_id or "", p.hash, row), True
-    write_jsonl(step_dir.live_answer(p.hash), [p.row])
+    log.add([p.row])
 
 
 def cost_line(config: Any, step: Step, picked: list[Picked], factor: float, rule: str) -> str:
@@ -216,14 +217,18 @@ def run_sample(
         step_dir.root.mkdir(parents=True, exist_ok=True)
         step_dir.live_sent.touch()
         caller = Caller(config, mode, args.retries, config.provider(step.name))
+        with Journal(step_dir.live_journal(), step_dir.live_journals()) as log:
 
-        def done(request: dict[str, Any], row: dict[str, Any]) -> None:
-            ps = by_hash[request_hash(request)]
-            keep(step_dir, ps[0], row)
-            for other in ps[1:]:
-                other.row = ps[0].row
+            def done(request: dict[str, Any], row: dict[str, Any]) -> None:
+                ps = by_hash[request_hash(request)]
+                keep(log, ps[0], row)
+                for other in ps[1:]:
+                    other.row = ps[0].row
 
-        caller.send_all(requests_of(todo), args.concurrency, done)
+            def before(request: dict[str, Any]) -> None:
+                log.sent(request_hash(request))
+
+            caller.send_all(requests_of(todo), args.concurrency, done, before)
         if caller.waited:
             note(f"sample: waited out {caller.waited} rate limit answer(s) (429)")
     merger = Merger(step, args.data_key, key)
