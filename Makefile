@@ -203,7 +203,7 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
 CHECK_OUTPUT = $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --writable
 CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
-  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST))
+  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST)) --mode $(call q,$(MODE))
 # MODE=live or flex (or the config's mode:): the same files through the synchronous API
 # (run_live.py), CONCURRENCY requests at once; it creates no batch.
 RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
@@ -274,7 +274,7 @@ plan: | $(VENV_OK)
 	@$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" --step $(call q,$(STEP)) \
 	  --data-key $(call q,$(DATA_KEY)) --max-requests $(call q,$(MAX_REQUESTS)) \
 	  --max-bytes $(call q,$(MAX_BYTES)) --answers $(call q,$(B)/answers) $(IMAGE_ARGS) \
-	  --response-key $(call q,$(RESPONSE_KEY))
+	  --response-key $(call q,$(RESPONSE_KEY)) --mode $(call q,$(MODE))
 
 .PHONY: sample
 ## sample        try STEP on N records (default 10) through the live API: prompts, answers, cost; sample.json

@@ -6,7 +6,8 @@ even build/), no API is called and no key is needed. Prints the records, the req
 records skipped (by missing field) or not selected by `where:`, the chunks and bytes, the
 estimated input tokens (text and images), an upper bound on output tokens when the step sets
 max_tokens, and the cost at the batch prices of the config's `prices:` table (USD per million
-tokens). With --preflight-cache, the image URLs the preflight has not checked yet, their hosts
+tokens), or at live prices for a live run (MODE=live or mode: live: twice them, br/prices.py).
+With --preflight-cache, the image URLs the preflight has not checked yet, their hosts
 and an upper bound on the time the check takes. With --answers, requests already answered by
 an earlier run are left out, as the split does. Rerunning it only prints the same plan again.
 """
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from br.config import load_config
 from br.limits import DEFAULT_MAX_BYTES, MAX_REQUESTS
-from br.prices import check_cost
+from br.live.modes import mode_of
+from br.prices import at_mode, check_cost
 from br.prompts.plan import make_plan, render, sent_plan, summary
 from br.prompts.request_images import image_arguments, step_images
 
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="the cost check only, from this built requests.jsonl (less --answers): one line",
     )
+    parser.add_argument("--mode", default="", help="MODE: batch, live or flex (its prices)")
     image_arguments(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.max_requests <= MAX_REQUESTS:
@@ -61,14 +64,16 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config(args.config)
     cap = config.max_cost(args.max_cost)
+    config.step(args.step)
+    mode = mode_of(config, args.step, args.mode)  # a live run is priced at live prices
     if args.requests is not None:
         # The check before the first upload (make caption): cheap, no API, nothing printed to
         # stdout; without a cap there is nothing to check.
         if cap is not None:
             if not args.requests.exists():
                 raise UserError(f"{args.requests} does not exist; run make caption to build it")
-            config.step(args.step)
-            note(check_cost(summary(sent_plan(args.requests, args.answers), config, ""), cap))
+            s = at_mode(summary(sent_plan(args.requests, args.answers), config, ""), mode)
+            note(check_cost(s, cap))
         return 0
     # The image index and cache are read, never written; the preflight checks URLs (image
     # hosts, not the API) but saves nothing.
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         checker,
     )
     local.close()
-    s = summary(plan, config, args.step)
+    s = at_mode(summary(plan, config, args.step), mode)
     print(json.dumps(s, indent=2) if args.json else render(s, config))
     if cap is not None:
         note(check_cost(s, cap))

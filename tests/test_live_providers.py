@@ -175,3 +175,34 @@ def test_kill_9_mid_run_then_rerun_costs_at_most_concurrency_and_report_says_so(
         f"{twice} requests may have been paid twice (sent by a run that was killed before it "
         "answered)"
     )
+
+
+def total_cost(plan_output: str) -> float:
+    line = next(x for x in plan_output.splitlines() if "total cost, at most" in x)
+    return float(line.split("$")[1])
+
+
+def test_plan_and_max_cost_price_a_live_run_at_live_prices(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    variables = setup(tmp_path, "anthropic", 4)
+    batch = make("plan", env=env(emulator), **variables).stdout
+    live = make("plan", env=env(emulator), MODE="live", **variables).stdout
+    assert "input cost (batch prices)" in batch and "input cost (live prices" in live
+    assert total_cost(live) == pytest.approx(2 * total_cost(batch), rel=0.02)
+    cap = f"{1.5 * total_cost(batch):.6f}"  # above the batch estimate, under the live one
+    r = make("caption", env=env(emulator), check=False, MODE="live", MAX_COST=cap, **variables)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(errors) == 1
+    assert "at live prices" in errors[0] and "over MAX_COST" in errors[0]
+    cfg = Path(str(variables["CONFIG"]))
+    cfg.write_text(
+        cfg.read_text().replace("provider: anthropic\n", "provider: anthropic\nmode: live\n")
+    )
+    r = make("caption", env=env(emulator), check=False, MAX_COST=cap, **variables)
+    assert r.returncode != 0 and "at live prices" in r.stderr
+    assert emulator.stats().get("live_calls", 0) == 0  # nothing was sent
+    r = make("caption", env=env(emulator), MODE="batch", MAX_COST=cap, **variables)
+    assert "within MAX_COST" in r.stderr
+    all_answered(variables, 4)
+    assert emulator.stats().get("live_calls", 0) == 0 and batches(emulator, "anthropic") == 1

@@ -1,5 +1,6 @@
 """Prices: the config's `prices:` table (USD per million tokens at batch prices) and what a
-plan or a report costs by it, for `make plan`, MAX_COST and `make report`."""
+plan or a report costs by it, for `make plan`, MAX_COST and `make report`; a live run (MODE=live)
+at live prices (`MODE_FACTOR`, `at_mode`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,33 @@ def estimate_usd(s: dict[str, Any]) -> tuple[float, list[str]]:
     return total, unknown
 
 
+# What a request costs in each mode, as a multiple of the batch prices `prices:` holds. Every
+# provider's batch is half its synchronous price, so live is twice the batch price:
+# - OpenAI: the Batch API's "50% cost discount" (https://platform.openai.com/docs/guides/batch);
+#   flex is "priced at Batch API rates" (https://platform.openai.com/docs/guides/flex-processing);
+# - Anthropic: "All batch usage is billed at 50% of standard prices"
+#   (https://docs.claude.com/en/docs/build-with-claude/batch-processing; reference FACTS §8);
+# - Gemini: "Batch usage costs 50% of the interactive price for the same model"
+#   (https://ai.google.dev/gemini-api/docs/batch-mode; reference FACTS §8).
+MODE_FACTOR = {"batch": 1.0, "live": 2.0, "flex": 1.0}
+COSTS = ("input_cost", "max_output_cost")  # a plan summary's costs per model
+MODE_BASIS = {
+    "batch": "batch prices",
+    "live": "live prices: twice the batch prices",
+    "flex": "flex prices: the batch prices",
+}
+
+
+def at_mode(s: dict[str, Any], mode: str) -> dict[str, Any]:
+    """A plan's summary priced for `mode` (batch, live or flex): each model's costs scaled."""
+    factor = MODE_FACTOR[mode]
+    models = {}
+    for model, m in s["models"].items():
+        scaled = {k: m[k] * factor if m[k] is not None else None for k in COSTS}
+        models[model] = {**m, **scaled}
+    return {**s, "models": models, "mode": mode, "price_basis": MODE_BASIS[mode]}
+
+
 def check_cost(s: dict[str, Any], cap: float) -> str:
     """One line under the cap; UserError (one line, nothing sent) over it, or unpriced."""
     total, unknown = estimate_usd(s)
@@ -36,12 +64,14 @@ def check_cost(s: dict[str, Any], cap: float) -> str:
             "add the model to the config's prices:, or unset MAX_COST"
         )
     left = f" (not counted: {'; '.join(unknown)})" if unknown else ""
+    basis = f" at {s['price_basis']}" if s.get("mode", "batch") != "batch" else ""
     if total > cap:
         raise UserError(
-            f"estimated cost {usd(total)} is over MAX_COST {usd(cap)}{left}; nothing was sent: "
-            "raise MAX_COST (or max_cost:), or send fewer requests"
+            f"estimated cost {usd(total)}{basis} is over MAX_COST {usd(cap)}{left}; nothing was "
+            "sent: raise MAX_COST (or max_cost:), or send fewer requests"
+            + (" (or run it as a batch, at half the price)" if s.get("mode") == "live" else "")
         )
-    return f"estimated cost {usd(total)}, within MAX_COST {usd(cap)}{left}"
+    return f"estimated cost {usd(total)}{basis}, within MAX_COST {usd(cap)}{left}"
 
 
 # Gemini's batch prices, USD per 1M tokens: half the paid tier's interactive prices (the batch

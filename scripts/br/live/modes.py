@@ -20,6 +20,7 @@ import re
 from br.cli import UserError
 from br.config import Config
 from br.openai_api import EMBEDDINGS
+from br.prices import MODE_FACTOR
 
 MODES = ("batch", "live", "flex")
 # OpenAI's flex processing guide (April 2025): "currently only available for o3 and o4-mini";
@@ -27,7 +28,7 @@ MODES = ("batch", "live", "flex")
 # family with flex prices. UNVERIFIED for gpt-5's dated and -chat variants: the pricing page
 # is the authority, and a model it lacks is refused by the API with a 400.
 FLEX_MODELS = re.compile(r"^(o3|o4-mini|gpt-5(\.\d+)?(-mini|-nano)?)(-\d{4}-\d{2}-\d{2})?$")
-LIVE_PRICE_FACTOR = {"batch": 1.0, "live": 2.0, "flex": 1.0}
+LIVE_PRICE_FACTOR = MODE_FACTOR  # br/prices.py owns the rule (and names its sources)
 
 
 def mode_of(config: Config, step_name: str, override: str = "") -> str:

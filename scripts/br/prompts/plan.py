@@ -279,7 +279,9 @@ def render(s: dict[str, Any], config: Config) -> str:
                 f"  no price for model {model} in the config's prices: (add it to estimate cost)"
             )
             continue
-        out.append(row("input cost (batch prices)", usd(m["input_cost"])))
+        out.append(
+            row(f"input cost ({s.get('price_basis', 'batch prices')})", usd(m["input_cost"]))
+        )
         total_in += m["input_cost"]
         if m["max_output_cost"] is not None:
             out.append(row("output cost, at most", usd(m["max_output_cost"])))
