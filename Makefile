@@ -40,7 +40,7 @@ RETRIES ?= 3
 PREFLIGHT ?= 1
 ## IMAGE_ROOT    the folder local image paths are relative to (default: INPUT's folder)
 IMAGE_ROOT ?=
-## TOKEN_BUDGET  estimated input tokens allowed in flight per model (default: config token_budget)
+## TOKEN_BUDGET  estimated input tokens in flight per model (MODE=live: sent per minute); default: config token_budget
 TOKEN_BUDGET ?=
 ## STRICT        1: exit non-zero when any request finally failed
 STRICT ?= 0
@@ -207,7 +207,8 @@ CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(PY) scripts/plan.py --input "
 # MODE=live or flex (or the config's mode:): the same files through the synchronous API
 # (run_live.py), CONCURRENCY requests at once; it creates no batch.
 RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
-  --step $(call q,$(STEP)) --mode $(call q,$(MODE))
+  --step $(call q,$(STEP)) --mode $(call q,$(MODE)) \
+  $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET)))
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
 	$(CHECK_COST)
 	@mode=$$($(RUN_LIVE) --print-mode); if [ "$$mode" = batch ]; then set -x; \

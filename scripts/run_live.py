@@ -1,11 +1,13 @@
 """Answer a step's chunks through the synchronous API (`make caption MODE=live` or flex).
 
-Reads chunks.mk, the chunks, answers/ and the config; writes answers/live-<hash>.jsonl as each
-answer arrives, then results_NNN.jsonl and the list of them (-o), as run_batches.py does.
-It creates no batch. A rerun sends only what answers/ has no final answer for; a kill -9 costs
-at most the CONCURRENCY requests in flight. --print-mode prints the step's mode (MODE, else the
-step's or the config's mode:, else batch) for the Makefile to choose this or run_batches.py.
-How: br/live/run.py and call.py.
+Reads chunks.mk, the chunks, answers/ and the config; appends each answer to the run's journal
+in answers/ as it arrives, then writes results_NNN.jsonl and the list of them (-o), as
+run_batches.py does. It creates no batch. A rerun sends only what answers/ has no final answer
+for; a kill -9 costs at most the CONCURRENCY requests in flight. The token budget
+(TOKEN_BUDGET, else the config's token_budget) is read as tokens per minute here: requests are
+held to stay within it. --print-mode prints the step's mode (MODE, else the step's or the
+config's mode:, else batch) for the Makefile to choose this or run_batches.py.
+How: br/live/run.py, call.py, wires.py, pace.py.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-mode", action="store_true", help="print the mode, send nothing")
     parser.add_argument("--concurrency", type=int, default=8, help="requests at once")
     parser.add_argument("--retries", type=int, default=3, help="tries more after a 5xx")
+    parser.add_argument(
+        "--token-budget", type=int, default=None, help="TOKEN_BUDGET: tokens a minute per model"
+    )
     parser.add_argument("-o", "--output", type=Path, help="the list of results files to write")
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -48,10 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("this step runs in batch mode: run_batches.py sends it (MODE=live here)")
     if args.concurrency < 1:
         raise UserError(f"CONCURRENCY must be 1 or more, not {args.concurrency}")
+    if args.token_budget is not None and args.token_budget < 1:
+        raise UserError(
+            f"TOKEN_BUDGET must be a positive number of tokens, not {args.token_budget}"
+        )
     if args.retries < 0:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
     step_dir = StepDir(args.dir)
-    ids = run_live(step_dir, config, args.step, mode, args.concurrency, args.retries)
+    ids = run_live(
+        step_dir, config, args.step, mode, args.concurrency, args.retries, args.token_budget
+    )
     if args.output:
         write_text(args.output, step_dir.results_list_text(ids))
     return 0

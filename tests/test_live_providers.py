@@ -206,3 +206,23 @@ def test_plan_and_max_cost_price_a_live_run_at_live_prices(
     assert "within MAX_COST" in r.stderr
     all_answered(variables, 4)
     assert emulator.stats().get("live_calls", 0) == 0 and batches(emulator, "anthropic") == 1
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_the_token_budget_holds_a_live_run_within_the_tokens_per_minute(
+    emulator: Emulator, tmp_path: Path, provider: str
+) -> None:
+    """TOKEN_BUDGET in live mode is tokens sent per minute (a 2-second minute here, on both
+    sides): a run within it meets no 429 where the same run without it does."""
+    n = 12  # each request: ~15 prompt tokens + max_tokens 40
+    emulator.faults(tpm_limit=330, rate_window_seconds=2, live_seconds=0.05)
+    paced = {**env(emulator), "BR_RATE_WINDOW": "2"}
+    variables = setup(tmp_path / "paced", provider, n)
+    make("caption", env=paced, MODE="live", CONCURRENCY=4, TOKEN_BUDGET=160, **variables)
+    all_answered(variables, n)
+    stats = emulator.stats()
+    assert stats["live_calls"] == n and stats.get("live_rate_limited", 0) == 0
+    variables = setup(tmp_path / "unpaced", provider, n)
+    make("caption", env=paced, MODE="live", CONCURRENCY=4, **variables)
+    all_answered(variables, n)
+    assert emulator.stats()["live_rate_limited"] > 0

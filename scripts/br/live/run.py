@@ -30,6 +30,7 @@ from br.files import write_jsonl
 from br.journal import Journal
 from br.layout import StepDir
 from br.live.call import Caller
+from br.live.pace import Pace
 from br.records import iter_jsonl
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines
@@ -70,7 +71,13 @@ def chunk_requests(step: StepDir, ids: list[str]) -> dict[str, list[tuple[str, d
 
 
 def run_live(
-    step: StepDir, config: Config, step_name: str, mode: str, concurrency: int, retries: int
+    step: StepDir,
+    config: Config,
+    step_name: str,
+    mode: str,
+    concurrency: int,
+    retries: int,
+    token_budget: int | None = None,
 ) -> list[str]:
     """Answer the step's chunks live; the chunk ids written (their results files)."""
     ids = step.chunk_ids()
@@ -92,9 +99,11 @@ def run_live(
             note(f"{step.root}: sending {len(pending)} request(s) {mode}, {concurrency} at once")
             caller = Caller(config, mode, retries, config.provider(step_name))
             tally = Tally(len(pending), mode)
+            pace = Pace(lambda model: token_budget or config.token_budget(model))
             with Journal(step.live_journal(), step.live_journals()) as log:
 
                 def before(request: dict[str, Any]) -> None:
+                    pace.hold(request)  # the token budget, per minute (pace.py)
                     log.sent(line_identity(request)[1])
 
                 def done(request: dict[str, Any], row: dict[str, Any]) -> None:
