@@ -19,6 +19,8 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from br.answers import store
@@ -34,6 +36,7 @@ from br.live.pace import Pace
 from br.records import iter_jsonl
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines
+BLOCK = 1000  # chunk lines read, looked up and queued at a time
 
 
 class Tally:
@@ -57,17 +60,54 @@ class Tally:
             )
 
 
-def chunk_requests(step: StepDir, ids: list[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """Per chunk not yet done: its requests with their hashes."""
-    out = {}
+Line = tuple[bytes, dict[str, Any]]  # (request hash, the chunk's line)
+
+
+def todo_chunks(step: StepDir, ids: list[str]) -> list[str]:
+    """The chunks whose results are not yet made (Make's rule: older than the chunk)."""
+    out = []
     for nnn in ids:
         path = step.chunk(nnn)
         if not path.exists():
             raise UserError(f"{path} does not exist; run make to split the requests")
-        if fresh(step.results(nnn), path, step.batch_id(nnn)):
-            continue
-        out[nnn] = [(line_identity(r)[1], r) for r in iter_jsonl(path)]
+        if not fresh(step.results(nnn), path, step.batch_id(nnn)):
+            out.append(nnn)
     return out
+
+
+def blocks(step: StepDir, nnn: str) -> Iterator[list[Line]]:
+    """A chunk's lines with their hashes, BLOCK at a time: memory stays flat however many."""
+    lines = iter_jsonl(step.chunk(nnn))
+    while block := list(islice(lines, BLOCK)):
+        yield [(bytes.fromhex(line_identity(r)[1]), r) for r in block]
+
+
+class Queue:
+    """The requests of this run with no final answer, each once (a hash repeated across
+    records or chunks is sent once), in an SQLite table beside the index."""
+
+    def __init__(self, db: sqlite3.Connection, index: store.Index) -> None:
+        self.db, self.index = db, index
+        db.execute("CREATE TABLE queued(hash BLOB PRIMARY KEY, taken INT DEFAULT 0)")
+
+    def add(self, block: list[Line]) -> int:
+        """Queue the block's unanswered requests; how many were new."""
+        standing = self.index.get([h for h, _ in block])
+        before = self.db.total_changes
+        self.db.executemany(
+            "INSERT OR IGNORE INTO queued(hash) VALUES (?)",
+            ((h,) for h, _ in block if not store.final(standing.get(h, {}))),
+        )
+        return self.db.total_changes - before
+
+    def take(self, block: list[Line]) -> Iterator[dict[str, Any]]:
+        """The block's queued requests not yet sent, each marked as sent."""
+        for h, request in block:
+            cursor = self.db.execute(
+                "UPDATE queued SET taken = 1 WHERE hash = ? AND taken = 0", (h,)
+            )
+            if cursor.rowcount:
+                yield request
 
 
 def run_live(
@@ -83,22 +123,19 @@ def run_live(
     ids = step.chunk_ids()
     if ids is None:
         raise UserError(f"{step.manifest} does not exist; run make to split the requests first")
-    todo = chunk_requests(step, ids)
+    todo = todo_chunks(step, ids)
     with tempfile.NamedTemporaryFile(dir=step.root, prefix=".live-", suffix=".db") as tmp:
         db = sqlite3.connect(tmp.name)
         db.execute("PRAGMA journal_mode=OFF")
         index = store.Index(db)
         index.add(store.rows(step))
-        every = {h: r for requests in todo.values() for h, r in requests}
-        standing = index.get([bytes.fromhex(h) for h in every])
-        pending = [
-            r for h, r in every.items() if not store.final(standing.get(bytes.fromhex(h), {}))
-        ]
-        if pending:
+        queue = Queue(db, index)
+        total = sum(queue.add(block) for nnn in todo for block in blocks(step, nnn))
+        if total:
             step.live_sent.touch()
-            note(f"{step.root}: sending {len(pending)} request(s) {mode}, {concurrency} at once")
+            note(f"{step.root}: sending {total} request(s) {mode}, {concurrency} at once")
             caller = Caller(config, mode, retries, config.provider(step_name))
-            tally = Tally(len(pending), mode)
+            tally = Tally(total, mode)
             pace = Pace(lambda model: token_budget or config.token_budget(model))
             with Journal(step.live_journal(), step.live_journals()) as log:
 
@@ -113,12 +150,17 @@ def run_live(
                     index.add([kept])
                     tally.add(row, caller)
 
+                pending = (r for nnn in todo for b in blocks(step, nnn) for r in queue.take(b))
                 caller.send_all(pending, concurrency, done, before)
-        for nnn, requests in todo.items():
-            rows = index.get([bytes.fromhex(h) for h, _ in requests])
-            write_jsonl(
-                step.results(nnn),
-                ({**rows[bytes.fromhex(h)], "custom_id": r.get("custom_id")} for h, r in requests),
-            )
+        for nnn in todo:
+            write_jsonl(step.results(nnn), results(index, blocks(step, nnn)))
         db.close()
     return ids
+
+
+def results(index: store.Index, chunk: Iterator[list[Line]]) -> Iterator[dict[str, Any]]:
+    """A chunk's results rows: each request's standing row, under the chunk line's custom_id."""
+    for block in chunk:
+        rows = index.get([h for h, _ in block])
+        for h, request in block:
+            yield {**rows[h], "custom_id": request.get("custom_id")}
