@@ -88,7 +88,19 @@ def test_sample_then_live_under_429s_answers_every_record_without_a_batch(
     assert stats["live_rate_limited"] > 0 and stats["requests_processed"] == 12
     assert batches(emulator, provider) == 0 and "live: 9/9 answered (0 failed)" in r.stderr
     r = make("report", env=env(emulator), **variables)
-    assert "paid twice" not in r.stdout + r.stderr
+    assert "paid twice" not in r.stdout + r.stderr and "9 answered live" in r.stdout
+    # Every answer was paid at live prices: twice the config's batch prices (1.0 and 4.0).
+    usage = [row["usage"] for row in read_json(step_dir(variables) / "results_001.jsonl")]
+    tokens = [
+        (
+            u.get("prompt_tokens", u.get("input_tokens")),
+            u.get("completion_tokens", u.get("output_tokens")),
+        )
+        for u in usage
+    ]
+    live_usd = 2 * sum(i * 1.0 + o * 4.0 for i, o in tokens) / 1e6
+    total = read_json(step_dir(variables) / "report.json")["total"]
+    assert total["cost_usd"] == pytest.approx(live_usd)
     # A rerun sends nothing, and neither does a switch to batch mode.
     make("caption", env=env(emulator), MODE="live", **variables)
     make("caption", env=env(emulator), **variables)

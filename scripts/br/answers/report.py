@@ -26,7 +26,7 @@ from br.batches.ledger import Ledger
 from br.batches.provider import NotFound
 from br.config import Config
 from br.layout import StepDir, chunk_id
-from br.prices import output_cost, price_of, usd
+from br.prices import MODE_FACTOR, output_cost, price_of, usd
 from br.records import iter_jsonl
 
 END_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at", "ended_at")
@@ -134,11 +134,16 @@ def chunk_report(step: StepDir, cid: str, config: Config, client: Any) -> dict[s
         raise UserError(f"{results} does not exist; run make caption for this step first")
     rows = list(iter_jsonl(results))  # the answers/ rows of each request's last attempt
     reasons: Counter[str] = Counter()
-    from_responses = zero_tokens()
+    from_responses, batched, synchronous = zero_tokens(), zero_tokens(), []
     for row in rows:
         if not store.succeeded(row):
             reasons[store.failure(row).code] += 1
-        add_tokens(from_responses, response_tokens(row.get("usage")))
+        tokens = response_tokens(row.get("usage"))
+        add_tokens(from_responses, tokens)
+        if store.mode(row) == "batch":
+            add_tokens(batched, tokens)
+        else:
+            synchronous.append((tokens, MODE_FACTOR[store.mode(row)]))
     last_attempt = max((store.attempts(r) for r in rows), default=1) - 1
     ids = [p.read_text().strip() for p in batch_id_files(step, cid, last_attempt)]
     batches = [batch_summary(client, i) for i in ids if i] if client else []
@@ -163,13 +168,29 @@ def chunk_report(step: StepDir, cid: str, config: Config, client: Any) -> dict[s
         "tokens_from_responses": from_responses,
         "tokens_from_batches": from_batches,
         "cost_basis": basis,
-        "cost_usd": cost(from_batches or from_responses, price, model),
+        # A batch's usage covers its own requests; live answers cost their own prices.
+        "cost_usd": priced(from_batches or batched, synchronous, price, model),
+        "live_requests": len(synchronous),
         "price": price,
         "started_at": min(created) if created else None,
         "ended_at": max(ended) if ended else None,
         "wall_seconds": max(ended) - min(created) if created and ended else None,
         "batches": batches if client else [{"id": i} for i in ids],
     }
+
+
+def priced(
+    batched: dict[str, int],
+    synchronous: list[tuple[dict[str, int], float]],
+    price: dict[str, float | None] | None,
+    model: str,
+) -> float | None:
+    """The cost of a chunk's batch tokens at batch prices, plus each answer got live (or
+    flex) at its mode's prices (br/prices.py: MODE_FACTOR)."""
+    total = cost(batched, price, model)
+    if total is None:
+        return None
+    return total + sum((cost(t, price, model) or 0.0) * factor for t, factor in synchronous)
 
 
 def count_lines(path: Path) -> int:
@@ -346,7 +367,11 @@ def table(report: dict[str, Any]) -> str:
             "was killed before it answered)"
         )
     basis = "the batches' usage" if total["tokens_from_batches"] else "the responses' usage"
-    out.append(f"tokens and cost from {basis}, at the batch prices in the config's prices: table")
+    live = sum(c.get("live_requests", 0) for c in report["chunks"])
+    also = f" ({live:,} answered live: at live prices, twice them; flex at them)" if live else ""
+    out.append(
+        f"tokens and cost from {basis}, at the batch prices in the config's prices: table{also}"
+    )
     for model in sorted({c["model"] for c in report["chunks"] if c["price"] is None}):
         out.append(f"no price for model {model} in the config's prices: (cost not computed)")
     return "\n".join(out)

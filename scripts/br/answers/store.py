@@ -9,7 +9,8 @@ Each row is one request of that attempt:
     {"custom_id": ..., "hash": <request_hash of the line sent>,
      "outcome": "succeeded" | "failed", "response": <the answer> | None,
      "error": {"code", "message", "status"} | None, "retryable": bool, "usage": {...} | None,
-     "batch_id": ..., "attempts": <1 + the attempt>, "cut_short": true (only when it was)}
+     "batch_id": ..., "attempts": <1 + the attempt>, "cut_short": true (only when it was),
+     "mode": "live" | "flex" (only for an answer got through the synchronous API: br/live)}
 
 results_NNN.jsonl holds the same rows (per request, its last attempt's). Rows are found by the
 request's hash, not its custom_id, so an answer serves exactly the request body it answers:
@@ -64,6 +65,11 @@ def failure(row: Row) -> Failure:
     return Failure(
         str(error.get("code") or "unknown"), str(error.get("message") or ""), error.get("status")
     )
+
+
+def mode(row: Row) -> str:
+    """How it was paid for: batch, or live / flex (answered through the synchronous API)."""
+    return str(row.get("mode") or "batch")
 
 
 def attempts(row: Row) -> int:

@@ -43,6 +43,7 @@ class Caller:
         self, config: Config, mode: str = "live", retries: int = 3, provider: str = "openai"
     ) -> None:
         self.wire = wire_for(config, provider, mode)
+        self.mode = mode
         self.retries = retries
         self.sent = 0  # HTTP calls made (each try), for the summary
         self.waited = 0  # 429s waited out
@@ -68,7 +69,7 @@ class Caller:
                 failed += 1
                 time.sleep(min(2.0**failed, 30.0))
                 continue
-            return {**reply.row, "batch_id": None, "attempts": 1 + failed}
+            return {**reply.row, "batch_id": None, "attempts": 1 + failed, "mode": self.mode}
 
     def send_all(
         self,
