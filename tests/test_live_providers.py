@@ -238,3 +238,20 @@ def test_the_token_budget_holds_a_live_run_within_the_tokens_per_minute(
     make("caption", env=paced, MODE="live", CONCURRENCY=4, **variables)
     all_answered(variables, n)
     assert emulator.stats()["live_rate_limited"] > 0
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_a_rejected_key_ends_a_live_run_in_one_line(tmp_path: Path, provider: str) -> None:
+    emulator = Emulator(tmp_path / "emu", "--api-key", KEY).start()
+    try:
+        variables = setup(tmp_path, provider, 5)
+        wrong = {**env(emulator), "OPENAI_API_KEY": "wrong", "ANTHROPIC_API_KEY": "wrong"}
+        wrong["GEMINI_API_KEY"] = "wrong"
+        for target, extra in (("caption", {"MODE": "live"}), ("sample", {})):
+            r = make(target, env=wrong, check=False, **variables, **extra)
+            errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+            assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+            assert len(errors) == 1 and "rejected" in errors[0], r.stderr
+        assert emulator.stats().get("requests_processed", 0) == 0
+    finally:
+        emulator.stop()

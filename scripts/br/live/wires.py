@@ -12,6 +12,9 @@ would (the same shaping: anthropic_lines.shape, gemini_shape.shape) and gives ba
   gemini_shape.answer_row (the response's own wire JSON, as a batch's file holds it) or
   error_row (google.rpc.Status).
 
+A rejected key (401) is no answer: it ends the run with one line naming the key's variable
+(br.cli.run for OpenAI's and Anthropic's SDK errors, Gemini.calling for Gemini's).
+
 The wait a 429 asks for is read from each provider's own signals: OpenAI's `retry-after(-ms)`
 and `x-ratelimit-reset-*`; Anthropic's `retry-after` and `anthropic-ratelimit-*-reset` (RFC
 3339); Gemini's RetryInfo `retryDelay` in the error's details (no header, FACTS §7).
@@ -115,6 +118,8 @@ class OpenAIWire:
             client = self.client.with_options(timeout=900.0 if self.flex else 600.0)
             answer = client.post(path, body=body, cast_to=object)
             return Reply(200, outcome({**line, "response": {"status_code": 200, "body": answer}}))
+        except openai.AuthenticationError:
+            raise  # a rejected key ends the run, in one line (br.cli.run words it)
         except openai.APIStatusError as e:
             error = e.body if isinstance(e.body, dict) else {"message": str(e.message)}
             response = {"status_code": e.status_code, "body": {"error": error}}
@@ -162,6 +167,8 @@ class AnthropicWire:
             message = self.client.messages.create(**named, extra_body=extra or None, timeout=600.0)
             result = {"type": "succeeded", "message": message.model_dump(mode="json")}
             return Reply(200, anthropic_lines.outcome(result))
+        except anthropic.AuthenticationError:
+            raise  # a rejected key ends the run, in one line (br.cli.run words it)
         except anthropic.APIStatusError as e:
             body = e.body if isinstance(e.body, dict) else {"error": {"message": str(e.message)}}
             row = anthropic_lines.outcome({"type": "errored", "error": body})
