@@ -4,8 +4,9 @@ A ground floor that knows no API and no prompt, and three rooms named for what t
 becomes, each importing only the floor and the rooms before it:
 
 - the ground floor (this package's modules): ``cli`` (running a command: one line for a user's
-  mistake), ``files`` (files that appear whole or not at all), ``records`` (JSON and JSONL,
-  streamed), ``digests`` (sets kept on disk), ``config`` (the YAML config and its steps),
+  mistake), ``files`` (files that appear whole or not at all), ``journal`` (append-only
+  journals: a live run's answers, each line fsynced as it arrives), ``records`` (JSON and
+  JSONL, streamed), ``digests`` (sets kept on disk), ``config`` (the YAML config and its steps),
   ``layout`` (the build directory's names: the one reader and writer of chunks.mk and the rest),
   ``limits`` (the API's limits), ``prices`` (the price table), ``openai_api`` (OpenAI's
   endpoints, the keys and parameter ranges each accepts, context windows) and
@@ -17,5 +18,7 @@ becomes, each importing only the floor and the rooms before it:
   ``account``, ``tidy``), speaking to a provider through one seam (``provider``; ``openai``
   and its ``client`` are the first);
 - ``answers``: results -> the merged dataset (``merge``, ``report``, ``gallery``);
+- ``live``: requests answered through each provider's synchronous API instead of a batch
+  (``modes``, ``wires``, ``call``, ``pace``, ``run``, ``sample``), into the same answers/;
 - ``original``: what the original tool's command lines share.
 """
