@@ -245,3 +245,26 @@ def gemini_tokens(body: dict[str, Any]) -> int:
                 texts.append(part.get("text"))
     chars = sum(len(t) for t in texts if isinstance(t, str))
     return math.ceil(chars / 4) + images
+
+
+def gemini_request_tokens(request: dict[str, Any]) -> int:
+    """A Gemini GenerateContentRequest (a chunk's line, gemini_shape.py), by the same rule as
+    `gemini_tokens` of the body it was shaped from: its texts, and each image, inline bytes by
+    their size, a `file_data` URL by its size where known (else assumed)."""
+    images, chars = 0, 0
+    system = request.get("system_instruction") or request.get("systemInstruction") or {}
+    for content in [system, *(request.get("contents") or [])]:
+        for part in (content.get("parts") if isinstance(content, dict) else None) or []:
+            if not isinstance(part, dict):
+                continue
+            inline = part.get("inline_data") or part.get("inlineData")
+            file = part.get("file_data") or part.get("fileData")
+            if isinstance(inline, dict):
+                size = pixel_size(base64.b64decode(str(inline.get("data") or "")))
+                images += gemini_image_tokens(*(size or ASSUMED_REMOTE_SIZE))
+            elif isinstance(file, dict):
+                url = str(file.get("file_uri") or file.get("fileUri") or "")
+                images += gemini_image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE))
+            elif isinstance(part.get("text"), str):
+                chars += len(part["text"])
+    return math.ceil(chars / 4) + images
