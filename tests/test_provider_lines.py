@@ -45,6 +45,7 @@ def caption_run(
 ) -> tuple[dict[str, Any], Path]:
     """make caption's variables for a config of `header` + CAPTION over records keyed by
     `keys`, and the step's build directory."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.yaml").write_text(header + CAPTION)
     rows = [{"id": key, "title": f"Story {i}"} for i, key in enumerate(keys)]
     data = write_json(tmp_path / "data.json", rows)
@@ -143,3 +144,56 @@ def test_the_readers_of_a_chunk_line_understand_gemini_lines() -> None:
     assert sha == request_hash(request) and model == "gemini-2.5-flash"
     assert endpoint == gemini_shape.ENDPOINT
     assert tokens == estimate_tokens(body) == 30 + 258 + 258 * 3 * 2
+
+
+# ----------------------------------------------------------------------------- 2. limits
+
+
+ANTHROPIC_KEY = "test-anthropic-key"
+CLAUDE = "model: claude-sonnet-4-5\nprovider: anthropic\n"
+
+
+def anthropic_env(emu: Emulator) -> dict[str, str]:
+    return emu.env(ANTHROPIC_BASE_URL=emu.root, ANTHROPIC_API_KEY=ANTHROPIC_KEY)
+
+
+def anthropic_batches(emu: Emulator) -> int:
+    return int(emu.stats().get("message_batches_created", 0))
+
+
+def test_the_split_keeps_to_each_providers_own_limits(emulator: Emulator, tmp_path: Path) -> None:
+    """Anthropic takes 100,000 requests (OpenAI 50,000) and 256 MB a batch; Gemini 2 GB a file
+    (OpenAI 200 MB). Over a provider's limit: one line, nothing paid, nothing split."""
+    keys = ["a", "b", "c"]
+    variables, step = caption_run(tmp_path, CLAUDE, keys, MAX_REQUESTS=100_000)
+    make("caption", env=anthropic_env(emulator), **variables)
+    assert anthropic_batches(emulator) == 1 and len(chunk_lines(step)) == 3
+    for name, value, limit in [
+        ("MAX_REQUESTS", 100_001, "1 to 100000"),
+        ("MAX_BYTES", 256_000_001, "1 to 256000000"),
+    ]:
+        over = {**variables, "BUILD": tmp_path / "over", name: value}
+        done = make("caption", env=anthropic_env(emulator), check=False, **over)
+        assert done.returncode != 0 and f"{name} must be {limit}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not list((tmp_path / "over").rglob("chunk_*"))
+    assert anthropic_batches(emulator) == 1
+    header = "model: gemini-2.5-flash\nprovider: gemini\n"
+    variables, step = caption_run(tmp_path / "g", header, keys, MAX_BYTES=2 * 1000**3)
+    make("caption", env=gemini_env(emulator), **variables)  # over OpenAI's 200 MB: fine here
+    assert gemini_jobs(emulator) == 1
+    variables["MAX_BYTES"] = 2 * 1000**3 + 1
+    done = make("caption", env=gemini_env(emulator), check=False, **variables)
+    assert done.returncode != 0 and "MAX_BYTES must be 1 to 2000000000" in done.stderr
+
+
+def test_one_request_over_max_bytes_names_the_providers_limit(tmp_path: Path) -> None:
+    from br.batches.split import chunks
+    from br.cli import UserError
+
+    lines = iter(['{"key": "' + "x" * 100 + '"}\n'])
+    try:
+        list(chunks(lines, 10, 50, api_bytes=256_000_000))
+    except UserError as e:
+        assert "over MAX_BYTES=50" in str(e) and "the API's limit is 256000000" in str(e)
+    else:
+        raise AssertionError("a request over MAX_BYTES was chunked")
