@@ -169,7 +169,7 @@ $(B)/images.stamp: FORCE | $(VENV_OK)
 	  --preflight $(call q,$(B)/preflight.json) -o $(call q,$@)
 $(B)/split.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
-	  $(call q,MAX_BYTES=$(MAX_BYTES))
+	  $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP))
 $(B)/merge.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,23 @@ def test_one_request_over_max_bytes_names_the_providers_limit(tmp_path: Path) ->
         assert "over MAX_BYTES=50" in str(e) and "the API's limit is 256000000" in str(e)
     else:
         raise AssertionError("a request over MAX_BYTES was chunked")
+
+
+# ----------------------------------------------------------------------------- 3. the stamp
+
+
+def test_changing_provider_alone_splits_again_and_sets_the_old_ids_aside(tmp_path: Path) -> None:
+    """The split's stamp holds the step's provider: with only `provider:` changed, the chunks
+    are made again as the new provider's lines, and the old chunk's batch id is set aside in
+    superseded/, never deleted. Nothing is sent (the split only)."""
+    variables, step = caption_run(tmp_path, "model: gemini-2.5-flash\n", ["a", "b"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    make(str(step / "chunks.mk"), env=env, **variables)
+    assert all("custom_id" in line for line in chunk_lines(step))  # OpenAI's lines
+    (step / "batch_001.id").write_text("batch_paid_for_earlier\n")
+    (tmp_path / "config.yaml").write_text("model: gemini-2.5-flash\nprovider: gemini\n" + CAPTION)
+    make(str(step / "chunks.mk"), env=env, **variables)
+    assert [set(line) for line in chunk_lines(step)] == [{"key", "request"}] * 2
+    assert not (step / "batch_001.id").exists()
+    (aside,) = (step / "superseded").glob("*-batch_001.id")
+    assert aside.read_text() == "batch_paid_for_earlier\n"
