@@ -8,7 +8,9 @@ estimated input tokens (text and images), an upper bound on output tokens when t
 max_tokens, and the cost at the batch prices of the config's `prices:` table (USD per million
 tokens). With --preflight-cache, the image URLs the preflight has not checked yet, their hosts
 and an upper bound on the time the check takes. With --answers, requests already answered by
-an earlier run are left out, as the split does. Rerunning it only prints the same plan again.
+an earlier run are left out, as the split does. Chunks are sized, and tokens counted, as the
+step's provider's own lines (provider: anthropic, gemini), within that provider's limits.
+Rerunning it only prints the same plan again.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import json
 import sys
 from pathlib import Path
 
-from br.config import load_config
-from br.limits import DEFAULT_MAX_BYTES, MAX_REQUESTS
+from br.batches.providers import line_identity, provider_for, reshapes
+from br.config import Config, load_config
+from br.limits import DEFAULT_MAX_BYTES
 from br.prices import check_cost
-from br.prompts.plan import make_plan, render, sent_plan, summary
+from br.prompts.plan import Lines, make_plan, render, sent_plan, summary
 from br.prompts.request_images import image_arguments, step_images
 
 
@@ -54,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     image_arguments(parser)
     args = parser.parse_args(argv)
-    if not 1 <= args.max_requests <= MAX_REQUESTS:
-        raise UserError(f"MAX_REQUESTS must be 1 to {MAX_REQUESTS}, not {args.max_requests}")
-    if args.max_bytes < 1:
-        raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
-
     config = load_config(args.config)
+    sent = provider_lines(config, args.step)
+    limits = provider_for(config, args.step).limits
+    if not 1 <= args.max_requests <= limits.max_requests:
+        raise UserError(f"MAX_REQUESTS must be 1 to {limits.max_requests}, not {args.max_requests}")
+    if not 1 <= args.max_bytes <= limits.max_file_bytes:
+        raise UserError(
+            f"MAX_BYTES must be 1 to {limits.max_file_bytes} (the most this provider takes in one "
+            f"batch), not {args.max_bytes}"
+        )
     cap = config.max_cost(args.max_cost)
     if args.requests is not None:
         # The check before the first upload (make caption): cheap, no API, nothing printed to
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.requests.exists():
                 raise UserError(f"{args.requests} does not exist; run make caption to build it")
             config.step(args.step)
-            note(check_cost(summary(sent_plan(args.requests, args.answers), config, ""), cap))
+            plan = sent_plan(args.requests, args.answers, sent)
+            note(check_cost(summary(plan, config, ""), cap))
         return 0
     # The image index and cache are read, never written; the preflight checks URLs (image
     # hosts, not the API) but saves nothing.
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         args.response_key,
         local,
         checker,
+        sent,
     )
     local.close()
     s = summary(plan, config, args.step)
@@ -91,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     if cap is not None:
         note(check_cost(s, cap))
     return 0
+
+
+def provider_lines(config: Config, step: str) -> Lines:
+    """How the step's provider sends a request: its own lines (Anthropic's, Gemini's), their
+    tokens as a run counts them (line_identity), the most bytes a batch of them takes."""
+    provider = provider_for(config, step)
+    return Lines(
+        config.provider(step),
+        provider.shape if reshapes(provider) else None,
+        lambda line: int(line_identity(line)[4]),
+        provider.limits.max_file_bytes,
+    )
 
 
 if __name__ == "__main__":

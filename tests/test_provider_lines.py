@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,56 @@ def test_changing_provider_alone_splits_again_and_sets_the_old_ids_aside(tmp_pat
     assert not (step / "batch_001.id").exists()
     (aside,) = (step / "superseded").glob("*-batch_001.id")
     assert aside.read_text() == "batch_paid_for_earlier\n"
+
+
+# ----------------------------------------------------------------------------- 4. make plan
+
+
+def number(pattern: str, text: str) -> int:
+    found = re.search(pattern + r"\s+([\d,]+)", text)
+    assert found, f"{pattern!r} not in the plan:\n{text}"
+    return int(found[1].replace(",", ""))
+
+
+def test_make_plan_sizes_and_counts_each_providers_own_lines(tmp_path: Path) -> None:
+    """`make plan` sizes the chunks as the bytes the split then writes (the provider's own
+    lines), counts input tokens as the run counts them from those lines, and images by the
+    provider's rule; no key, nothing sent."""
+    from br.batches.providers import line_identity
+    from br.prompts.tokens import claude_image_tokens, gemini_image_tokens, image_tokens
+
+    step_text = (
+        "caption:\n  system: You write captions.\n  user: 'Headline: {title}'\n"
+        "  response_key: text\n  max_tokens: 100\n"
+    )
+    rows = [{"id": f"r{i}", "title": f"Story {i} " * 3, "image_url": f"https://img.test/{i}.jpg"}
+            for i in range(3)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "OPENAI_"))}
+    env["PREFLIGHT"] = "0"
+    remote = {  # one remote image (assumed 1536 x 1024) by each provider's rule
+        "openai": image_tokens(1536, 1024, "auto"),
+        "anthropic": claude_image_tokens(1536, 1024),
+        "gemini": gemini_image_tokens(1536, 1024),
+    }
+    for provider, model in [
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-sonnet-4-5"),
+        ("gemini", "gemini-2.5-flash"),
+    ]:
+        here = tmp_path / provider
+        here.mkdir()
+        (here / "config.yaml").write_text(f"model: {model}\nprovider: {provider}\n" + step_text)
+        data = write_json(here / "data.json", rows)
+        variables = {"BUILD": here / "build", "INPUT": data, "CONFIG": here / "config.yaml",
+                     "STEP": "caption", "DATA_KEY": "id"}  # fmt: skip
+        plan = make("plan", env=env, **variables).stdout
+        step = input_dir(here / "build", data) / "caption"
+        make(str(step / "chunks.mk"), env=env, **variables)  # the split only: nothing sent
+        chunks = sorted(step.glob("chunk_*.jsonl"))
+        assert number("bytes to upload", plan) == sum(c.stat().st_size for c in chunks), provider
+        tokens = sum(line_identity(line)[4] for line in chunk_lines(step))
+        assert number("estimated input tokens", plan) == tokens, provider
+        assert number(r"estimated input tokens\s+[\d,]+ \(text [\d,]+, images", plan) == (
+            3 * remote[provider]
+        ), provider
+    assert "https://ai.google.dev/gemini-api/docs/pricing" in plan and "Gemini's rule" in plan

@@ -200,10 +200,26 @@ def part_tokens(part: dict[str, Any], claude: bool = False) -> int:
     return url_tokens(*found, claude) if found else 0
 
 
-def body_images(body: dict[str, Any]) -> tuple[int, int]:
-    """(number of image parts, their estimated tokens) of a chat or Responses body."""
-    claude = is_claude(body.get("model"))
-    found = [url_tokens(url, detail, claude) for url, detail in image_parts(body)]
+def image_rule(provider: str | None, model: Any) -> str:
+    """Whose image rule prices a request's images: its provider's (Anthropic's, Gemini's),
+    else, on OpenAI's API (or a server speaking it), the model's family."""
+    if provider == "anthropic" or (provider in (None, "openai") and is_claude(model)):
+        return "claude"
+    if provider == "gemini" or (provider in (None, "openai") and is_gemini(model)):
+        return "gemini"
+    return "openai"
+
+
+def body_images(body: dict[str, Any], provider: str | None = None) -> tuple[int, int]:
+    """(number of image parts, their estimated tokens) of a chat or Responses body, by the
+    image rule of its provider (`image_rule`)."""
+    rule = image_rule(provider, body.get("model"))
+    found = []
+    for url, detail in image_parts(body):
+        if rule == "gemini":
+            found.append(gemini_image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE)))
+        else:
+            found.append(url_tokens(url, detail, rule == "claude"))
     return len(found), sum(found)
 
 
