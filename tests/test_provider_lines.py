@@ -272,3 +272,32 @@ def test_make_plan_sizes_and_counts_each_providers_own_lines(tmp_path: Path) -> 
             3 * remote[provider]
         ), provider
     assert "https://ai.google.dev/gemini-api/docs/pricing" in plan and "Gemini's rule" in plan
+
+
+def test_inline_or_file_is_chosen_by_the_create_bodys_size_on_the_wire(
+    emulator: Emulator, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A chunk goes inline while its create body (as the SDK's transport encodes it: unicode
+    escaped) fits the bound; one byte over, it is uploaded (the File API's two calls)."""
+    from br.batches import gemini_shape
+    from br.batches.gemini import ENVELOPE_BYTES, LOCAL, Gemini, inline_body
+    from br.config import Config
+    from br.records import dumps
+
+    monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emulator.root)
+    body = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "é ☃ " * 50}]}
+    requests = [
+        {"custom_id": f"ü/{i}", "url": "/v1/chat/completions", "body": body} for i in range(5)
+    ]
+    chunk = tmp_path / "chunk_001.jsonl"
+    chunk.write_text("".join(dumps(gemini_shape.shape(r)) + "\n" for r in requests))
+    wire = len(inline_body(chunk.read_bytes(), "")) + ENVELOPE_BYTES
+    assert wire > chunk.stat().st_size  # escaped unicode: the file's size would undercount
+    gemini = Gemini(Config(Path("t.yaml"), {"model": "gemini-2.5-flash"}))
+    monkeypatch.setenv("BR_GEMINI_INLINE_BYTES", str(wire))
+    assert gemini.upload(chunk, "br_caption_chunk_001.jsonl").startswith(LOCAL)
+    assert uploads(emulator) == 0
+    monkeypatch.setenv("BR_GEMINI_INLINE_BYTES", str(wire - 1))
+    assert gemini.upload(chunk, "br_caption_chunk_001.jsonl").startswith("files/")
+    assert uploads(emulator) == 2

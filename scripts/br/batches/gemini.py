@@ -357,9 +357,10 @@ def transport_errors() -> tuple[type[Exception], ...]:
 
 def inline_body(chunk: bytes, name: str) -> str:
     """The JSON of an inline create of a chunk's lines (§3.1): each its request, with its key
-    in its metadata (where the inline answers echo it, §6.1). ASCII-escaped, so its length is
-    its size on the wire, whatever the SDK's encoder does."""
+    in its metadata (where the inline answers echo it, §6.1). Encoded as the SDK's transport
+    encodes a body (json.dumps' defaults: ASCII-escaped, ", " and ": "), so its length is its
+    size on the wire."""
     lines = [json.loads(raw) for raw in chunk.decode("utf-8-sig").split("\n") if raw.strip()]
     requests = [{"request": x["request"], "metadata": {"key": x["key"]}} for x in lines]
     body = {"batch": {"displayName": name, "inputConfig": {"requests": {"requests": requests}}}}
-    return json.dumps(body, separators=(",", ":"))
+    return json.dumps(body)
