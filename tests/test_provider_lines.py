@@ -92,6 +92,9 @@ def test_gemini_chunks_hold_gemini_lines_for_any_data_key(
     assert gemini_jobs(emulator) == 1 and uploads(emulator) == 0 and emulator.batches() == []
     make("caption", env=gemini_env(emulator), **variables)
     assert gemini_jobs(emulator) == 1
+    make("report", env=gemini_env(emulator), **variables)  # reads the chunk's model
+    (chunk,) = read_json(step / "report.json")["chunks"]
+    assert chunk["model"] == "gemini-2.5-flash" and chunk["price"]["input"] == 0.15
 
 
 def test_a_chunk_over_the_inline_bound_is_uploaded_byte_for_byte(
