@@ -304,3 +304,27 @@ def test_inline_or_file_is_chosen_by_the_create_bodys_size_on_the_wire(
     monkeypatch.setenv("BR_GEMINI_INLINE_BYTES", str(wire - 1))
     assert gemini.upload(chunk, "br_caption_chunk_001.jsonl").startswith("files/")
     assert uploads(emulator) == 2
+
+
+def test_a_batch_in_flight_when_provider_changes_is_collected_from_its_own_api(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A batch sent to OpenAI's API and not fetched when `provider:` becomes gemini: the next
+    make collects it from OpenAI's API (the ledger notes who made each batch), sends only the
+    request no batch holds to Gemini, and merges both; nothing is paid twice."""
+    variables, step = caption_run(tmp_path, "model: gemini-2.5-flash\n", ["a", "b"])
+    env = gemini_env(emulator)
+    make(str(step / "batch_001.id"), env=env, **variables)  # sent, not fetched
+    assert len(emulator.batches()) == 1
+    ledger = read_json(step / "ledger.jsonl")
+    assert {e.get("provider") for e in ledger if e["op"] == "create"} == {"openai"}
+    (tmp_path / "config.yaml").write_text("model: gemini-2.5-flash\nprovider: gemini\n" + CAPTION)
+    rows = [{"id": key, "title": f"Story {i}"} for i, key in enumerate(["a", "b", "c"])]
+    write_json(Path(variables["INPUT"]), rows)
+    done = make("caption", env=env, **variables)
+    assert "collecting 1 earlier batch(es) from openai" in done.stderr
+    merged = read_json(step / "merged.json")
+    assert [r["id"] for r in merged] == ["a", "b", "c"] and all(r["text"] for r in merged)
+    assert len(emulator.batches()) == 1 and gemini_jobs(emulator) == 1
+    assert [line["key"][65:] for line in chunk_lines(step)] == ["c"]
+    assert list((step / "superseded").glob("*-batch_001.id"))

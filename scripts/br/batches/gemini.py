@@ -69,6 +69,7 @@ LIMITS = Limits(max_requests=50_000, max_file_bytes=MAX_FILE_BYTES, max_embeddin
 class Gemini:
     """The Provider of Gemini's Batch API (the Developer API, with an API key)."""
 
+    name = "gemini"  # as `provider:` names it
     limits = LIMITS
     reshapes = True  # chunk lines are Gemini's `{key, request}`, not the pipeline's
 

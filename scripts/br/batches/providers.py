@@ -26,7 +26,11 @@ PROVIDERS: dict[str, Any] = {"openai": OpenAI, "anthropic": Anthropic, "gemini":
 
 def provider_for(config: Config | None, step: str | None = None) -> Provider:
     """The Provider of `step` (or of the config's top level), constructed with the config."""
-    name = config.provider(step) if config is not None else "openai"
+    return provider_named(config, config.provider(step) if config is not None else "openai")
+
+
+def provider_named(config: Config | None, name: str) -> Provider:
+    """The Provider called `name` (as `provider:` names it), constructed with the config."""
     cls = PROVIDERS.get(name)
     if cls is None:
         raise UserError(f"provider: {name} is not available in this version")
