@@ -330,3 +330,14 @@ def test_a_batch_in_flight_when_provider_changes_is_collected_from_its_own_api(
     assert len(emulator.batches()) == 1 and gemini_jobs(emulator) == 1
     assert [line["key"][65:] for line in chunk_lines(step)] == ["c"]
     assert list((step / "superseded").glob("*-batch_001.id"))
+
+
+def test_an_inline_jobs_requests_cannot_be_downloaded_one_line() -> None:
+    """Recovering a chunk's requests from an earlier batch: an inline job keeps none on the
+    server (and the SDK gives no uploaded file back): one line saying so, no call made."""
+    import pytest
+    from br.batches.gemini import Gemini
+    from br.cli import UserError
+
+    with pytest.raises(UserError, match="an inline job's requests back; keep the chunk files"):
+        Gemini(None).download("")

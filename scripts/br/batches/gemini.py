@@ -292,9 +292,12 @@ class Gemini:
             self.client().files.delete(name=file_id)
 
     def download(self, file_id: str) -> bytes:
+        """An earlier batch's requests, when its chunk file is gone: the SDK gives no uploaded
+        file back (§5), and an inline job keeps none (its `inputConfig` is not echoed, §4.1)."""
+        what = f"uploaded files back ({file_id})" if file_id else "an inline job's requests back"
         raise UserError(
-            f"the Gemini API does not give uploaded files back ({file_id}); keep the chunk "
-            "files in build/ until their batches are fetched"
+            f"the Gemini API does not give {what}; keep the chunk files in build/ until their "
+            "batches are fetched"
         )
 
     def describe(self, batch_id: str, nones: bool = True) -> dict[str, Any]:
