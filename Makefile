@@ -30,9 +30,9 @@ DATA_KEY ?= image_path
 RESPONSE_KEY ?=
 ## OUTPUT        also write the merged dataset to this path
 OUTPUT ?=
-## MAX_REQUESTS  requests per batch (at most 50000)
+## MAX_REQUESTS  requests per batch (at most 50000; provider: anthropic 100000)
 MAX_REQUESTS ?= 1000
-## MAX_BYTES     bytes per batch input file (the API allows 200 MB)
+## MAX_BYTES     bytes per batch input file (OpenAI allows 200 MB, Anthropic 256 MB, Gemini 2 GB)
 MAX_BYTES ?= 180000000
 ## RETRIES       follow-up batches for retryable failures (429, 5xx, expired)
 RETRIES ?= 3
@@ -169,7 +169,7 @@ $(B)/images.stamp: FORCE | $(VENV_OK)
 	  --preflight $(call q,$(B)/preflight.json) -o $(call q,$@)
 $(B)/split.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
-	  $(call q,MAX_BYTES=$(MAX_BYTES))
+	  $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP))
 $(B)/merge.params: FORCE | $(VENV_OK)
 	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
 

@@ -9,7 +9,9 @@ max_tokens, and the cost at the batch prices of the config's `prices:` table (US
 tokens), or at live prices for a live run (MODE=live or mode: live: twice them, br/prices.py).
 With --preflight-cache, the image URLs the preflight has not checked yet, their hosts
 and an upper bound on the time the check takes. With --answers, requests already answered by
-an earlier run are left out, as the split does. Rerunning it only prints the same plan again.
+an earlier run are left out, as the split does. Chunks are sized, and tokens counted, as the
+step's provider's own lines (provider: anthropic, gemini), within that provider's limits.
+Rerunning it only prints the same plan again.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import json
 import sys
 from pathlib import Path
 
-from br.config import load_config
-from br.limits import DEFAULT_MAX_BYTES, MAX_REQUESTS
+from br.batches.providers import line_identity, provider_for, reshapes
+from br.config import Config, load_config
+from br.limits import DEFAULT_MAX_BYTES
 from br.live.modes import mode_of
 from br.prices import at_mode, check_cost
-from br.prompts.plan import make_plan, render, sent_plan, summary
+from br.prompts.plan import Lines, make_plan, render, sent_plan, summary
 from br.prompts.request_images import image_arguments, step_images
 
 
@@ -57,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="", help="MODE: batch, live or flex (its prices)")
     image_arguments(parser)
     args = parser.parse_args(argv)
-    if not 1 <= args.max_requests <= MAX_REQUESTS:
-        raise UserError(f"MAX_REQUESTS must be 1 to {MAX_REQUESTS}, not {args.max_requests}")
-    if args.max_bytes < 1:
-        raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
-
     config = load_config(args.config)
+    sent = provider_lines(config, args.step)
+    limits = provider_for(config, args.step).limits
+    if not 1 <= args.max_requests <= limits.max_requests:
+        raise UserError(f"MAX_REQUESTS must be 1 to {limits.max_requests}, not {args.max_requests}")
+    if not 1 <= args.max_bytes <= limits.max_file_bytes:
+        raise UserError(
+            f"MAX_BYTES must be 1 to {limits.max_file_bytes} (the most this provider takes in one "
+            f"batch), not {args.max_bytes}"
+        )
     cap = config.max_cost(args.max_cost)
     config.step(args.step)
     mode = mode_of(config, args.step, args.mode)  # a live run is priced at live prices
@@ -72,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if cap is not None:
             if not args.requests.exists():
                 raise UserError(f"{args.requests} does not exist; run make caption to build it")
-            s = at_mode(summary(sent_plan(args.requests, args.answers), config, ""), mode)
-            note(check_cost(s, cap))
+            plan = sent_plan(args.requests, args.answers, sent)
+            note(check_cost(at_mode(summary(plan, config, ""), mode), cap))
         return 0
     # The image index and cache are read, never written; the preflight checks URLs (image
     # hosts, not the API) but saves nothing.
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         args.response_key,
         local,
         checker,
+        sent,
     )
     local.close()
     s = at_mode(summary(plan, config, args.step), mode)
@@ -96,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     if cap is not None:
         note(check_cost(s, cap))
     return 0
+
+
+def provider_lines(config: Config, step: str) -> Lines:
+    """How the step's provider sends a request: its own lines (Anthropic's, Gemini's), their
+    tokens as a run counts them (line_identity), the most bytes a batch of them takes."""
+    provider = provider_for(config, step)
+    return Lines(
+        config.provider(step),
+        provider.shape if reshapes(provider) else None,
+        lambda line: int(line_identity(line)[4]),
+        provider.limits.max_file_bytes,
+    )
 
 
 if __name__ == "__main__":

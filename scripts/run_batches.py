@@ -10,7 +10,10 @@ where they are; results.list is rewritten only when a results file changed. Make
 script order-only: editing it, or the library, resubmits nothing.
 
 --collect, before a re-split: waits for every batch of the ledger never fetched and puts its
-rows in answers/ (br/batches/earlier.py). How: br/batches/engine.py, ended.py, submission.py.
+rows in answers/ (br/batches/earlier.py), each from the API that made it: after `provider:`
+changed, the batches the earlier provider still holds are collected from it first (its key is
+needed then), so switching never abandons a paid batch. How: br/batches/engine.py, ended.py,
+submission.py.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from pathlib import Path
 from br.batches.chunk import chunks_of
 from br.batches.earlier import earlier_batches
 from br.batches.engine import Engine
-from br.batches.providers import provider_for
-from br.config import load_config
+from br.batches.ledger import Ledger
+from br.batches.providers import provider_for, provider_named
+from br.config import Config, load_config
 from br.files import write_text
 from br.layout import StepDir
 
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     step = StepDir(args.dir)
     config = load_config(args.config)
+    if args.collect and not collect_elsewhere(step, config, args.step):
+        return 2
     provider = provider_for(config, args.step)
     engine = Engine(step, config, provider, args.step, args.retries, args.resend, args.token_budget)
     if args.collect:
@@ -74,6 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and not args.collect:
         write_text(args.output, step.results_list_text([c.nnn for c in engine.chunks]))
     return 0
+
+
+def collect_elsewhere(step: StepDir, config: Config, step_name: str) -> bool:
+    """Collect the batches that other providers than the step's hold (`provider:` changed
+    while they ran); False if one stopped (its line said why)."""
+    here = config.provider(step_name)
+    for name in sorted(n for n in Ledger(step.ledger).pending_providers() if n and n != here):
+        engine = Engine(step, config, provider_named(config, name), step_name)
+        engine.begin(earlier_batches(engine))
+        note(f"{step.root}: collecting {len(engine.chunks)} earlier batch(es) from {name}")
+        try:
+            errors = engine.run()
+        finally:
+            for tmp in step.downloads():
+                tmp.unlink()
+        for error in errors:
+            note(f"error: {error}")
+        if errors:
+            return False
+    return True
 
 
 if __name__ == "__main__":

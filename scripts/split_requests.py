@@ -3,9 +3,10 @@
 Requests whose body was already answered (a result in answers/, kept from earlier runs and keyed
 by a hash of the request body) are left out, so changing a prompt or adding rows sends only the
 requests that changed, wherever the chunk boundaries fall. Each chunk holds at most
---max-requests requests (never above the provider's limit: OpenAI 50,000, Anthropic 100,000) and
---max-bytes bytes (default safely under OpenAI's 200 MB and Anthropic's 256 MB). A provider whose
-lines are not the pipeline's (provider: anthropic) gets its own in the chunks
+--max-requests requests and --max-bytes bytes, neither above the provider's own limits (OpenAI:
+50,000 requests, 200 MB; Anthropic: 100,000, 256 MB; Gemini: 2 GB a file, with no request limit
+published, 50,000 kept; br/batches/*.py `limits`). A provider whose lines are not the pipeline's
+(provider: anthropic, gemini) gets its own in the chunks, sized as they are sent
 (br/batches/providers.py), so a chunk file holds exactly what is sent. chunks.mk lists the chunk
 ids for the Makefile. Unchanged chunks keep their bytes and mtime; chunk files beyond the new
 count are removed with their batch id and results.
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     limits = provider.limits
     if not 1 <= args.max_requests <= limits.max_requests:
         raise UserError(f"MAX_REQUESTS must be 1 to {limits.max_requests}, not {args.max_requests}")
-    if args.max_bytes < 1:
-        raise UserError(f"MAX_BYTES must be positive, not {args.max_bytes}")
+    if not 1 <= args.max_bytes <= limits.max_file_bytes:
+        raise UserError(
+            f"MAX_BYTES must be 1 to {limits.max_file_bytes} (the most this provider takes in one "
+            f"batch), not {args.max_bytes}"
+        )
 
     step = StepDir(args.manifest.parent)
     done = answered_hashes(args.answers)  # closed with the process
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         staged = []
         shape = provider.shape if reshapes(provider) else None
         pending = shaped(pending_lines(args.requests, done, total), shape)
-        for lines in chunks(pending, args.max_requests, args.max_bytes):
+        for lines in chunks(
+            pending, args.max_requests, args.max_bytes, api_bytes=limits.max_file_bytes
+        ):
             staged.append(stage / str(len(staged)))
             with open(staged[-1], "w", encoding="utf-8") as f:
                 f.writelines(lines)

@@ -6,7 +6,9 @@ exactly when one of them really changed, whatever the files' mtimes say (`cp -p`
 `rsync -a` keep old ones). `--hash NAME=PATH` adds the line `NAME=<sha256 of PATH>`; a digest is
 reused while the file's inode, size, mtime and ctime stay the same (ctime cannot be set back).
 `--from FILE` copies a file instead (make caption OUTPUT=...); `--writable` only checks that
-the target can be written, before a run that will copy to it sends anything. `--check` writes
+the target can be written, before a run that will copy to it sends anything. `--provider CONFIG
+STEP` adds the line `PROVIDER=<the step's provider:>` (the split's stamp: a provider's chunks
+hold its own lines, so changing `provider:` alone splits again). `--check` writes
 nothing and stops with one line naming what changed if the stamp would change: make caption
 checks that INPUT and CONFIG are still what its requests were built from before it says "up to
 date".
@@ -25,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from br.config import load_config
 from br.files import atomic_output, check_target, sha256_file, write_text
 
 
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hash", action="append", default=[], help="NAME=PATH: add its sha256")
     parser.add_argument("--from", dest="source", type=Path, help="copy this file instead")
     parser.add_argument("--check", action="store_true", help="fail if the stamp would change")
+    parser.add_argument(
+        "--provider", nargs=2, metavar=("CONFIG", "STEP"), help="add the step's provider:"
+    )
     parser.add_argument("--writable", action="store_true", help="only check the target is writable")
     args = parser.parse_intermixed_args(argv)
     if args.writable or args.source:
@@ -69,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {target}", file=sys.stderr)
         return 0
     lines = list(args.lines)
+    if args.provider:
+        config, step = args.provider
+        lines.append(f"PROVIDER={load_config(Path(config)).provider(step or None)}")
     if args.hash:
         store = target.parent / ".hashes.json"
         try:

@@ -22,6 +22,7 @@ from br.batches.gemini_batch import status_of
 from br.cli import UserError
 from br.config import Config
 from br.layout import StepDir
+from br.prompts.images.identity import request_hash
 from br.records import dumps
 from conftest import PYTHON, ROOT, Emulator
 from google import genai
@@ -63,8 +64,10 @@ def request(cid: str, text: str, **body: Any) -> dict[str, Any]:
 
 
 def write_chunk(step: StepDir, requests: list[dict[str, Any]], nnn: str = "001") -> Chunk:
+    """The chunk as the split writes it: Gemini's own lines."""
     step.root.mkdir(parents=True, exist_ok=True)
-    step.chunk(nnn).write_text("".join(dumps(r) + "\n" for r in requests), encoding="utf-8")
+    lines = "".join(dumps(gemini_shape.shape(r)) + "\n" for r in requests)
+    step.chunk(nnn).write_text(lines, encoding="utf-8")
     return Chunk(nnn=nnn, path=step.chunk(nnn))
 
 
@@ -76,7 +79,7 @@ def run(step: StepDir, provider: Gemini, chunks: list[Chunk], **options: Any) ->
 
 def results(step: StepDir, nnn: str = "001") -> dict[str, dict[str, Any]]:
     rows = [json.loads(x) for x in step.results(nnn).read_text(encoding="utf-8").split("\n") if x]
-    return {r["custom_id"]: r for r in rows}
+    return {r["custom_id"][65:]: r for r in rows}  # the key: the request hash, a space, the id
 
 
 def sdk(emu: Emulator) -> genai.Client:
@@ -137,9 +140,9 @@ def test_shape_upload_create_poll_and_rows_by_key(
     assert rows["image"]["usage"]["prompt_tokens"] >= 258  # the image reached the server
     assert rows["boom"]["error"]["status"] == 500 and rows["boom"]["retryable"] is True
     assert rows["bad"]["error"]["status"] == 400 and rows["bad"]["retryable"] is False
-    # One upload (start, then the bytes) and one create, recognisable by its display name.
+    # One create, inline (the chunk is small: no upload), recognisable by its display name.
     stats = emulator.stats()
-    assert created(emulator) == 1 and stats["calls"][UPLOAD] == 2
+    assert created(emulator) == 1 and stats["calls"].get(UPLOAD, 0) == 0
     client = sdk(emulator)  # kept: a collected client closes its pool
     (job,) = list(client.batches.list())
     sha = step.chunk("001").read_bytes()
@@ -181,7 +184,7 @@ def test_an_unanswered_create_is_found_in_the_list_not_paid_twice(
     assert run(step, gemini, [write_chunk(step, [request("a", "x"), request("b", "y")])]) == []
     stats = emulator.stats()
     assert created(emulator) == 1 and stats["calls"][CREATE] == 1
-    assert stats["calls"][UPLOAD] == 2  # start, then the bytes: once
+    assert stats["calls"].get(UPLOAD, 0) == 0  # a small chunk goes inline: no upload
     assert stats["http_faults_injected"] == 1
     assert {r["outcome"] for r in results(step).values()} == {"succeeded"}
 
@@ -207,7 +210,8 @@ def test_a_killed_create_is_adopted_from_the_list_by_the_next_run(
 ) -> None:
     """The run is killed (SIGKILL) with its create sent and unanswered (the server made the
     batch; its answer is held back): the ledger holds the intent only, and the rerun finds the
-    batch in the list by its display name and pays nothing more."""
+    batch in the list by its display name and pays nothing more. The chunk is small, so the
+    job is an inline one: its display name carries the label as a file job's does."""
     step = StepDir(tmp_path / "caption")
     write_chunk(step, [request("a", "x")])
     emulator.faults(response_delay={"POST /{version}/models/{model}": 60})
@@ -224,7 +228,7 @@ def test_a_killed_create_is_adopted_from_the_list_by_the_next_run(
     assert (last["op"], last["phase"]) == ("create", "intent")
     emulator.faults(response_delay={})
     assert run(step, Gemini(config()), [write_chunk(step, [request("a", "x")])]) == []
-    assert created(emulator) == 1
+    assert created(emulator) == 1 and calls(emulator, UPLOAD) == 0  # an inline job, found
     assert results(step)["a"]["outcome"] == "succeeded"
 
 
@@ -277,7 +281,7 @@ def test_results_out_of_order_are_matched_by_key(
     keys = [f"k{i:02d}" for i in range(20)]
     assert run(step, gemini, [write_chunk(step, [request(k, f"prompt {k}") for k in keys])]) == []
     batch = gemini.retrieve(step.batch_id("001").read_text().strip())
-    order = [k for k, _ in gemini.result_rows(batch)]
+    order = [str(k)[65:] for k, _ in gemini.result_rows(batch)]
     assert sorted(order) == keys and order != keys  # shuffled on the server
     assert all(r["response"].endswith(f"prompt {k}") for k, r in results(step).items())
 
@@ -295,8 +299,9 @@ def test_states_map_onto_the_seam(gemini: Gemini) -> None:
 
 
 def test_cancel_listing_describe_and_delete_file(
-    gemini: Gemini, emulator: Emulator, tmp_path: Path
+    gemini: Gemini, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("BR_GEMINI_INLINE_BYTES", "0")  # through the File API
     emulator.faults(processing_seconds=30.0)
     step = StepDir(tmp_path / "caption")
     chunk = write_chunk(step, [request("a", "x")])
@@ -339,10 +344,12 @@ def test_a_missing_or_rejected_key_is_one_line_naming_the_variable(
 
 
 def test_shape_is_gemini_lines(gemini: Gemini) -> None:
-    line = gemini.shape(request("a/b c", "hi", max_tokens=5, stop="x"))
+    asked = request("a/b c", "hi", max_tokens=5, stop="x")
+    line = gemini.shape(asked)
     assert line == {
-        "key": "a/b c",
+        "key": f"{request_hash(asked)} a/b c",
         "request": {
+            "model": f"models/{MODEL}",
             "system_instruction": {"parts": [{"text": "Be brief."}]},
             "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
             "generation_config": {"max_output_tokens": 5, "stop_sequences": ["x"]},

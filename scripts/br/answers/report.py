@@ -24,6 +24,7 @@ from br import journal
 from br.answers import store
 from br.batches.ledger import Ledger
 from br.batches.provider import NotFound
+from br.batches.providers import line_identity
 from br.config import Config
 from br.layout import StepDir, chunk_id
 from br.prices import MODE_FACTOR, output_cost, price_of, usd
@@ -121,7 +122,7 @@ def chunk_model(step: StepDir, cid: str, batches: list[dict[str, Any]], config: 
     chunk = step.chunk(cid)
     if chunk.exists():
         for request in iter_jsonl(chunk):
-            return str((request.get("body") or request.get("params") or {}).get("model"))
+            return str(line_identity(request)[2])  # whichever provider's line it is
     for b in batches:
         if b.get("model"):
             return str(b["model"])

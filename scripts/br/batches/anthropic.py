@@ -90,6 +90,7 @@ def local_id(path: Path, sha: str) -> str:
 class Anthropic(SDKClient):
     """The Provider of Anthropic's Message Batches (and of servers that speak it)."""
 
+    name = "anthropic"  # as `provider:` names it
     sdk = "anthropic"
     limits = Limits(MAX_REQUESTS, MAX_BATCH_BYTES, MAX_EMBEDDING_INPUTS)
     reshapes = True  # chunk lines are Anthropic's, not the pipeline's

@@ -22,9 +22,17 @@ from br.files import sha256_file
 
 
 def earlier_batches(engine: Engine) -> list[Chunk]:
-    """Every batch of the ledger never fetched, as a chunk in flight that only collects."""
+    """Every batch of the ledger never fetched that the engine's provider holds (or whose
+    provider the ledger did not note), as a chunk in flight that only collects."""
     ledger, step = engine.ledger, engine.step
+    mine = engine.submitter.noted.get("provider")
+
+    def held(provider: str | None) -> bool:
+        return provider is None or mine is None or provider == mine
+
     for sha, attempt, since in ledger.unknown():
+        if not held(ledger.create(sha, attempt).provider):
+            continue
         try:
             batch = find_batch(engine.provider, sha, attempt, since, ledger.uploads.get(sha))
         except Unlistable:
@@ -34,11 +42,16 @@ def earlier_batches(engine: Engine) -> list[Chunk]:
                 "the ways forward)"
             )
         if batch is not None:
-            ledger.record("create", phase="done", sha=sha, attempt=attempt, batch_id=batch.id)
+            ledger.record(
+                "create", phase="done", sha=sha, attempt=attempt, batch_id=batch.id,
+                **engine.submitter.noted,
+            )  # fmt: skip
         else:
             ledger.record("resend", sha=sha, attempt=attempt)
     chunks = []
     for batch_id in ledger.unfetched():
+        if not held(ledger.made_by.get(batch_id)):
+            continue
         sha, attempt, name = ledger.chunk_of[batch_id]
         path = step.root / name if name else Path()
         if not (name and path.exists() and sha256_file(path) == sha):

@@ -5,12 +5,13 @@ and docs/api-facts-gemini.md. The lines themselves (requests out, results in): g
 - The key is read as the SDK reads it: GOOGLE_API_KEY, else GEMINI_API_KEY (environment, then
   .env); the server is GOOGLE_GEMINI_BASE_URL, else the config's `base_url:`, else Google's.
   A missing or rejected key is one line naming the variable (§1.1, §7).
-- Every chunk goes through the File API (§5), never inline: one path for every size (a file
-  holds 2 GB, an inline create 20 MB, §3.3), the results come back as a file read once (inline
-  answers ride inside the batch object, so every poll and every page of the list would carry
-  them again), and the upload is listable, so an unanswered upload is found, not repeated.
-  The chunk is shaped line by line as it is uploaded; the file's display name carries the
-  upload's name and the chunk's size, which is what submission.find_upload matches.
+- A chunk file holds Gemini's own `{key, request}` lines (gemini_shape.py), sent as they are.
+  One that fits an inline create (§3.3: under 20 MB, `inline_max`) goes inline: no upload, no
+  file to tidy, one call; its "file id" is local (the chunk's path and sha256, as Anthropic's,
+  and the create refuses bytes that changed since). A larger one is uploaded byte for byte
+  through the File API (§5: 2 GB a file); the file's display name carries the upload's name
+  and the chunk's size, which is what submission.find_upload matches. Either way the job's
+  display name carries our label, so a create that got no answer is found in the list.
 - A batch's `display_name` is its label: `br <chunk sha256> <attempt> <step>`, so a rerun, or
   another machine, recognises it in the list (Gemini batches have no metadata).
 - States: the wire says `BATCH_STATE_*`, the SDK `JOB_STATE_*` (§4.2); both are mapped onto the
@@ -25,17 +26,18 @@ and docs/api-facts-gemini.md. The lines themselves (requests out, results in): g
 from __future__ import annotations
 
 import contextlib
-import io
+import hashlib
 import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from br.batches import gemini_shape
-from br.batches.gemini_batch import EXPIRY, batch_of, display_name, seconds, status_of
+from br.batches.gemini_batch import batch_of, display_name, seconds
 from br.batches.provider import (
     TERMINAL,
     Batch,
@@ -53,8 +55,13 @@ from br.config import Config
 GOOGLE_HOST = "generativelanguage.googleapis.com"
 DEFAULT_BASE_URL = f"https://{GOOGLE_HOST}/"
 KEY_NAMES = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # the SDK's order (§1.1)
-MAX_INLINE_BYTES = 20 * 1024 * 1024  # an inline create (§3.3); we always upload instead
+# An inline create is kept "under 20 MB" (§3.3; UNVERIFIED MB or MiB: the smaller). A chunk is
+# sent inline if its create body (its lines, each's key again in its metadata, the envelope)
+# fits; BR_GEMINI_INLINE_BYTES lowers the bound (0: every chunk through the File API).
+MAX_INLINE_BYTES = 20_000_000
+ENVELOPE_BYTES = 1024  # the create's own fields around the requests (a 128-char display name)
 MAX_FILE_BYTES = 2 * 1000**3  # an input file (§3.2; UNVERIFIED GB or GiB: the smaller)
+LOCAL = "local:"  # the "file id" of a chunk sent inline
 # UNVERIFIED (§3.3): no per-batch request limit is published; OpenAI's 50,000 is kept.
 LIMITS = Limits(max_requests=50_000, max_file_bytes=MAX_FILE_BYTES, max_embedding_inputs=0)
 
@@ -62,7 +69,9 @@ LIMITS = Limits(max_requests=50_000, max_file_bytes=MAX_FILE_BYTES, max_embeddin
 class Gemini:
     """The Provider of Gemini's Batch API (the Developer API, with an API key)."""
 
+    name = "gemini"  # as `provider:` names it
     limits = LIMITS
+    reshapes = True  # chunk lines are Gemini's `{key, request}`, not the pipeline's
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config
@@ -144,18 +153,22 @@ class Gemini:
     def shape(self, request: dict[str, Any]) -> dict[str, Any]:
         return gemini_shape.shape(request)
 
+    @property
+    def inline_max(self) -> int:
+        given = os.environ.get("BR_GEMINI_INLINE_BYTES", "")
+        return min(int(given), MAX_INLINE_BYTES) if given.isdigit() else MAX_INLINE_BYTES
+
     def upload(self, path: Path, filename: str) -> str:
-        """The chunk, shaped, as a File; its display name keeps the chunk's size."""
-        data = io.BytesIO()
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                if line.strip():
-                    shaped = self.shape(json.loads(line))
-                    data.write(json.dumps(shaped, ensure_ascii=False).encode() + b"\n")
-        data.seek(0)
-        config = {"mime_type": "jsonl", "display_name": f"{filename} {path.stat().st_size}"}
-        with self.calling():
-            return str(self.client(retries=False).files.upload(file=data, config=config).name)
+        """The chunk's "file id": a local one if it fits inline (nothing is sent), else the
+        File API's name for its bytes, uploaded as they are (display name: name and size)."""
+        size = path.stat().st_size
+        if size + ENVELOPE_BYTES <= self.inline_max:
+            data = path.read_bytes()
+            if len(inline_body(data, "")) + ENVELOPE_BYTES <= self.inline_max:
+                return f"{LOCAL}{path.resolve()}#{hashlib.sha256(data).hexdigest()}"
+        config = {"mime_type": "jsonl", "display_name": f"{filename} {size}"}
+        with self.calling(), open(path, "rb") as f:
+            return str(self.client(retries=False).files.upload(file=f, config=config).name)
 
     def label_fields(self, label: Label) -> dict[str, str]:
         """What the ledger notes of the label: the display name the batch carries."""
@@ -163,26 +176,36 @@ class Gemini:
                 "chunk": label.chunk, "tokens": str(label.tokens)}  # fmt: skip
 
     def create(self, file_id: str, endpoint: str, label: Label) -> Batch:
+        """The job, through the SDK's transport with the body as the wire has it (§3.1): the
+        SDK's own create would re-map the requests' fields, and answers a BatchJob without
+        what batch_of reads."""
         from google.genai import errors
 
+        name = display_name(label)
+        if file_id.startswith(LOCAL):
+            path, _, sha = file_id.removeprefix(LOCAL).rpartition("#")
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                data = b""
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise UserError(f"{path} changed or is gone since it was prepared; rerun make")
+            body = json.loads(inline_body(data, name))
+        else:
+            body = {"batch": {"displayName": name, "inputConfig": {"fileName": file_id}}}
+        model = label.model if label.model.startswith("models/") else f"models/{label.model}"
         try:
             with self.calling():
-                job = self.client(retries=False).batches.create(
-                    model=label.model, src=file_id, config={"display_name": display_name(label)}
+                response = self.client(retries=False)._api_client.request(
+                    "post", f"{model}:batchGenerateContent", body
                 )
         except errors.ClientError as e:
             if e.code == 429:
                 raise
             raise Refused(str(e.message or e)) from e  # nothing was made
-        created = seconds(job.create_time)
-        return Batch(
-            id=str(job.name),
-            status=status_of(job.state),
-            created_at=created,
-            expires_at=created + EXPIRY if created else None,
-            input_file_id=file_id,
-            key=(label.sha, label.attempt),
-        )
+        op = json.loads(response.body) if response.body else {}
+        batch = batch_of(op)
+        return replace(batch, key=batch.key or (label.sha, label.attempt))
 
     # ------------------------------------------------------------------ find, poll
 
@@ -269,9 +292,12 @@ class Gemini:
             self.client().files.delete(name=file_id)
 
     def download(self, file_id: str) -> bytes:
+        """An earlier batch's requests, when its chunk file is gone: the SDK gives no uploaded
+        file back (§5), and an inline job keeps none (its `inputConfig` is not echoed, §4.1)."""
+        what = f"uploaded files back ({file_id})" if file_id else "an inline job's requests back"
         raise UserError(
-            f"the Gemini API does not give uploaded files back ({file_id}); keep the chunk "
-            "files in build/ until their batches are fetched"
+            f"the Gemini API does not give {what}; keep the chunk files in build/ until their "
+            "batches are fetched"
         )
 
     def describe(self, batch_id: str, nones: bool = True) -> dict[str, Any]:
@@ -331,3 +357,14 @@ def transport_errors() -> tuple[type[Exception], ...]:
         with contextlib.suppress(ImportError):
             found.append(__import__(name).TransportError)
     return tuple(found)
+
+
+def inline_body(chunk: bytes, name: str) -> str:
+    """The JSON of an inline create of a chunk's lines (§3.1): each its request, with its key
+    in its metadata (where the inline answers echo it, §6.1). Encoded as the SDK's transport
+    encodes a body (json.dumps' defaults: ASCII-escaped, ", " and ": "), so its length is its
+    size on the wire."""
+    lines = [json.loads(raw) for raw in chunk.decode("utf-8-sig").split("\n") if raw.strip()]
+    requests = [{"request": x["request"], "metadata": {"key": x["key"]}} for x in lines]
+    body = {"batch": {"displayName": name, "inputConfig": {"requests": {"requests": requests}}}}
+    return json.dumps(body)

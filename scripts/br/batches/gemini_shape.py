@@ -1,5 +1,5 @@
 """Gemini's lines, both ways: the pipeline's request line (OpenAI's batch shape, as
-requests.jsonl and the chunks hold it) as a `{key, request}` line of Gemini's Batch API, and a
+requests.jsonl holds it) as a `{key, request}` line of Gemini's Batch API, and a
 result (a responses-file line, or an inline response) as the common row (provider.py).
 
 Facts: /work/shared/reference/gemini-batch-api/FACTS.md (section numbers below), and
@@ -22,8 +22,16 @@ snake_case, as the guide's JSONL example is (the service reads both spellings, �
 A `/v1/responses` body is read the same way (`instructions`, `input`); embeddings are not
 offered (Gemini batches them through another route, asyncBatchEmbedContent).
 
-The key is the request's custom_id, verbatim: a JSON string, echoed on its result line (§3.2,
-§6.2), so paths, URLs, unicode and 5,000 characters come back as they went.
+A chunk file holds these lines, exactly as they are uploaded (or sent inline), so each line
+says what every reader of a chunk needs (`identity`), in fields the API knows (it refuses an
+unknown field, "no such field"):
+- the key is the request hash (hex, the one answers/ and the merge key rows by), a space, and
+  the pipeline's custom_id verbatim: a JSON string, echoed on its result line (§3.2, §6.2), so
+  paths, URLs, unicode and 5,000 characters come back as they went, and two records asking the
+  same thing stay two requests;
+- the model is the request's own `model` field (`models/...`), the GenerateContentRequest field
+  the SDK itself sets on an inline request (§3.1). UNVERIFIED that the service accepts it in a
+  file line; it names the job's own model, and third-party clients write it there too.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ from urllib.parse import urlparse
 
 from br.batches.provider import UNKNOWN, failed
 from br.cli import UserError
+from br.prompts.images.identity import request_hash
+from br.prompts.tokens import gemini_request_tokens
+
+ENDPOINT = "generateContent"  # what a chunk of Gemini lines sends, for ChunkInfo.endpoint
 
 # generation_config's names for OpenAI's sampling parameters.
 GENERATION = {
@@ -63,9 +75,28 @@ FINISHED = {"STOP", "MAX_TOKENS", "FINISH_REASON_UNSPECIFIED", None}
 # ----------------------------------------------------------------------------- requests
 
 
+def is_line(line: dict[str, Any]) -> bool:
+    """A Gemini line (`{key, request}`), not the pipeline's."""
+    return "key" in line and "request" in line and "custom_id" not in line
+
+
+def key_of(custom_id: Any, hash_hex: str) -> str:
+    return f"{hash_hex} {custom_id if custom_id is not None else ''}"
+
+
+def identity(line: dict[str, Any]) -> tuple[str, str, str, int]:
+    """(key, request hash, model, estimated input tokens) of a Gemini line."""
+    key = str(line.get("key") or "")
+    if not re.fullmatch(r"[0-9a-f]{64}", key[:64]) or key[64:65] != " ":
+        raise UserError(f"key {key[:80]!r} is not one this tool made; rerun make to re-split")
+    request = line.get("request") or {}
+    model = str(request.get("model") or "").removeprefix("models/")
+    return key, key[:64], model, gemini_request_tokens(request)
+
+
 def shape(request: dict[str, Any]) -> dict[str, Any]:
     """The `{key, request}` line of one request line (a Gemini line is returned as it is)."""
-    if "key" in request and "request" in request and "custom_id" not in request:
+    if is_line(request):
         return request
     url = str(request.get("url") or "/v1/chat/completions")
     body = request.get("body") or {}
@@ -75,7 +106,7 @@ def shape(request: dict[str, Any]) -> dict[str, Any]:
             "run that step on OpenAI"
         )
     messages = body["messages"] if "messages" in body else responses_messages(body)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"model": f"models/{str(body.get('model')).removeprefix('models/')}"}
     system = [text_part(m.get("content")) for m in messages if m.get("role") == "system"]
     if system:
         out["system_instruction"] = {"parts": [p for s in system for p in s]}
@@ -87,7 +118,7 @@ def shape(request: dict[str, Any]) -> dict[str, Any]:
     config = generation_config(body)
     if config:
         out["generation_config"] = config
-    return {"key": request.get("custom_id"), "request": out}
+    return {"key": key_of(request.get("custom_id"), request_hash(request)), "request": out}
 
 
 def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:

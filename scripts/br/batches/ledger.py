@@ -7,14 +7,19 @@ with one `write` and fsynced before the call it announces:
     {"at": t, "op": "upload", "phase": "intent", "sha": S, "chunk": name, "filename": f, "bytes": n}
     {"at": t, "op": "upload", "phase": "done", "sha": S, "file_id": id}
     {"at": t, "op": "create", "phase": "intent", "sha": S, "attempt": k, "file_id": id,
-     "metadata": {...}}
-    {"at": t, "op": "create", "phase": "done", "sha": S, "attempt": k, "batch_id": id}
+     "metadata": {...}, "provider": p}
+    {"at": t, "op": "create", "phase": "done", "sha": S, "attempt": k, "batch_id": id,
+     "provider": p}
     {"at": t, "op": "create", "phase": "refused", "sha": S, "attempt": k, "error": text}
     {"at": t, "op": "ended", "batch_id": id, "status": s}     a terminal status, seen
     {"at": t, "op": "fetched", "batch_id": id}                its rows are in answers/
     {"at": t, "op": "resend", "sha": S, "attempt": k}         RESEND=1: an unknown create let go
     {"at": t, "op": "tidied", "batch_id": id, "files": [..]}  make tidy deleted its files
     {"at": t, "op": "lost", "batch_id": id}                   RESEND=1: its results were gone
+
+`provider` (the config's `provider:` name; absent in ledgers written before it was noted, read
+as the step's provider now) says whose API holds the batch: after `provider:` changes, the
+batches still unfetched are collected from the API that made them (run_batches.py --collect).
 
 Lines are never rewritten or removed (a paid batch's record is never deleted); a torn last
 line, left by a kill in the middle of a write, is ignored when read (and the next entry starts
@@ -44,6 +49,7 @@ class Create:
 
     batches: list[str] = field(default_factory=list)  # every batch created, oldest first
     unknown_since: float | None = None  # an intent without an answer: when it was sent
+    provider: str | None = None  # whose API the create was sent to (None: not noted)
 
 
 class Ledger:
@@ -58,6 +64,7 @@ class Ledger:
         self.tidied: set[str] = set()
         self.lost: set[str] = set()  # ended, its results gone from the server and from answers/
         self.chunk_of: dict[str, tuple[str, int, str]] = {}  # batch id -> (sha, attempt, chunk)
+        self.made_by: dict[str, str] = {}  # batch id -> the provider that holds it (if noted)
         self._load()
 
     def _load(self) -> None:
@@ -86,6 +93,9 @@ class Ledger:
                 c.unknown_since = None
             elif phase == "intent":
                 c.unknown_since = float(e["at"])
+                c.provider = e.get("provider")
+            if phase == "done" and e.get("provider"):
+                self.made_by[e["batch_id"]] = e["provider"]
             if phase == "done":
                 if e["batch_id"] not in c.batches:
                     c.batches.append(e["batch_id"])
@@ -139,6 +149,13 @@ class Ledger:
             for b in self.chunk_of
             if b not in self.fetched and self.ended.get(b) not in ("failed",)
         ]
+
+    def pending_providers(self) -> set[str | None]:
+        """Whose APIs hold what a collect must wait for: batches never fetched, and creates
+        whose outcome is not known (None: not noted)."""
+        return {self.made_by.get(b) for b in self.unfetched()} | {
+            self.create(sha, attempt).provider for sha, attempt, _ in self.unknown()
+        }
 
     def unknown(self) -> list[tuple[str, int, float]]:
         """(sha, attempt, since) of creates whose outcome is not known."""

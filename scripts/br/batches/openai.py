@@ -59,6 +59,7 @@ STATUS_IN_MESSAGE = re.compile(r"\b(?:Error code|status(?: code)?)[:= ]+([1-5]\d
 class OpenAI(SDKClient):
     """The Provider of OpenAI's Batch API (and of servers that speak it: OPENAI_BASE_URL)."""
 
+    name = "openai"  # as `provider:` names it (the ledger notes who made each batch)
     limits = Limits(MAX_REQUESTS, MAX_FILE_BYTES, MAX_EMBEDDING_INPUTS)
 
     def make_client(self) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from br.batches import anthropic_lines
+from br.batches import anthropic_lines, gemini_shape
 from br.batches.anthropic import Anthropic
 from br.batches.gemini import Gemini
 from br.batches.openai import OpenAI
@@ -20,14 +20,17 @@ from br.config import ENDPOINT, Config
 from br.prompts.images.identity import request_hash
 from br.prompts.tokens import estimate_tokens
 
-# name -> the class constructed as Cls(config). Gemini's chunk files keep the pipeline's lines:
-# it shapes them into its own `{key, request}` lines as it uploads them (gemini.py).
+# name -> the class constructed as Cls(config).
 PROVIDERS: dict[str, Any] = {"openai": OpenAI, "anthropic": Anthropic, "gemini": Gemini}
 
 
 def provider_for(config: Config | None, step: str | None = None) -> Provider:
     """The Provider of `step` (or of the config's top level), constructed with the config."""
-    name = config.provider(step) if config is not None else "openai"
+    return provider_named(config, config.provider(step) if config is not None else "openai")
+
+
+def provider_named(config: Config | None, name: str) -> Provider:
+    """The Provider called `name` (as `provider:` names it), constructed with the config."""
     cls = PROVIDERS.get(name)
     if cls is None:
         raise UserError(f"provider: {name} is not available in this version")
@@ -42,11 +45,14 @@ def reshapes(provider: Provider) -> bool:
 
 def line_identity(line: dict[str, Any]) -> tuple[Any, str, Any, str, int]:
     """(custom_id, request hash, model, endpoint, estimated input tokens) of a chunk line,
-    whichever provider's it is: the pipeline's (OpenAI's) `{custom_id, url, body}`, or
-    Anthropic's `{custom_id, params}` (Gemini's chunks hold the pipeline's lines)."""
+    whichever provider's it is: the pipeline's (OpenAI's) `{custom_id, url, body}`,
+    Anthropic's `{custom_id, params}` or Gemini's `{key, request}`."""
     if "params" in line:
         cid, sha, model, tokens = anthropic_lines.identity(line)
         return cid, sha, model, anthropic_lines.ENDPOINT, tokens
+    if gemini_shape.is_line(line):
+        key, sha, model, tokens = gemini_shape.identity(line)
+        return key, sha, model, gemini_shape.ENDPOINT, tokens
     body = line.get("body") or {}
     cid = line.get("custom_id")
     return (

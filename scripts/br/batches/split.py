@@ -77,9 +77,11 @@ def chunks(
     max_requests: int,
     max_bytes: int,
     size_of: Callable[[str], int] = utf8_size,
+    api_bytes: int = MAX_FILE_BYTES,
 ) -> Iterator[list[str]]:
     """Requests in batches the API accepts: at most max_requests and max_bytes each, and at most
-    MAX_EMBEDDING_INPUTS embedding inputs (br/limits.py)."""
+    MAX_EMBEDDING_INPUTS embedding inputs (br/limits.py); `api_bytes` is the provider's own
+    limit, named when one request is over max_bytes."""
     chunk: list[str] = []
     size = inputs = 0
     for line in lines:
@@ -88,7 +90,7 @@ def chunks(
         if n > max_bytes:
             raise UserError(
                 f"one request is {n} bytes, over MAX_BYTES={max_bytes}; shrink it (use image URLs, "
-                f"not base64 data) or raise MAX_BYTES (the API's limit is {MAX_FILE_BYTES})"
+                f"not base64 data) or raise MAX_BYTES (the API's limit is {api_bytes})"
             )
         full = len(chunk) >= max_requests or size + n > max_bytes
         if chunk and (full or inputs + k > MAX_EMBEDDING_INPUTS):

@@ -163,6 +163,9 @@ class Submitter:
 
     def __init__(self, provider: Provider, ledger: Ledger, step: str, resend: bool = False) -> None:
         self.provider, self.ledger, self.step, self.resend = provider, ledger, step, resend
+        # Noted with each create in the ledger: whose API holds the batch.
+        name = getattr(provider, "name", None)
+        self.noted: dict[str, str] = {"provider": name} if name else {}
         self._index: ChunkIndex | None = None
         self.warned_labels = False
         self.created: set[str] = set()  # batch ids this process created
@@ -234,7 +237,7 @@ class Submitter:
         if batch_id not in self.ledger.chunk_of:
             self.ledger.record(
                 "create", phase="done", sha=chunk.sha, attempt=attempt, batch_id=batch_id,
-                chunk=chunk.path.name, how=how,
+                chunk=chunk.path.name, how=how, **self.noted,
             )  # fmt: skip
         self.index.put(chunk.sha, attempt, batch_id)
         return batch_id
@@ -299,7 +302,7 @@ class Submitter:
         label = Label(self.step, chunk.sha, attempt, chunk.model, chunk.tokens, chunk.path.name)
         self.ledger.record(
             "create", phase="intent", sha=chunk.sha, attempt=attempt, chunk=chunk.path.name,
-            file_id=file_id, metadata=self.provider.label_fields(label),
+            file_id=file_id, metadata=self.provider.label_fields(label), **self.noted,
         )  # fmt: skip
         started = time.time()
         self.index.put(chunk.sha, attempt, None, intent_at=started)

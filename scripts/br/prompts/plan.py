@@ -1,7 +1,9 @@
 """A step's plan, built in memory exactly as make_requests.py and split_requests.py would build
 the requests and chunks (nothing written, no API called): records, requests, skips, chunks,
 bytes, estimated tokens and cost (`make_plan`, `sent_plan`, `summary`, `render`); the command
-is scripts/plan.py.
+is scripts/plan.py. Chunks are sized as the step's provider's own lines (an Anthropic or Gemini
+chunk holds its provider's lines, not the pipeline's), their tokens counted as the run counts
+them, and images by that provider's rule (tokens.py).
 """
 
 from __future__ import annotations
@@ -10,24 +12,61 @@ from __future__ import annotations
 
 # isort: split
 
+import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from br.batches.split import answered_hashes, chunks
+from br.batches.split import answered_hashes, chunks, utf8_size
 from br.config import Config, response_key_of
+from br.limits import MAX_FILE_BYTES
 from br.openai_api import CHAT, EMBEDDINGS
 from br.prices import output_cost, price_of, usd
 from br.prompts.build import step_requests
 from br.prompts.images.cache import LocalImages
-from br.prompts.images.identity import materialised_size, request_hash
+from br.prompts.images.identity import materialise, materialised_size, request_hash
 from br.prompts.preflight import GIVE_UP_AFTER, Preflight
 from br.prompts.request_images import reason_kinds
-from br.prompts.tokens import body_images, estimate_tokens
-from br.records import iter_jsonl, iter_records
+from br.prompts.tokens import body_images, estimate_tokens, image_rule
+from br.records import dumps, iter_jsonl, iter_records
+
+# What `render` says of each image rule (tokens.py has the rules and their sources), and where
+# each provider publishes its prices (the batch guides: half the interactive prices).
+IMAGE_RULES = {
+    "openai": "OpenAI's rule for their detail: 85 tokens at low; at high or auto 85 + 170 per "
+    "512 px tile (a remote URL as a 3:2 photo: 1105)",
+    "claude": "Anthropic's rule: 28 x 28 px patches, ceil(w/28) x ceil(h/28), within 1568 px "
+    "and 1568 tokens (a remote URL as a 3:2 photo: 1536 x 1024 px)",
+    "gemini": "Gemini's rule: 258 tokens up to 384 x 384 px, else 258 per tile of side "
+    "min(w, h) / 1.5 within 256-768 px (a remote URL as a 3:2 photo: 1548)",
+}
+PRICING = {
+    "openai": "https://openai.com/api/pricing",
+    "anthropic": "https://platform.claude.com/docs/en/about-claude/pricing",
+    "gemini": "https://ai.google.dev/gemini-api/docs/pricing",
+}
+
+
+@dataclass(frozen=True)
+class Lines:
+    """How the step's provider sends a request (the command asks br.batches.providers): its
+    name, its own line of a pipeline request (None: the pipeline's line is sent), a line's
+    estimated input tokens, and the most bytes one of its batches takes."""
+
+    provider: str = "openai"
+    shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    tokens: Callable[[dict[str, Any]], int] | None = None
+    max_file_bytes: int = MAX_FILE_BYTES
+
+    def sent(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, int | None]:
+        """The provider's line of a request and its tokens (None, None: the pipeline's)."""
+        if self.shape is None:
+            return None, None
+        line = self.shape(request)
+        return line, self.tokens(line) if self.tokens else None
 
 
 @dataclass
@@ -56,6 +95,7 @@ class Plan:
     chunk_sizes: list[tuple[int, int]] = field(default_factory=list)  # (requests, bytes)
     endpoints: Counter[str] = field(default_factory=Counter)  # requests to send, by endpoint
     models: dict[str, ModelTotals] = field(default_factory=dict)
+    provider: str = "openai"
 
 
 def output_cap(body: dict[str, Any], url: str | None = None) -> int | None:
@@ -78,12 +118,13 @@ def make_plan(
     response_key: str | None = None,
     local: LocalImages | None = None,
     checker: Preflight | None = None,
+    sent: Lines = Lines(),
 ) -> Plan:
     """The plan; raises the same UserError make_requests.py would, for the same mistakes."""
     step = config.step(step_name)
     key = response_key_of(step, response_key)
     done = answered_hashes(answers) if answers else set()
-    plan = Plan()
+    plan = Plan(provider=sent.provider)
 
     def counted() -> Iterator[dict[str, Any]]:
         for record in iter_records(input_path):
@@ -102,12 +143,19 @@ def make_plan(
             if done and bytes.fromhex(request_hash(request))[:16] in done:
                 plan.reused += 1
                 continue
-            count(plan, request)
-            yield built.line
+            if sent.shape is None:
+                count(plan, request)
+                yield built.line
+                continue
+            # The provider's own line, as the split writes it: local images inline.
+            line, tokens = sent.sent(json.loads(materialise(built.line)))
+            count(plan, request, tokens)
+            yield dumps(line) + "\n"
 
     # Sizes as the chunks will have them: local images inline, as base64.
-    for chunk in chunks(lines(), max_requests, max_bytes, materialised_size):
-        plan.chunk_sizes.append((len(chunk), sum(materialised_size(line) for line in chunk)))
+    size = materialised_size if sent.shape is None else utf8_size
+    for chunk in chunks(lines(), max_requests, max_bytes, size, sent.max_file_bytes):
+        plan.chunk_sizes.append((len(chunk), sum(size(line) for line in chunk)))
     plan.not_selected = plan.records - plan.requests - plan.reused - plan.skipped_records
     plan.unchecked_urls = checker.counts["unchecked"] if checker else 0
     if checker is not None and checker.unchecked_hosts:
@@ -121,13 +169,15 @@ def make_plan(
     return plan
 
 
-def count(plan: Plan, request: dict[str, Any]) -> None:
-    """Add one request to be sent to the plan's totals for its model."""
+def count(plan: Plan, request: dict[str, Any], tokens: int | None = None) -> None:
+    """Add one request to be sent to the plan's totals for its model: `tokens` as its
+    provider's line counts them (else as the pipeline's), images by its provider's rule."""
     plan.requests += 1
     body, url = request.get("body") or {}, request.get("url") or CHAT
     plan.endpoints[url] += 1
     totals = plan.models.setdefault(str(body.get("model")), ModelTotals())
-    tokens, (images, image_tokens) = estimate_tokens(body, url), body_images(body)
+    images, image_tokens = body_images(body, plan.provider)
+    tokens = estimate_tokens(body, url) if tokens is None else tokens
     totals.requests += 1
     totals.images += images
     totals.image_tokens += image_tokens
@@ -139,16 +189,16 @@ def count(plan: Plan, request: dict[str, Any]) -> None:
         totals.max_output_tokens += cap
 
 
-def sent_plan(requests: Path, answers: Path | None) -> Plan:
+def sent_plan(requests: Path, answers: Path | None, sent: Lines = Lines()) -> Plan:
     """The cheap plan of a built requests.jsonl: only what is left to send, counted (no split,
     no record read, nothing resolved), for the cost check before the first upload."""
     done = answered_hashes(answers) if answers else set()
-    plan = Plan()
+    plan = Plan(provider=sent.provider)
     for request in iter_jsonl(requests):
         if done and bytes.fromhex(request_hash(request))[:16] in done:
             plan.reused += 1
         else:
-            count(plan, request)
+            count(plan, request, sent.sent(request)[1])
     return plan
 
 
@@ -176,6 +226,7 @@ def summary(plan: Plan, config: Config, step_name: str) -> dict[str, Any]:
         models[model] = entry
     return {
         "step": step_name,
+        "provider": plan.provider,
         "records": plan.records,
         "requests": plan.requests,
         "reused_answers": plan.reused,
@@ -293,14 +344,11 @@ def render(s: dict[str, Any], config: Config) -> str:
         out.append("nothing to send: no cost")
     elif priced:
         out.append(row("total cost, at most", usd(total_in + total_out)))
-    images = any(m["images"] for m in s["models"].values())
-    if images:
-        out.append(
-            "note: images are counted by OpenAI's rule for their detail: 85 tokens at low; at "
-            "high or auto 85 + 170 per 512 px tile (a remote URL as a 3:2 photo: 1105)."
-        )
+    provider = s.get("provider") or "openai"
+    for rule in sorted({image_rule(provider, m) for m, t in s["models"].items() if t["images"]}):
+        out.append(f"note: images are counted by {IMAGE_RULES[rule]}.")
     out.append(
         "note: token counts are estimates (a token per 4 characters); prices come from "
-        f"{config.path}; check them against https://openai.com/api/pricing"
+        f"{config.path}; check them against {PRICING.get(provider, PRICING['openai'])}"
     )
     return "\n".join(out)

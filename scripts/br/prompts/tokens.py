@@ -200,10 +200,26 @@ def part_tokens(part: dict[str, Any], claude: bool = False) -> int:
     return url_tokens(*found, claude) if found else 0
 
 
-def body_images(body: dict[str, Any]) -> tuple[int, int]:
-    """(number of image parts, their estimated tokens) of a chat or Responses body."""
-    claude = is_claude(body.get("model"))
-    found = [url_tokens(url, detail, claude) for url, detail in image_parts(body)]
+def image_rule(provider: str | None, model: Any) -> str:
+    """Whose image rule prices a request's images: its provider's (Anthropic's, Gemini's),
+    else, on OpenAI's API (or a server speaking it), the model's family."""
+    if provider == "anthropic" or (provider in (None, "openai") and is_claude(model)):
+        return "claude"
+    if provider == "gemini" or (provider in (None, "openai") and is_gemini(model)):
+        return "gemini"
+    return "openai"
+
+
+def body_images(body: dict[str, Any], provider: str | None = None) -> tuple[int, int]:
+    """(number of image parts, their estimated tokens) of a chat or Responses body, by the
+    image rule of its provider (`image_rule`)."""
+    rule = image_rule(provider, body.get("model"))
+    found = []
+    for url, detail in image_parts(body):
+        if rule == "gemini":
+            found.append(gemini_image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE)))
+        else:
+            found.append(url_tokens(url, detail, rule == "claude"))
     return len(found), sum(found)
 
 
@@ -244,4 +260,27 @@ def gemini_tokens(body: dict[str, Any]) -> int:
             else:
                 texts.append(part.get("text"))
     chars = sum(len(t) for t in texts if isinstance(t, str))
+    return math.ceil(chars / 4) + images
+
+
+def gemini_request_tokens(request: dict[str, Any]) -> int:
+    """A Gemini GenerateContentRequest (a chunk's line, gemini_shape.py), by the same rule as
+    `gemini_tokens` of the body it was shaped from: its texts, and each image, inline bytes by
+    their size, a `file_data` URL by its size where known (else assumed)."""
+    images, chars = 0, 0
+    system = request.get("system_instruction") or request.get("systemInstruction") or {}
+    for content in [system, *(request.get("contents") or [])]:
+        for part in (content.get("parts") if isinstance(content, dict) else None) or []:
+            if not isinstance(part, dict):
+                continue
+            inline = part.get("inline_data") or part.get("inlineData")
+            file = part.get("file_data") or part.get("fileData")
+            if isinstance(inline, dict):
+                size = pixel_size(base64.b64decode(str(inline.get("data") or "")))
+                images += gemini_image_tokens(*(size or ASSUMED_REMOTE_SIZE))
+            elif isinstance(file, dict):
+                url = str(file.get("file_uri") or file.get("fileUri") or "")
+                images += gemini_image_tokens(*(url_pixel_size(url) or ASSUMED_REMOTE_SIZE))
+            elif isinstance(part.get("text"), str):
+                chars += len(part["text"])
     return math.ceil(chars / 4) + images
