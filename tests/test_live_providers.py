@@ -48,6 +48,11 @@ def env(emu: Emulator) -> dict[str, str]:
     )
 
 
+def chunk_id(line: dict[str, Any]) -> str:
+    """The id a chunk line carries: `custom_id`, or Gemini's `key`."""
+    return str(line.get("custom_id") or line.get("key"))
+
+
 def setup(tmp_path: Path, provider: str, n: int) -> dict[str, Any]:
     data = write_json(
         tmp_path / "news.json", [{"id": f"r{i}", "title": f"t {i}"} for i in range(n)]
@@ -87,6 +92,10 @@ def test_sample_then_live_under_429s_answers_every_record_without_a_batch(
     stats = emulator.stats()
     assert stats["live_rate_limited"] > 0 and stats["requests_processed"] == 12
     assert batches(emulator, provider) == 0 and "live: 9/9 answered (0 failed)" in r.stderr
+    # Each row under its chunk line's own id (Gemini's: its key).
+    rows = read_json(step_dir(variables) / "results_001.jsonl")
+    sent = (step_dir(variables) / "chunk_001.jsonl").read_text().splitlines()
+    assert sorted(r["custom_id"] for r in rows) == sorted(chunk_id(json.loads(x)) for x in sent)
     r = make("report", env=env(emulator), **variables)
     assert "paid twice" not in r.stdout + r.stderr and "9 answered live" in r.stdout
     # Every answer was paid at live prices: twice the config's batch prices (1.0 and 4.0).

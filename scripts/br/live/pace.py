@@ -28,7 +28,8 @@ CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 def request_tokens(line: dict[str, Any]) -> tuple[str, int]:
     """(model, estimated input tokens plus the output cap) of a chunk line."""
     _, _, model, _, tokens = line_identity(line)
-    body = line.get("params") or line.get("body") or {}
+    gemini = (line.get("request") or {}).get("generation_config")  # a Gemini line's caps
+    body = line.get("params") or line.get("body") or gemini or {}
     cap = next((body[k] for k in CAPS if isinstance(body.get(k), int)), 0)
     return str(model), int(tokens) + int(cap)
 

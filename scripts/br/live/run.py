@@ -144,8 +144,8 @@ def run_live(
                     log.sent(line_identity(request)[1])
 
                 def done(request: dict[str, Any], row: dict[str, Any]) -> None:
-                    h = line_identity(request)[1]
-                    kept = store.stored(str(request.get("custom_id") or ""), h, row)
+                    cid, h = line_identity(request)[:2]  # Gemini's custom_id is its key
+                    kept = store.stored(str(cid or ""), h, row)
                     log.add([kept])
                     index.add([kept])
                     tally.add(row, caller)
@@ -163,4 +163,4 @@ def results(index: store.Index, chunk: Iterator[list[Line]]) -> Iterator[dict[st
     for block in chunk:
         rows = index.get([h for h, _ in block])
         for h, request in block:
-            yield {**rows[h], "custom_id": request.get("custom_id")}
+            yield {**rows[h], "custom_id": line_identity(request)[0]}

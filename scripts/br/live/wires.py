@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from br.batches import anthropic_lines, gemini_shape
 from br.batches.provider import failed
+from br.batches.providers import line_identity
 from br.config import Config
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -221,7 +222,7 @@ class GeminiWire:
         config = dict(shaped.get("generation_config") or {})
         if shaped.get("system_instruction"):
             config["system_instruction"] = shaped["system_instruction"]
-        model = str((request.get("body") or {}).get("model"))
+        model = str(line_identity(request)[2])  # a Gemini line's or the pipeline's
         try:
             with self.gemini.calling():
                 response = self.client.models.generate_content(
