@@ -1,0 +1,191 @@
+"""Exactly once on Anthropic and Gemini, under the tests OpenAI's path has (test_exactly_once.py):
+two `make caption` at once on one build/, build/ deleted (the machine state kept, or gone too:
+another machine), and a `kill -9` before a create, with a create sent and unanswered (the
+emulator holds its answer back), after it, and while results download. Each ends with a rerun
+and checks the emulator: one batch per chunk, every request processed once, every record
+answered in merged.json. Real make, scripts, official SDKs and the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Emulator, input_dir, read_json, write_json
+
+ROWS, PER_CHUNK = 12, 4
+CHUNKS = ROWS // PER_CHUNK
+HOLD = 20.0  # seconds the emulator holds an answer back at a kill point
+
+
+@dataclass(frozen=True)
+class Side:
+    """What differs per provider: its config header, its key and server, its routes."""
+
+    header: str
+    key: str
+    base_url: str
+    counter: str  # the emulator's stat of batches created
+    create: str  # the route of a create
+    results: str  # the route that serves an ended batch's results
+
+
+SIDES = {
+    "anthropic": Side(
+        "model: claude-sonnet-4-5\nprovider: anthropic\n",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "message_batches_created",
+        "POST /v1/messages/batches",
+        "GET /v1/messages/batches/{id}/results",
+    ),
+    "gemini": Side(
+        "model: gemini-2.5-flash\nprovider: gemini\n",
+        "GEMINI_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "gemini_batches_created",
+        "POST /{version}/models/{model}",
+        "GET /{version}/files/{id}",  # the SDK downloads through files/{id}:download
+    ),
+}
+STEP = """caption:
+  is_multimodal: false
+  user: 'Describe {title}'
+  response_key: text
+  max_tokens: 100
+"""
+
+
+class Project:
+    """A dataset of ROWS records in chunks of PER_CHUNK, `make caption` on one provider."""
+
+    def __init__(self, root: Path, emu: Emulator, side: Side) -> None:
+        self.root, self.emu, self.side = root, emu, side
+        (root / "config.yaml").write_text(side.header + STEP)
+        rows = [{"id": f"r{i:03d}", "title": f"Story {i:03d}"} for i in range(ROWS)]
+        self.input = write_json(root / "data.json", rows)
+        self.build = root / "build"
+        self.b = input_dir(self.build, self.input) / "caption"
+        self.state = emu.state_dir.parent / "br-state"
+
+    def env(self) -> dict[str, str]:
+        return self.emu.env(**{self.side.base_url: self.emu.root, self.side.key: "test-key"})
+
+    def args(self) -> list[str]:
+        variables = {
+            "BUILD": self.build, "INPUT": self.input, "CONFIG": self.root / "config.yaml",
+            "STEP": "caption", "DATA_KEY": "id", "MAX_REQUESTS": PER_CHUNK,
+        }  # fmt: skip
+        return ["make", "--no-print-directory", "caption"] + [
+            f"{k}={v}" for k, v in variables.items()
+        ]
+
+    def make(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            self.args(), cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300
+        )
+        assert not check or done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+        return done
+
+    def start(self) -> subprocess.Popen[str]:
+        """`make caption` in a new session, so one killpg reaches make and every script."""
+        log = open(self.root / f"make-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                self.args(), cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            log.close()
+
+    def created(self) -> int:
+        return int(self.emu.stats().get(self.side.counter, 0))
+
+    def calls(self, route: str) -> int:
+        return int(self.emu.stats()["calls"].get(route, 0))
+
+    def kill_when(self, due: Callable[[], bool], hold: str | None = None) -> None:
+        """Run make until `due`, then SIGKILL the whole tree; `hold` is a route whose answers
+        the emulator holds back meanwhile."""
+        self.emu.faults(response_delay={hold: HOLD} if hold else {})
+        run = self.start()
+        started = time.monotonic()
+        try:
+            while not due():
+                assert run.poll() is None, "make ended before the kill point"
+                assert time.monotonic() - started < 120, "the kill point never came"
+                time.sleep(0.02)
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait(30)
+            self.emu.faults(response_delay={})
+
+    def check(self) -> None:
+        """One batch per chunk, every request paid for once, every record answered."""
+        stats = self.emu.stats()
+        assert stats.get(self.side.counter, 0) == CHUNKS, stats
+        assert stats["requests_processed"] == ROWS, stats
+        merged = read_json(self.b / "merged.json")
+        assert [r["id"] for r in merged] == [f"r{i:03d}" for i in range(ROWS)]
+        assert all(r.get("text") for r in merged), merged
+        ids = {(self.b / f"batch_{n:03d}.id").read_text().strip() for n in range(1, CHUNKS + 1)}
+        assert len(ids) == CHUNKS
+
+
+@pytest.fixture(params=list(SIDES))
+def project(
+    request: pytest.FixtureRequest, emulator: Emulator, tmp_path: Path
+) -> Iterator[Project]:
+    yield Project(tmp_path, emulator, SIDES[request.param])
+
+
+def test_two_runs_at_once_on_one_build(project: Project) -> None:
+    runs = [project.start(), project.start()]
+    assert [run.wait(300) for run in runs] == [0, 0], [
+        p.read_text() for p in project.root.glob("make-*.log")
+    ]
+    project.check()
+
+
+def test_build_deleted_then_rerun(project: Project) -> None:
+    project.make()
+    shutil.rmtree(project.build)
+    project.make()
+    project.check()
+
+
+def test_build_and_machine_state_deleted_then_rerun(project: Project) -> None:
+    """Another machine: no ledger, no machine index; the server's batches are all there is."""
+    project.make()
+    shutil.rmtree(project.build)
+    shutil.rmtree(project.state)
+    project.make()
+    project.check()
+
+
+KILLS: dict[str, Callable[[Project], Any]] = {
+    "before-a-create": lambda p: p.kill_when(lambda: (p.b / "chunk_001.jsonl").exists()),
+    "create-sent-unanswered": lambda p: p.kill_when(lambda: p.created() >= 1, p.side.create),
+    "after-a-create": lambda p: p.kill_when(lambda: (p.b / "batch_001.id").exists()),
+    "during-results-download": lambda p: p.kill_when(
+        lambda: p.calls(p.side.results) >= 1, p.side.results
+    ),
+}
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_kill_then_rerun(project: Project, kill: str) -> None:
+    KILLS[kill](project)
+    project.make()
+    project.check()
