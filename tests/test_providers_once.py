@@ -8,6 +8,7 @@ answered in merged.json. Real make, scripts, official SDKs and the emulator.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import pytest
 from conftest import ROOT, Emulator, input_dir, read_json, write_json
 
@@ -69,6 +71,7 @@ class Project:
 
     def __init__(self, root: Path, emu: Emulator, side: Side) -> None:
         self.root, self.emu, self.side = root, emu, side
+        root.mkdir(parents=True, exist_ok=True)
         (root / "config.yaml").write_text(side.header + STEP)
         rows = [{"id": f"r{i:03d}", "title": f"Story {i:03d}"} for i in range(ROWS)]
         self.input = write_json(root / "data.json", rows)
@@ -189,3 +192,52 @@ def test_kill_then_rerun(project: Project, kill: str) -> None:
     KILLS[kill](project)
     project.make()
     project.check()
+
+
+def test_anthropic_on_another_machine_while_its_batches_run_stops_before_paying(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Anthropic's batches carry no label: a running batch of the chunk's size that no record
+    explains cannot be told apart. The run stops with one line and the two ways forward, pays
+    nothing; once the batches end, a rerun tells them by their results and adopts them."""
+    project = Project(tmp_path, emulator, SIDES["anthropic"])
+    emulator.faults(processing_seconds=6)
+    project.kill_when(lambda: project.created() >= CHUNKS)
+    shutil.rmtree(project.build)
+    shutil.rmtree(project.state)
+    done = project.make(check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    said = [line for line in done.stderr.splitlines() if "RESEND=1" in line]
+    assert len(said) == 1 and said[0].startswith("error: chunk_001.jsonl: batch msgbatch_"), (
+        done.stderr
+    )
+    assert "is still in_progress" in said[0] and "batch_001.id" in said[0]
+    assert project.created() == CHUNKS
+    client = anthropic.Anthropic(base_url=emulator.root, api_key="test-key")
+    deadline = time.monotonic() + 60
+    while any(b.processing_status != "ended" for b in client.messages.batches.list()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    project.make()
+    project.check()
+    ledger = [json.loads(line) for line in (project.b / "ledger.jsonl").read_text().splitlines()]
+    assert sum(e.get("how") == "recalled" for e in ledger) == CHUNKS
+
+
+def test_anthropic_another_job_running_on_this_machine_is_not_a_stranger(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Another dataset's batches, as large as ours, still running: this machine made them (its
+    index says so), so they are not candidates and the second job creates its own at once."""
+    first = Project(tmp_path / "first", emulator, SIDES["anthropic"])
+    emulator.faults(processing_seconds=8)
+    first.kill_when(lambda: first.created() >= CHUNKS)
+    emulator.faults(processing_seconds=0.5)
+    second = Project(tmp_path / "second", emulator, SIDES["anthropic"])
+    rows = [{"id": f"r{i:03d}", "title": f"Other story {i:03d}"} for i in range(ROWS)]
+    second.input = write_json(second.input, rows)
+    second.b = input_dir(second.build, second.input) / "caption"
+    done = second.make(check=False)
+    assert done.returncode == 0, done.stderr
+    assert second.created() == 2 * CHUNKS
+    assert all(r["text"] for r in read_json(second.b / "merged.json"))

@@ -12,7 +12,10 @@ brackets); the lines themselves (shape, custom_id, results) are anthropic_lines.
   found by `holds`: a batch made since, with as many requests, whose results (readable once it
   ends [§4.1]) hold exactly our chunk's custom_ids, which name each request's hash
   (anthropic_lines.py). submission.py waits for such a candidate to end rather than create a
-  second batch meanwhile.
+  second batch meanwhile. A run with no record at all (build/ and the machine state deleted,
+  or another machine) reads the list once for such a batch before creating (recall.py): an
+  ended one is adopted when its results hold exactly the chunk's custom_ids; a running one of
+  the same size that this machine did not make stops the run with one line.
 - Keys as the SDK reads them [§1.1]: ANTHROPIC_API_KEY (environment, then .env), and
   ANTHROPIC_BASE_URL, else the config's base_url: (with the same warning as OpenAI's when it
   is not Anthropic's host). Creates go out without the SDK's retries: submission.once decides.
@@ -95,6 +98,7 @@ class Anthropic(SDKClient):
     reshapes = True  # chunk lines are Anthropic's, not the pipeline's
     keeps_files = False  # nothing on the server for make tidy to delete
     labels = False  # no metadata: a lost create is found by its results (`holds`)
+    recall = 29 * 86400  # results are kept 29 days [§4.1]: an earlier run's batch (recall.py)
 
     def make_client(self) -> Any:
         return make_client(self.config)
@@ -139,7 +143,11 @@ class Anthropic(SDKClient):
             return False
         if batch.status not in ("completed", "cancelled"):
             return None
-        found = {cid for cid, _ in self.result_rows(batch)}
+        found = set()
+        for cid, _ in self.result_rows(batch):
+            if cid not in ids:
+                return False  # another job's: read no further
+            found.add(cid)
         return found == ids
 
     def uploads(self) -> Iterator[Upload]:

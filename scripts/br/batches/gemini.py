@@ -63,6 +63,7 @@ class Gemini:
     """The Provider of Gemini's Batch API (the Developer API, with an API key)."""
 
     limits = LIMITS
+    recall = EXPIRY  # an earlier run's batch, by its display name (recall.py): files live 48h
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config
