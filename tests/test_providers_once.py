@@ -241,3 +241,39 @@ def test_anthropic_another_job_running_on_this_machine_is_not_a_stranger(
     assert done.returncode == 0, done.stderr
     assert second.created() == 2 * CHUNKS
     assert all(r["text"] for r in read_json(second.b / "merged.json"))
+
+
+@pytest.mark.parametrize("variance", ["relative_results_url", "no_results_url"])
+def test_anthropic_results_url_relative_or_missing(
+    variance: str, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A server whose results_url is a path (resolved against the base URL) or missing (the
+    documented route, /v1/messages/batches/{id}/results): every result read, once."""
+    project = Project(tmp_path, emulator, SIDES["anthropic"])
+    emulator.faults(**{variance: True})
+    project.make()
+    project.check()
+    calls = emulator.stats()["calls"]
+    assert calls["GET /v1/messages/batches/{id}/results"] == CHUNKS
+
+
+def test_anthropic_results_url_is_resolved_against_the_base_url() -> None:
+    """As a URL reference (RFC 3986): a path from the server's root, a relative one from the
+    base URL; none: the documented route under the base URL; another host: not followed."""
+    from br.batches.anthropic import Anthropic
+    from br.batches.provider import Batch
+
+    base = "http://proxy.test/anthropic/"
+    provider = Anthropic(None, anthropic.Anthropic(base_url=base, api_key="k"))
+
+    def url(results: str | None) -> str:
+        return provider.results_url(Batch("b1", "completed", 0.0, output_file_id=results))
+
+    route = base + "v1/messages/batches/b1/results"
+    assert url(None) == route
+    assert (
+        url("/v1/messages/batches/b1/results") == "http://proxy.test/v1/messages/batches/b1/results"
+    )
+    assert url("v1/messages/batches/b1/results") == route
+    assert url("http://proxy.test/r/b1") == "http://proxy.test/r/b1"
+    assert url("https://elsewhere.test/v1/messages/batches/b1/results") == route

@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 from br import cli
 from br.batches import anthropic_lines
@@ -161,9 +161,31 @@ class Anthropic(SDKClient):
         with not_found():
             return batch_of(self.client.messages.batches.retrieve(batch_id))
 
+    def results_url(self, batch: Batch) -> str:
+        """Where an ended batch's results are [§5.1]: its results_url resolved as a URL
+        reference against the base URL (a server may give a path), else, when a server gives
+        none, the documented route. One on another host than the base URL is not followed:
+        the key goes only where base_url says (the documented route there serves them)."""
+        base = str(self.client.base_url).rstrip("/") + "/"
+        route = urljoin(base, f"v1/messages/batches/{batch.id}/results")
+        found = urljoin(base, batch.output_file_id) if batch.output_file_id else route
+        return found if urlparse(found).netloc == urlparse(base).netloc else route
+
     def result_rows(self, batch: Batch) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """The result lines, fetched through the client from results_url (the SDK's own
+        `results()` asks for the batch again and gives up when a server leaves results_url
+        null; under a base URL with a path it would append an absolute path to it)."""
+        from anthropic._decoders.jsonl import JSONLDecoder  # what the SDK's results() returns
+        from anthropic.types.messages import MessageBatchIndividualResponse
+
         with not_found():
-            for line in self.client.messages.batches.results(batch.id):
+            lines = self.client.get(
+                self.results_url(batch),
+                cast_to=JSONLDecoder[MessageBatchIndividualResponse],
+                options={"headers": {"Accept": "application/binary"}},
+                stream=True,
+            )
+            for line in lines:
                 data = line.to_dict()
                 yield data.get("custom_id"), anthropic_lines.outcome(data.get("result") or {})
 
