@@ -277,3 +277,87 @@ def test_anthropic_results_url_is_resolved_against_the_base_url() -> None:
     assert url("v1/messages/batches/b1/results") == route
     assert url("http://proxy.test/r/b1") == "http://proxy.test/r/b1"
     assert url("https://elsewhere.test/v1/messages/batches/b1/results") == route
+
+
+# ----------------------------------------------------------------------------- base_url per step
+
+TWO_SERVERS = """model: gpt-4o-mini
+base_url: {openai}
+caption:
+  provider: {provider}
+  model: {model}
+  is_multimodal: false
+  user: 'Describe {{title}}'
+  response_key: text
+  max_tokens: 100
+"""
+
+
+@pytest.mark.parametrize(
+    "provider, model, default",
+    [
+        ("anthropic", "claude-sonnet-4-5", "https://api.anthropic.com"),
+        ("gemini", "gemini-2.5-flash", "https://generativelanguage.googleapis.com/"),
+    ],
+)
+def test_a_top_level_base_url_is_only_the_top_level_providers(
+    provider: str, model: str, default: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's base_url: does not carry another provider's key to OpenAI's server: that step
+    goes to its SDK's environment variable, else its default host; a step's own base_url: is
+    that step's."""
+    from br.batches.providers import provider_for
+    from br.config import load_config
+
+    for name in ("ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.chdir(tmp_path)  # no .env
+    path = tmp_path / "config.yaml"
+    openai_url = "http://openai-proxy.test/v1"
+    path.write_text(TWO_SERVERS.format(openai=openai_url, provider=provider, model=model))
+    assert provider_for(load_config(path), "caption").where.rstrip("/") == default.rstrip("/")
+    assert str(provider_for(load_config(path), None).client.base_url).startswith(openai_url)
+    own = "http://own-server.test/"
+    path.write_text(path.read_text().replace("  max_tokens", f"  base_url: {own}\n  max_tokens"))
+    assert provider_for(load_config(path), "caption").where == own
+    env = {"ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL"}
+    for name in env:
+        monkeypatch.setenv(name, "http://from-environment.test/")
+    assert provider_for(load_config(path), "caption").where == "http://from-environment.test/"
+
+
+def test_a_steps_base_url_through_make_with_the_warning(emulator: Emulator, tmp_path: Path) -> None:
+    """An Anthropic step with its own base_url: (the emulator), under a config whose top-level
+    base_url: is OpenAI's: the step runs there, and the key's trip to a non-default host is
+    warned about."""
+    project = Project(tmp_path, emulator, SIDES["anthropic"])
+    config = TWO_SERVERS.format(
+        openai=emulator.url, provider="anthropic", model="claude-sonnet-4-5"
+    ).replace("  max_tokens", f"  base_url: {emulator.root}\n  max_tokens")
+    (tmp_path / "config.yaml").write_text(config)
+    env = project.env()
+    del env["ANTHROPIC_BASE_URL"]
+    done = subprocess.run(
+        project.args(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    project.check()
+    assert "your API key is sent to 127.0.0.1, not api.anthropic.com" in done.stderr
+    assert emulator.batches() == []  # nothing on OpenAI's API
+
+
+def test_a_steps_base_url_must_be_a_url(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        TWO_SERVERS.format(
+            openai="https://api.openai.com/v1", provider="openai", model="m"
+        ).replace("  max_tokens", "  base_url: api.example.test\n  max_tokens")
+    )
+    from br.cli import UserError
+    from br.config import load_config
+
+    with pytest.raises(UserError, match="base_url must be an http"):
+        load_config(path).step("caption")

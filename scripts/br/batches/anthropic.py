@@ -17,8 +17,9 @@ brackets); the lines themselves (shape, custom_id, results) are anthropic_lines.
   ended one is adopted when its results hold exactly the chunk's custom_ids; a running one of
   the same size that this machine did not make stops the run with one line.
 - Keys as the SDK reads them [§1.1]: ANTHROPIC_API_KEY (environment, then .env), and
-  ANTHROPIC_BASE_URL, else the config's base_url: (with the same warning as OpenAI's when it
-  is not Anthropic's host). Creates go out without the SDK's retries: submission.once decides.
+  ANTHROPIC_BASE_URL, else the base_url: meant for the step (Config.base_url), with the same
+  warning as OpenAI's when it is not Anthropic's host. Creates go out without the SDK's
+  retries: submission.once decides.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 and docs/api-facts-gemini.md. The lines themselves (requests out, results in): gemini_shape.py.
 
 - The key is read as the SDK reads it: GOOGLE_API_KEY, else GEMINI_API_KEY (environment, then
-  .env); the server is GOOGLE_GEMINI_BASE_URL, else the config's `base_url:`, else Google's.
+  .env); the server is GOOGLE_GEMINI_BASE_URL, else the `base_url:` meant for the step
+  (Config.base_url), else Google's.
   A missing or rejected key is one line naming the variable (§1.1, §7).
 - Every chunk goes through the File API (§5), never inline: one path for every size (a file
   holds 2 GB, an inline create 20 MB, §3.3), the results come back as a file read once (inline

@@ -2,8 +2,9 @@
 command asks (run_batches, submit_batch, split_requests, batches, tidy, report).
 
 `provider:` at the config's top level or in a step (config.py checks the name when the config
-is read; default openai). Each provider is constructed with the config (its key and base URL
-are read on first use, so a rerun with nothing to do needs no key).
+is read; default openai). Each provider is constructed with the config as its step reads it
+(Config.for_step: `base_url:` only where it is meant for that provider); its key and base URL
+are read on first use, so a rerun with nothing to do needs no key.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def provider_for(config: Config | None, step: str | None = None) -> Provider:
     cls = PROVIDERS.get(name)
     if cls is None:
         raise UserError(f"provider: {name} is not available in this version")
-    provider: Provider = cls(config)
+    provider: Provider = cls(config.for_step(step) if config is not None else None)
     return provider
 
 
