@@ -145,10 +145,11 @@ class Anthropic(SDKClient):
         if batch.status not in ("completed", "cancelled"):
             return None
         found = set()
-        for cid, _ in self.result_rows(batch):
-            if cid not in ids:
-                return False  # another job's: read no further
-            found.add(cid)
+        with contextlib.closing(self.result_rows(batch)) as rows:
+            for cid, _ in rows:
+                if cid not in ids:
+                    return False  # another job's: read no further
+                found.add(cid)
         return found == ids
 
     def uploads(self) -> Iterator[Upload]:
@@ -186,9 +187,12 @@ class Anthropic(SDKClient):
                 options={"headers": {"Accept": "application/binary"}},
                 stream=True,
             )
-            for line in lines:
-                data = line.to_dict()
-                yield data.get("custom_id"), anthropic_lines.outcome(data.get("result") or {})
+            try:
+                for line in lines:
+                    data = line.to_dict()
+                    yield data.get("custom_id"), anthropic_lines.outcome(data.get("result") or {})
+            finally:
+                lines.close()  # read no further than asked (holds stops at a stranger's line)
 
     def results_kept(self, batch: Batch) -> bool:
         """Results are kept 29 days after the batch was made [§4.1]. Taken as kept: a results
