@@ -173,8 +173,12 @@ def test_build_and_machine_state_deleted_then_rerun(project: Project) -> None:
     project.make()
     shutil.rmtree(project.build)
     shutil.rmtree(project.state)
+    before = dict(project.emu.stats()["calls"])
     project.make()
     project.check()
+    calls = {k: n - before.get(k, 0) for k, n in project.emu.stats()["calls"].items()}
+    print(f"\n[once] another machine's rerun: {ROWS} requests in {CHUNKS} chunks, calls {calls}")
+    assert not any(route.startswith("POST") for route, n in calls.items() if n)
 
 
 KILLS: dict[str, Callable[[Project], Any]] = {
