@@ -365,3 +365,21 @@ def test_a_steps_base_url_must_be_a_url(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="base_url must be an http"):
         load_config(path).step("caption")
+
+
+def test_gemini_kill_with_an_upload_unanswered_uploads_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Before the first create, the chunk's upload is accepted and its answer held back: after
+    the kill, the rerun finds the file by its display name and uploads no second one."""
+    from google import genai
+
+    project = Project(tmp_path, emulator, SIDES["gemini"])
+    route = "POST /upload/{version}/files"  # a resumable upload: start, then the bytes (both
+    project.kill_when(lambda: project.calls(route) >= 2, route)  # held: the kill is in the 2nd)
+    assert project.created() == 0
+    project.make()
+    project.check()
+    client = genai.Client(api_key="test-key", http_options={"base_url": emulator.root})
+    names = [f.display_name for f in client.files.list() if f.display_name]  # not results
+    assert len(names) == len(set(names)) == CHUNKS, names
