@@ -4,9 +4,9 @@
 A provider that sets `recall` (seconds back: how long its batches' results are kept) has its
 batch list read once per run, back to then, the first time a chunk identity is about to be
 created with neither the ledger nor the machine's index naming a batch for it. Batches this
-machine knows (the ledger, and every batch of the machine's index: another job's, or an earlier
-attempt of this chunk) are never candidates, nor one that cannot hold the chunk's rows (failed,
-cancelled, expired, or its results gone).
+machine knows (the ledger, and every batch of the machine's index, read once after the list:
+another job's, or an earlier attempt of this chunk) are never candidates, nor one that
+cannot hold the chunk's rows (failed, cancelled, expired, or its results gone).
 
 - A provider whose batches carry our label (Gemini's display name): the oldest batch labelled
   with this identity is adopted.
@@ -22,7 +22,7 @@ A server that cannot list batches gets no recall (nothing to read): the chunk is
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from br.batches.chunk import ChunkInfo
 from br.batches.provider import GONE, Batch, NotFound, Provider, Unlistable
@@ -54,17 +54,21 @@ class Ambiguous(Exception):
 class Recall:
     """The batch list of one run, read once, and the earlier batch of a chunk on it."""
 
-    def __init__(self, provider: Provider) -> None:
-        self.provider = provider
+    def __init__(self, provider: Provider, machine: Callable[[], frozenset[str]]) -> None:
+        self.provider, self.machine = provider, machine
         self.horizon = float(getattr(provider, "recall", 0) or 0)
         self._listed: list[Batch] | None = None
+        self.made_here: frozenset[str] = frozenset()
 
     def listed(self) -> list[Batch]:
+        """The list back to the horizon, once; then the batches the machine's index names
+        (read after the list, so a batch on it that a run here made is among them)."""
         if self._listed is None:
             try:
                 self._listed = list(batches_since(self.provider, time.time() - self.horizon))
             except Unlistable:
                 self._listed = []
+            self.made_here = self.machine()
         return self._listed
 
     def find(
@@ -74,9 +78,11 @@ class Recall:
         candidate still running cannot be told apart."""
         if not self.horizon:
             return None
+        listed = self.listed()
+        known = known | self.made_here
         candidates = [
             b
-            for b in reversed(self.listed())  # oldest first: the first one sent is kept
+            for b in reversed(listed)  # oldest first: the first one sent is kept
             if b.id not in known and b.status not in GONE
         ]
         labelled = getattr(self.provider, "labels", True)

@@ -214,11 +214,12 @@ class Submitter:
     def recall(self, chunk: ChunkInfo, attempt: int, id_file: Path | None) -> Batch | None:
         """A batch of this identity made by a run this machine has no record of (recall.py)."""
         if self._recall is None:
-            self._recall = Recall(self.provider)
+            self._recall = Recall(self.provider, self.index.batches)
         if not self._recall.horizon:
             return None
         try:
-            return self._recall.find(chunk, attempt, self.file_id(chunk), self.ours())
+            known = frozenset(self.ledger.chunk_of)
+            return self._recall.find(chunk, attempt, self.file_id(chunk), known)
         except Ambiguous as e:
             raise UserError(ambiguous(chunk, e.batch, id_file or "the chunk's id file")) from None
 
