@@ -94,10 +94,10 @@ class Recall:
                     held = self.provider.holds(batch, file_id)  # type: ignore[attr-defined]
                 except NotFound:
                     continue  # its results are gone: it serves nothing
-                if held is None:
+                if held is None and batch.id not in self.machine():  # (made here since?)
                     raise Ambiguous(batch)
                 if not held:
-                    continue
+                    continue  # not ours, or a run on this machine made it after the list
             if self.provider.results_kept(batch):
                 return batch
         return None
