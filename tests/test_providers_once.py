@@ -235,7 +235,7 @@ def test_anthropic_another_job_running_on_this_machine_is_not_a_stranger(
     index says so), so they are not candidates and the second job creates its own at once."""
     first = Project(tmp_path / "first", emulator, SIDES["anthropic"])
     emulator.faults(processing_seconds=8)
-    first.kill_when(lambda: first.created() >= CHUNKS)
+    first.kill_when(lambda: (first.b / f"batch_{CHUNKS:03d}.id").exists())  # all answered
     emulator.faults(processing_seconds=0.5)
     second = Project(tmp_path / "second", emulator, SIDES["anthropic"])
     rows = [{"id": f"r{i:03d}", "title": f"Other story {i:03d}"} for i in range(ROWS)]
