@@ -87,7 +87,7 @@ def collect_elsewhere(step: StepDir, config: Config, step_name: str) -> bool:
     while they ran); False if one stopped (its line said why)."""
     here = config.provider(step_name)
     for name in sorted(n for n in Ledger(step.ledger).pending_providers() if n and n != here):
-        engine = Engine(step, config, provider_named(config, name), step_name)
+        engine = Engine(step, config, provider_named(config, name, step_name), step_name)
         engine.begin(earlier_batches(engine))
         note(f"{step.root}: collecting {len(engine.chunks)} earlier batch(es) from {name}")
         try:

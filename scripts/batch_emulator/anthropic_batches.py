@@ -131,6 +131,13 @@ class MessageBatches:
         ended = rec["status"] == "ended"
         counts = rec["counts"] or {"processing": rec["_n"], **dict.fromkeys(OUTCOMES, 0)}
         results = f"{root}/v1/messages/batches/{rec['_id']}/results" if ended else None
+        # Variances: a server that gives results_url as a reference (to resolve against the base
+        # URL), or none at all (the results route is then the documented one).
+        variances = self.emu.faults.settings
+        if results and variances["relative_results_url"]:
+            results = results.removeprefix(root)
+        if variances["no_results_url"]:
+            results = None
         return {
             "id": rec["_id"],
             "type": "message_batch",

@@ -53,6 +53,8 @@ SWITCHES = (
     "bare_error_lines",
     "never_end",
     "no_output_on_cancel",
+    "relative_results_url",
+    "no_results_url",
 )
 
 

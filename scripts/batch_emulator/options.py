@@ -21,6 +21,9 @@ VARIANCES = {
     "request_failed, message: 'Error code: N - ...'}}, without status or code",
     "never_end": "new batches stay in_progress forever",
     "no_output_on_cancel": "a cancelled batch gets no output or error file",
+    "relative_results_url": "Anthropic's results_url is a path (/v1/messages/batches/{id}/"
+    "results) to resolve against the base URL",
+    "no_results_url": "Anthropic's results_url stays null once a batch ended",
 }
 
 

@@ -68,6 +68,7 @@ STEP_KEYS = {
     "encoding_format": str,
     "provider": str,
     "mode": str,  # this step's batch, live or flex (br/live/modes.py); never sent
+    "base_url": str,  # this step's server (Config.base_url); never sent
 }
 ENDPOINT = CHAT  # the default endpoint (openai_api.py has the others)
 
@@ -134,6 +135,22 @@ class Config:
         chosen = raw.get("provider") if isinstance(raw, dict) and "provider" in raw else None
         return str(chosen or self.data.get("provider") or "openai")
 
+    def base_url(self, step: str | None = None) -> str | None:
+        """The server a step's provider is told: the step's `base_url:`, else the top-level one
+        if the step's provider is the top level's; else none (its SDK's environment variable,
+        or its default host): another provider's key never goes to that server."""
+        raw = self.data.get(step) if step and step not in TOP_LEVEL_KEYS else None
+        if isinstance(raw, dict) and raw.get("base_url"):
+            return str(raw["base_url"])
+        same = self.provider(step) == str(self.data.get("provider") or "openai")
+        return str(self.data["base_url"]) if same and self.data.get("base_url") else None
+
+    def for_step(self, step: str | None) -> Config:
+        """This config as the step's provider reads it: `base_url:` is the one meant for it."""
+        data = {k: v for k, v in self.data.items() if k != "base_url"}
+        url = self.base_url(step)
+        return Config(self.path, {**data, "base_url": url} if url else data)
+
     def price(self, model: str) -> dict[str, float] | None:
         """The model's entry in `prices:`, checked (a Config not from load_config included)."""
         prices = self.data.get("prices")
@@ -189,14 +206,7 @@ def load_config(path: Path) -> Config:
     check_top_level_keys(path, data)
     if "model" in data and not isinstance(data["model"], str):
         raise UserError(f"{path}: 'model' must be a string such as gpt-4o-mini")
-    base_url = data.get("base_url")
-    if base_url is not None and not (
-        isinstance(base_url, str) and base_url.startswith(("https://", "http://"))
-    ):
-        raise UserError(
-            f"{path}: base_url must be an http(s) URL such as https://api.openai.com/v1, "
-            f"not {base_url!r}"
-        )
+    check_base_url(str(path), data.get("base_url"))
     check_provider(f"{path}:", data.get("provider"))
     check_prices(path, data.get("prices"))
     windows = data.get("context_windows")
@@ -242,6 +252,14 @@ def check_top_level_keys(path: Path, data: dict[Any, Any]) -> None:
         raise UserError(
             f"{path}: unknown setting '{key}'{hint}; the settings are "
             f"{', '.join(sorted(TOP_LEVEL_KEYS))}, and a step is a mapping (user: ...)"
+        )
+
+
+def check_base_url(where: str, base_url: Any) -> None:
+    if base_url is not None and not str(base_url).startswith(("https://", "http://")):
+        raise UserError(
+            f"{where}: base_url must be an http(s) URL such as https://api.openai.com/v1, "
+            f"not {base_url!r}"
         )
 
 
@@ -387,6 +405,7 @@ def parse_step(
         check_parameters(where, body, endpoint)
     provider = raw.get("provider", default_provider) or "openai"
     check_provider(f"{where}:", provider)
+    check_base_url(where, raw.get("base_url"))
     if provider == "anthropic":
         check_anthropic_step(where, endpoint, body)
     return Step(

@@ -12,10 +12,14 @@ brackets); the lines themselves (shape, custom_id, results) are anthropic_lines.
   found by `holds`: a batch made since, with as many requests, whose results (readable once it
   ends [§4.1]) hold exactly our chunk's custom_ids, which name each request's hash
   (anthropic_lines.py). submission.py waits for such a candidate to end rather than create a
-  second batch meanwhile.
+  second batch meanwhile. A run with no record at all (build/ and the machine state deleted,
+  or another machine) reads the list once for such a batch before creating (recall.py): an
+  ended one is adopted when its results hold exactly the chunk's custom_ids; a running one of
+  the same size that this machine did not make stops the run with one line.
 - Keys as the SDK reads them [§1.1]: ANTHROPIC_API_KEY (environment, then .env), and
-  ANTHROPIC_BASE_URL, else the config's base_url: (with the same warning as OpenAI's when it
-  is not Anthropic's host). Creates go out without the SDK's retries: submission.once decides.
+  ANTHROPIC_BASE_URL, else the base_url: meant for the step (Config.base_url), with the same
+  warning as OpenAI's when it is not Anthropic's host. Creates go out without the SDK's
+  retries: submission.once decides.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 from br import cli
 from br.batches import anthropic_lines
@@ -96,6 +100,7 @@ class Anthropic(SDKClient):
     reshapes = True  # chunk lines are Anthropic's, not the pipeline's
     keeps_files = False  # nothing on the server for make tidy to delete
     labels = False  # no metadata: a lost create is found by its results (`holds`)
+    recall = 29 * 86400  # results are kept 29 days [§4.1]: an earlier run's batch (recall.py)
 
     def make_client(self) -> Any:
         return make_client(self.config)
@@ -140,7 +145,12 @@ class Anthropic(SDKClient):
             return False
         if batch.status not in ("completed", "cancelled"):
             return None
-        found = {cid for cid, _ in self.result_rows(batch)}
+        found = set()
+        with contextlib.closing(self.result_rows(batch)) as rows:
+            for cid, _ in rows:
+                if cid not in ids:
+                    return False  # another job's: read no further
+                found.add(cid)
         return found == ids
 
     def uploads(self) -> Iterator[Upload]:
@@ -154,11 +164,36 @@ class Anthropic(SDKClient):
         with not_found():
             return batch_of(self.client.messages.batches.retrieve(batch_id))
 
+    def results_url(self, batch: Batch) -> str:
+        """Where an ended batch's results are [§5.1]: its results_url resolved as a URL
+        reference against the base URL (a server may give a path), else, when a server gives
+        none, the documented route. One on another host than the base URL is not followed:
+        the key goes only where base_url says (the documented route there serves them)."""
+        base = str(self.client.base_url).rstrip("/") + "/"
+        route = urljoin(base, f"v1/messages/batches/{batch.id}/results")
+        found = urljoin(base, batch.output_file_id) if batch.output_file_id else route
+        return found if urlparse(found).netloc == urlparse(base).netloc else route
+
     def result_rows(self, batch: Batch) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """The result lines, fetched through the client from results_url (the SDK's own
+        `results()` asks for the batch again and gives up when a server leaves results_url
+        null; under a base URL with a path it would append an absolute path to it)."""
+        from anthropic._decoders.jsonl import JSONLDecoder  # what the SDK's results() returns
+        from anthropic.types.messages import MessageBatchIndividualResponse
+
         with not_found():
-            for line in self.client.messages.batches.results(batch.id):
-                data = line.to_dict()
-                yield data.get("custom_id"), anthropic_lines.outcome(data.get("result") or {})
+            lines = self.client.get(
+                self.results_url(batch),
+                cast_to=JSONLDecoder[MessageBatchIndividualResponse],
+                options={"headers": {"Accept": "application/binary"}},
+                stream=True,
+            )
+            try:
+                for line in lines:
+                    data = line.to_dict()
+                    yield data.get("custom_id"), anthropic_lines.outcome(data.get("result") or {})
+            finally:
+                lines.close()  # read no further than asked (holds stops at a stranger's line)
 
     def results_kept(self, batch: Batch) -> bool:
         """Results are kept 29 days after the batch was made [§4.1]. Taken as kept: a results

@@ -3,7 +3,8 @@
 and docs/api-facts-gemini.md. The lines themselves (requests out, results in): gemini_shape.py.
 
 - The key is read as the SDK reads it: GOOGLE_API_KEY, else GEMINI_API_KEY (environment, then
-  .env); the server is GOOGLE_GEMINI_BASE_URL, else the config's `base_url:`, else Google's.
+  .env); the server is GOOGLE_GEMINI_BASE_URL, else the `base_url:` meant for the step
+  (Config.base_url), else Google's.
   A missing or rejected key is one line naming the variable (§1.1, §7).
 - A chunk file holds Gemini's own `{key, request}` lines (gemini_shape.py), sent as they are.
   One that fits an inline create (§3.3: under 20 MB, `inline_max`) goes inline: no upload, no
@@ -37,7 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from br.batches import gemini_shape
-from br.batches.gemini_batch import batch_of, display_name, seconds
+from br.batches.gemini_batch import EXPIRY, batch_of, display_name, seconds
 from br.batches.provider import (
     TERMINAL,
     Batch,
@@ -72,6 +73,7 @@ class Gemini:
     name = "gemini"  # as `provider:` names it
     limits = LIMITS
     reshapes = True  # chunk lines are Gemini's `{key, request}`, not the pipeline's
+    recall = EXPIRY  # an earlier run's batch, by its display name (recall.py): jobs end in 48h
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config

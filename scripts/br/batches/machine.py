@@ -74,6 +74,18 @@ class ChunkIndex:
         batch = self.read(sha, attempt).get("batch")
         return batch if isinstance(batch, str) else None
 
+    def batches(self) -> frozenset[str]:
+        """Every batch the index names, whatever its chunk: this machine's own."""
+        found = set()
+        for path in self.dir.glob("*.json"):
+            try:
+                batch = json.loads(path.read_text()).get("batch")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(batch, str):
+                found.add(batch)
+        return frozenset(found)
+
     def intent(self, sha: str, attempt: int) -> float | None:
         """When a create for this identity was sent and not answered (the run died), if one
         was: a run after build/ was deleted asks the server about it, back to that time."""

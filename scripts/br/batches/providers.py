@@ -2,8 +2,9 @@
 command asks (run_batches, submit_batch, split_requests, batches, tidy, report).
 
 `provider:` at the config's top level or in a step (config.py checks the name when the config
-is read; default openai). Each provider is constructed with the config (its key and base URL
-are read on first use, so a rerun with nothing to do needs no key).
+is read; default openai). Each provider is constructed with the config as its step reads it
+(Config.for_step: `base_url:` only where it is meant for that provider); its key and base URL
+are read on first use, so a rerun with nothing to do needs no key.
 """
 
 from __future__ import annotations
@@ -26,16 +27,26 @@ PROVIDERS: dict[str, Any] = {"openai": OpenAI, "anthropic": Anthropic, "gemini":
 
 def provider_for(config: Config | None, step: str | None = None) -> Provider:
     """The Provider of `step` (or of the config's top level), constructed with the config."""
-    return provider_named(config, config.provider(step) if config is not None else "openai")
+    return provider_named(config, config.provider(step) if config is not None else "openai", step)
 
 
-def provider_named(config: Config | None, name: str) -> Provider:
-    """The Provider called `name` (as `provider:` names it), constructed with the config."""
+def provider_named(config: Config | None, name: str, step: str | None = None) -> Provider:
+    """The Provider called `name` (as `provider:` names it), constructed with the config as
+    that provider reads it for `step` (another provider than the step's: an old one whose
+    batches are still collected, told only a top-level `base_url:` that is its own)."""
     cls = PROVIDERS.get(name)
     if cls is None:
         raise UserError(f"provider: {name} is not available in this version")
-    provider: Provider = cls(config)
+    provider: Provider = cls(told(config, name, step) if config is not None else None)
     return provider
+
+
+def told(config: Config, name: str, step: str | None) -> Config:
+    """The config with only the `base_url:` meant for provider `name` (Config.for_step)."""
+    for where in (step, None):
+        if config.provider(where) == name:
+            return config.for_step(where)
+    return Config(config.path, {k: v for k, v in config.data.items() if k != "base_url"})
 
 
 def reshapes(provider: Provider) -> bool:

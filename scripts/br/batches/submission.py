@@ -11,7 +11,12 @@ labelled with it (provider.Label), so a rerun recognises its own. For each, in t
 4. a create was sent without an answer (a `kill -9`, a dropped connection; the ledger, or the
    machine's index once build/ is gone, holds its moment): the batch list is read back to that
    moment only, matching the input file id or the label, and what it finds is adopted;
-5. otherwise the chunk is uploaded (the same way: the ledger, then the file list back to an
+5. nothing on this machine knows of a create (build/ and the machine state deleted, or another
+   machine): a provider that sets `recall` (Anthropic, Gemini) has its list read once per run
+   for an earlier run's batch of this chunk (recall.py), which is adopted; a running one that
+   cannot be told apart stops the run with the two ways forward below (OpenAI's list is not
+   read: a duplicate is cancelled on the first poll, below);
+6. otherwise the chunk is uploaded (the same way: the ledger, then the file list back to an
    unanswered upload) and its batch created, each intent fsynced to the ledger first. Both go
    out without the SDK's retries (`once`): after an unclear failure (5xx, dropped connection)
    the list is checked before trying again, so a lost answer never becomes a second paid
@@ -38,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,22 +52,13 @@ from br.batches.ledger import Ledger
 from br.batches.machine import ChunkIndex
 from br.batches.polling import interval
 from br.batches.provider import GONE, Batch, Label, NotFound, Provider, Refused, Unlistable
+from br.batches.recall import SLACK, Ambiguous, Recall, ambiguous, batches_since, when
 from br.cli import UserError, note
 
-SLACK = 300  # seconds of clock skew allowed between us and the server
 T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- the list, bounded
-
-
-def batches_since(provider: Provider, since: float) -> Iterator[Batch]:
-    """Batches newest first, back to `since` (the list is newest first); Unlistable without it."""
-    for page in provider.pages():
-        for batch in page:
-            if batch.created_at < since - SLACK:
-                return
-            yield batch
 
 
 def find_batch(
@@ -151,10 +147,6 @@ def once(provider: Provider, create: Callable[[], T], find: Callable[[], T | Non
     raise UserError(f"{what} kept failing after {tries} tries; rerun make later to resume")
 
 
-def when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
 # --------------------------------------------------------------------------- exactly once
 
 
@@ -167,6 +159,7 @@ class Submitter:
         name = getattr(provider, "name", None)
         self.noted: dict[str, str] = {"provider": name} if name else {}
         self._index: ChunkIndex | None = None
+        self._recall: Recall | None = None
         self.warned_labels = False
         self.created: set[str] = set()  # batch ids this process created
 
@@ -215,7 +208,23 @@ class Submitter:
                 batch = self.resolve(chunk, attempt, since, id_file)
                 if batch is not None:
                     return self.adopted(chunk, attempt, batch.id, "batch list")
+            elif not self.resend:
+                batch = self.recall(chunk, attempt, id_file)
+                if batch is not None:
+                    return self.adopted(chunk, attempt, batch.id, "recalled")
             return self.create(chunk, attempt)
+
+    def recall(self, chunk: ChunkInfo, attempt: int, id_file: Path | None) -> Batch | None:
+        """A batch of this identity made by a run this machine has no record of (recall.py)."""
+        if self._recall is None:
+            self._recall = Recall(self.provider, self.index.batches)
+        if not self._recall.horizon:
+            return None
+        try:
+            known = frozenset(self.ledger.chunk_of)
+            return self._recall.find(chunk, attempt, self.file_id(chunk), known)
+        except Ambiguous as e:
+            raise UserError(ambiguous(chunk, e.batch, id_file or "the chunk's id file")) from None
 
     def hand_written(self, id_file: Path | None) -> str | None:
         """A batch id in the chunk's id file that the ledger does not know: the user's pick."""
@@ -263,8 +272,10 @@ class Submitter:
             )
 
     def ours(self) -> frozenset[str]:
-        """The batches the ledger knows: none of them is an unanswered create's."""
-        return frozenset(self.ledger.chunk_of)
+        """The batches the ledger and the machine's index know: none of them is an unanswered
+        create's (after build/ was deleted, an earlier attempt's batch, whose requests a retry
+        may repeat exactly, is known to the index only)."""
+        return frozenset(self.ledger.chunk_of) | self.index.batches()
 
     def file_id(self, chunk: ChunkInfo) -> str | None:
         """The chunk's uploaded file, as the ledger knows it; a provider without labels

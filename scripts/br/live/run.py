@@ -134,7 +134,7 @@ def run_live(
         if total:
             step.live_sent.touch()
             note(f"{step.root}: sending {total} request(s) {mode}, {concurrency} at once")
-            caller = Caller(config, mode, retries, config.provider(step_name))
+            caller = Caller(config.for_step(step_name), mode, retries, config.provider(step_name))
             tally = Tally(total, mode)
             pace = Pace(lambda model: token_budget or config.token_budget(model))
             with Journal(step.live_journal(), step.live_journals()) as log:

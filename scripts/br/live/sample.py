@@ -216,7 +216,7 @@ def run_sample(
     if todo:
         step_dir.root.mkdir(parents=True, exist_ok=True)
         step_dir.live_sent.touch()
-        caller = Caller(config, mode, args.retries, config.provider(step.name))
+        caller = Caller(config.for_step(step.name), mode, args.retries, config.provider(step.name))
         with Journal(step_dir.live_journal(), step_dir.live_journals()) as log:
 
             def done(request: dict[str, Any], row: dict[str, Any]) -> None:
