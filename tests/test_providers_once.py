@@ -247,6 +247,26 @@ def test_anthropic_another_job_running_on_this_machine_is_not_a_stranger(
     assert all(r["text"] for r in read_json(second.b / "merged.json"))
 
 
+def test_anthropic_strangers_of_the_same_size_are_read_once_a_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Another machine's ended batches as large as ours: each is a candidate for every chunk,
+    but its results are read once a run (its first line is not ours), not once per chunk."""
+    first = Project(tmp_path / "first", emulator, SIDES["anthropic"])
+    first.make()
+    shutil.rmtree(first.state)  # they were made elsewhere, as far as this machine knows
+    second = Project(tmp_path / "second", emulator, SIDES["anthropic"])
+    rows = [{"id": f"r{i:03d}", "title": f"Other story {i:03d}"} for i in range(ROWS)]
+    second.input = write_json(second.input, rows)
+    second.b = input_dir(second.build, second.input) / "caption"
+    reads = second.calls(second.side.results)
+    second.make()
+    assert second.created() == 2 * CHUNKS
+    # CHUNKS strangers read once each, then this job's own CHUNKS results.
+    assert second.calls(second.side.results) - reads == 2 * CHUNKS
+    assert all(r["text"] for r in read_json(second.b / "merged.json"))
+
+
 @pytest.mark.parametrize("variance", ["relative_results_url", "no_results_url"])
 def test_anthropic_results_url_relative_or_missing(
     variance: str, emulator: Emulator, tmp_path: Path

@@ -145,9 +145,15 @@ class Anthropic(SDKClient):
             return False
         if batch.status not in ("completed", "cancelled"):
             return None
+        # A stranger of the chunk's size is a candidate for every chunk: its first result
+        # line, read once a run, tells the other chunks it is not theirs without a call.
+        firsts: dict[str, Any] = self.__dict__.setdefault("firsts", {})
+        if batch.id in firsts and firsts[batch.id] not in ids:
+            return False
         found = set()
         with contextlib.closing(self.result_rows(batch)) as rows:
             for cid, _ in rows:
+                firsts.setdefault(batch.id, cid)
                 if cid not in ids:
                     return False  # another job's: read no further
                 found.add(cid)
