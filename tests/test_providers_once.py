@@ -26,6 +26,7 @@ from conftest import ROOT, Emulator, input_dir, read_json, write_json
 ROWS, PER_CHUNK = 12, 4
 CHUNKS = ROWS // PER_CHUNK
 HOLD = 20.0  # seconds the emulator holds an answer back at a kill point
+FILES = {"BR_GEMINI_INLINE_BYTES": "0"}  # every Gemini chunk through the File API
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,11 @@ class Project:
         self.build = root / "build"
         self.b = input_dir(self.build, self.input) / "caption"
         self.state = emu.state_dir.parent / "br-state"
+        self.extra: dict[str, str] = {}  # more of make's environment
 
     def env(self) -> dict[str, str]:
-        return self.emu.env(**{self.side.base_url: self.emu.root, self.side.key: "test-key"})
+        server = {self.side.base_url: self.emu.root, self.side.key: "test-key"}
+        return self.emu.env(**server, **self.extra)
 
     def args(self) -> list[str]:
         variables = {
@@ -193,6 +196,8 @@ KILLS: dict[str, Callable[[Project], Any]] = {
 
 @pytest.mark.parametrize("kill", list(KILLS))
 def test_kill_then_rerun(project: Project, kill: str) -> None:
+    if kill == "during-results-download":
+        project.extra = FILES  # a Gemini chunk sent inline has its results inline: no download
     KILLS[kill](project)
     project.make()
     project.check()
@@ -395,6 +400,7 @@ def test_gemini_kill_with_an_upload_unanswered_uploads_once(
     from google import genai
 
     project = Project(tmp_path, emulator, SIDES["gemini"])
+    project.extra = FILES
     route = "POST /upload/{version}/files"  # a resumable upload: start, then the bytes (both
     project.kill_when(lambda: project.calls(route) >= 2, route)  # held: the kill is in the 2nd)
     assert project.created() == 0
