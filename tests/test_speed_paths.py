@@ -1,0 +1,111 @@
+"""The fast paths of issue 25 give what the slow ones gave: the merge streamed alongside
+requests.jsonl (and on its index when out of order) writes the same bytes, and a process loads
+only what its stage uses (python -X importtime on the real commands)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, read_json
+from test_input_changes import Step, rows
+
+HEAVY = ("PIL", "jsonschema", "http.client", "openai", "anthropic", "google.genai")
+
+
+def test_the_merge_writes_the_same_bytes_whatever_the_order_of_requests_jsonl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [*rows(6), {"id": "r6"}, {"id": "r7", "title": "x", "skip": True}, *rows(12)[8:]]
+    step = Step(tmp_path, records)
+    # r3 left out for its image (as the preflight leaves a record out): in skipped.jsonl with
+    # a reason, not in requests.jsonl; r4's answer failed.
+    lines = step.requests.read_text().splitlines(keepends=True)
+    r3 = next(line for line in lines if '"r3"' in line)
+    step.requests.write_text("".join(line for line in lines if line != r3))
+    skipped = [json.loads(line) for line in step.skipped.read_text().splitlines()]
+    skipped.append({"index": 3, "custom_id": "r3", "missing": [], "reason": "HTTP 404"})
+    step.skipped.write_text("".join(json.dumps(r) + "\n" for r in skipped))
+    answers = step.dir / "answers" / "results_001.jsonl"
+    found = read_json(answers)
+    found[4].update(outcome="failed", response=None, error={"code": "server_error"})
+    answers.write_text("".join(json.dumps(r) + "\n" for r in found))
+
+    code, err = step.merge(capsys)
+    assert code == 0, err
+    in_order = step.merged.read_bytes(), step.errors.read_bytes()
+    merged = read_json(step.merged)
+    assert [r.get("out") is not None for r in merged] == [
+        True, True, True, False, False, True, False, False, True, True, True, True,
+    ]  # fmt: skip
+    assert merged[3] == records[3] and merged[6:8] == records[6:8]
+    assert json.loads(step.errors.read_text())["custom_id"] == "r4"
+
+    # The same files in another order: the merge on the index, the same bytes.
+    shuffled = step.requests.read_text().splitlines(keepends=True)
+    random.Random(5).shuffle(shuffled)
+    step.requests.write_text("".join(reversed(shuffled)))
+    step.skipped.write_text("".join(json.dumps(r) + "\n" for r in reversed(skipped)))
+    step.merged.unlink()
+    step.errors.unlink()
+    code, err = step.merge(capsys)
+    assert code == 0, err
+    assert (step.merged.read_bytes(), step.errors.read_bytes()) == in_order
+
+
+def test_a_request_left_over_in_requests_jsonl_merges_the_records_there_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last record's request was sent, and the record is gone from INPUT now: the streamed
+    merge finds a line left over and the index merges the rest, as it always did."""
+    records = rows(4)
+    step = Step(tmp_path, records)
+    step.input.write_text(json.dumps(records[:3]))
+    code, err = step.merge(capsys)
+    assert code == 0, err
+    assert [r["out"] for r in read_json(step.merged)] == [
+        f"answer to: Describe story {i}." for i in range(3)
+    ]
+
+
+def imported(script: str, *args: str) -> set[str]:
+    """The modules a real command loads (python -X importtime), after it exited 0."""
+    cmd = [sys.executable, "-X", "importtime", str(ROOT / "scripts" / script), *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_a_text_only_step_loads_no_image_schema_network_or_sdk_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    step = Step(tmp_path, rows(3))
+    requests = str(tmp_path / "again.jsonl")
+    made = imported("make_requests.py", *step.common, "-o", requests, "--skipped", requests + ".s")
+    merged = imported(
+        "merge_results.py",
+        *step.common,
+        "--requests",
+        str(step.requests),
+        "--answers",
+        str(step.dir / "answers"),
+        "--errors",
+        str(step.errors),
+        "-o",
+        str(step.merged),
+    )
+    for name, modules in (("make_requests", made), ("merge_results", merged)):
+        loaded = sorted(m for m in modules if m.split(".")[0] in {h.split(".")[0] for h in HEAVY})
+        assert not [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)], (
+            name,
+            loaded,
+        )
+    assert Path(requests).read_bytes() == step.requests.read_bytes()
