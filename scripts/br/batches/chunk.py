@@ -22,6 +22,8 @@ poll; ended.py: what an ended batch means):
 from __future__ import annotations
 
 import hashlib
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,11 @@ from br.records import BOM, iter_jsonl
 
 @dataclass(frozen=True)
 class ChunkInfo:
-    """One batch's input file: identity, model, endpoint, tokens, and its requests in order."""
+    """One batch's input file: identity, model, endpoint, tokens, and its requests in order.
+
+    Kept small, as every chunk in flight holds one: a request is its custom_id, its tokens in
+    an array and its hash as 32 bytes of one string (about 100 bytes, not 300 in a dict).
+    """
 
     path: Path
     sha: str
@@ -45,8 +51,13 @@ class ChunkInfo:
     tokens: int
     endpoint: str = ENDPOINT
     ids: tuple[Any, ...] = ()  # each request line's custom_id
-    costs: tuple[int, ...] = ()  # each request line's estimated tokens
-    hashes: dict[Any, str] = field(default_factory=dict)  # custom_id -> request hash
+    costs: array[int] = field(default_factory=lambda: array("Q"))  # each line's tokens
+    digests: bytes = b""  # each line's request hash (sha256: 32 bytes), in line order
+
+    def hashes(self) -> Iterator[tuple[Any, str]]:
+        """(custom_id, request hash in hex) of each line, in order."""
+        for i, cid in enumerate(self.ids):
+            yield cid, self.digests[32 * i : 32 * i + 32].hex()
 
     def subset(self, path: Path, wanted: set[str]) -> ChunkInfo:
         """The follow-up attempt sending the requests of `wanted`: their lines of this file,
@@ -71,19 +82,20 @@ class ChunkInfo:
             sum(self.costs[i] for i in order),
             self.endpoint,
             tuple(self.ids[i] for i in order),
-            tuple(self.costs[i] for i in order),
-            {self.ids[i]: self.hashes[self.ids[i]] for i in order},
+            array("Q", (self.costs[i] for i in order)),
+            b"".join(self.digests[32 * i : 32 * i + 32] for i in order),
         )
 
 
 def chunk_info(path: Path) -> ChunkInfo:
     """Read a chunk file (once): one model and one endpoint, or one line saying which."""
-    ids, costs, hashes, models, urls = [], [], {}, set(), set()
+    ids: list[Any] = []
+    costs, digests, models, urls = array("Q"), bytearray(), set(), set()
     for request in iter_jsonl(path):
         cid, sha, model, url, tokens = line_identity(request)  # whoever's line it is
         ids.append(cid)
         costs.append(tokens)
-        hashes[cid] = sha
+        digests += bytes.fromhex(sha)
         models.add(model)
         urls.add(url)
     if len(models) != 1:
@@ -97,8 +109,8 @@ def chunk_info(path: Path) -> ChunkInfo:
         sum(costs),
         urls.pop(),
         tuple(ids),
-        tuple(costs),
-        hashes,
+        costs,
+        bytes(digests),
     )
 
 
@@ -166,6 +178,11 @@ class Chunk:
         if self.attempt not in self.attempts:
             self.attempts[self.attempt] = chunk_info(self.path)  # only attempt 0 is read
         return self.attempts[self.attempt]
+
+    def slim(self) -> None:
+        """Done: each attempt's identity and tokens kept, its requests let go."""
+        for k, i in self.attempts.items():
+            self.attempts[k] = ChunkInfo(i.path, i.sha, i.model, i.tokens, i.endpoint)
 
     @property
     def flight(self) -> InFlight:

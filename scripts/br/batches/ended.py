@@ -103,7 +103,7 @@ def acknowledged(engine: Engine, chunk: Chunk, batch: Batch) -> bool:
 def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
     info = chunk.info
     try:
-        rows = collect(engine.provider, batch, set(info.hashes), chunk.attempt, chunk.tried_unknown)
+        rows = collect(engine.provider, batch, set(info.ids), chunk.attempt, chunk.tried_unknown)
     except NotFound:
         lost(engine, chunk, batch)
         return
@@ -112,7 +112,7 @@ def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
             f"{info.path.name}: cancelled batch {batch.id} left no output file; its requests "
             "will be sent again"
         )
-    kept = [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in info.hashes.items()]
+    kept = [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in info.hashes()]
     write_jsonl(engine.step.answers_file(info.sha, chunk.attempt), kept)
     engine.ledger.record("fetched", batch_id=batch.id)
     after_rows(engine, chunk, {r["custom_id"]: r for r in kept})
@@ -142,6 +142,7 @@ def after_rows(engine: Engine, chunk: Chunk, rows: dict[str, dict[str, Any]]) ->
     """The rows of one attempt are in answers/: retry what may succeed, or finish."""
     if chunk.earlier:
         chunk.state = Done()
+        chunk.slim()
         return
     for cid, row in rows.items():
         if row["error"] and row["error"]["code"] == UNKNOWN:
@@ -175,6 +176,7 @@ def finalise(engine: Engine, chunk: Chunk, last: dict[str, dict[str, Any]]) -> N
     bad = sum(r["outcome"] != "succeeded" for r in rows)
     note(f"{results}: {len(rows) - bad} succeeded, {bad} failed")
     chunk.state = Done()
+    chunk.slim()  # its requests are not needed again: memory follows what is in flight
 
 
 def write_results(rows: list[dict[str, Any]], results: Path, same: Path | None) -> None:
