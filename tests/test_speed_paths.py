@@ -1,6 +1,7 @@
 """The fast paths of issue 25 give what the slow ones gave: the merge streamed alongside
 requests.jsonl (and on its index when out of order) writes the same bytes, and a process loads
-only what its stage uses (python -X importtime on the real commands)."""
+only what its stage uses (python -X importtime on the real commands); the machine's index
+forgets what it no longer needs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ROOT, read_json
+from br.batches.machine import FORGET, ChunkIndex
+from conftest import ROOT, Emulator, make, read_json
 from test_input_changes import Step, rows
 
 HEAVY = ("PIL", "jsonschema", "http.client", "openai", "anthropic", "google.genai")
@@ -109,3 +113,44 @@ def test_a_text_only_step_loads_no_image_schema_network_or_sdk_module(
             loaded,
         )
     assert Path(requests).read_bytes() == step.requests.read_bytes()
+
+
+# ----------------------------------------------------------------------------- machine state
+
+
+def entry(index: ChunkIndex, sha: str, data: dict[str, Any]) -> Path:
+    index.dir.mkdir(parents=True, exist_ok=True)
+    (index.dir / f"{index.key(sha, 0)}.lock").touch()
+    path = index.dir / f"{index.key(sha, 0)}.json"
+    path.write_text(json.dumps(data) + "\n")
+    return path
+
+
+def test_the_machine_index_forgets_fetched_entries_after_30_days_and_keeps_live_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BR_STATE_DIR", str(tmp_path / "state"))
+    index = ChunkIndex("http://api.test/v1")
+    now = time.time()
+    old = now - FORGET - 3600
+    forgotten = entry(index, "a" * 64, {"batch": "batch_a", "at": old, "fetched_at": old + 9})
+    kept = [
+        entry(index, "b" * 64, {"batch": "batch_b", "at": old}),  # never fetched: results lost?
+        entry(index, "c" * 64, {"batch": "batch_c", "at": now - 60, "fetched_at": now}),  # new
+        entry(index, "d" * 64, {"batch": None, "at": old, "intent_at": old}),  # no answer
+    ]
+    assert index.sweep(now) == 1
+    assert not forgotten.exists() and not forgotten.with_suffix(".lock").exists()
+    assert all(p.exists() and p.with_suffix(".lock").exists() for p in kept)
+    assert index.get("b" * 64, 0) == "batch_b" and index.get("c" * 64, 0) == "batch_c"
+    entry(index, "a" * 64, {"batch": "batch_a", "at": old, "fetched_at": old + 9})
+    assert index.sweep() == 0  # swept today already: not again before a day has passed
+
+
+def test_a_run_marks_each_fetched_batch_in_the_machine_index(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    env = emulator.env()
+    make("caption", env=env, BUILD=tmp_path / "build", STEP="caption")
+    entries = [json.loads(p.read_text()) for p in Path(env["BR_STATE_DIR"]).rglob("chunks/*.json")]
+    assert entries and all(e["batch"] and e["fetched_at"] >= e["at"] for e in entries), entries

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from br.batches import ended
-from br.batches.chunk import Chunk, Done, InFlight, Queued, Stopped, Waiting
+from br.batches.chunk import Chunk, ChunkInfo, Done, InFlight, Queued, Stopped, Waiting
 from br.batches.ledger import Ledger
-from br.batches.machine import Budget, ended_on_server
+from br.batches.machine import Budget, ChunkIndex, ended_on_server
 from br.batches.polling import Progress, deadline, interval, next_poll
 from br.batches.provider import TERMINAL, Batch, Provider, Unlistable
 from br.batches.submission import Submitter
@@ -61,6 +61,7 @@ class Engine:
         self.can_list = True
         self.started = time.time()
         self._ended: Callable[[str], bool] | None = None
+        self.index: ChunkIndex | None = None  # once a batch was fetched: marked, then swept
 
     def budget(self, model: str) -> int | None:
         return self.token_budget or self.config.token_budget(model)
@@ -153,6 +154,11 @@ class Engine:
                 batch_id = self.submitter.batch_id(info, chunk.attempt, self.id_file(chunk))
                 room.reserve(batch_id, info.tokens)
             self.fly(chunk, batch_id, reserved=True)
+
+    def fetched(self, info: ChunkInfo, attempt: int, batch_id: str) -> None:
+        """Its rows are in answers/: the machine's index may forget it (machine.FORGET)."""
+        self.index = self.index or ChunkIndex(self.provider.where)
+        self.index.fetched(info.sha, attempt, batch_id)
 
     def ended_on_server(self, batch_id: str) -> bool:
         if self._ended is None:
@@ -275,6 +281,8 @@ class Engine:
             if progress:
                 self.report(progress)
                 progress.close()
+        if self.index is not None:
+            self.index.sweep()  # at most once a day: entries fetched long ago are forgotten
         return self.stopped()
 
     def report(self, progress: Progress) -> None:
