@@ -114,7 +114,7 @@ def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
         )
     kept = [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in info.hashes()]
     write_jsonl(engine.step.answers_file(info.sha, chunk.attempt), kept)
-    engine.ledger.record("fetched", batch_id=batch.id)
+    engine.ledger.record("fetched", batch_id=batch.id, durable=False)
     if not chunk.earlier:
         engine.fetched(info, chunk.attempt, batch.id)
     after_rows(engine, chunk, {r["custom_id"]: r for r in kept})

@@ -237,7 +237,7 @@ class Engine:
             flight.done_seen = counts.completed + counts.failed if counts else -1
             return
         if self.ledger.ended.get(batch.id) != batch.status:
-            self.ledger.record("ended", batch_id=batch.id, status=batch.status)
+            self.ledger.record("ended", batch_id=batch.id, status=batch.status, durable=False)
         if not chunk.earlier:
             Budget(self.provider.where, chunk.info.model).release(batch.id)
         flight.reserved = False
