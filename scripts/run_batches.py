@@ -23,12 +23,7 @@ from br.cli import ArgumentParser, UserError, note, run
 import sys
 from pathlib import Path
 
-from br.batches.chunk import chunks_of
-from br.batches.earlier import earlier_batches
-from br.batches.engine import Engine
-from br.batches.providers import provider_for
-from br.config import load_config
-from br.files import write_text
+from br.batches.ledger import Ledger
 from br.layout import StepDir
 
 
@@ -52,12 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     step = StepDir(args.dir)
+    if args.collect:
+        ledger = Ledger(step.ledger)
+        if not ledger.unfetched() and not ledger.unknown():
+            return 0  # nothing to collect (the usual case): nothing more is loaded
+    # The engine, the config and the providers: loaded once there is something to do.
+    from br.batches.chunk import chunks_of
+    from br.batches.earlier import earlier_batches
+    from br.batches.engine import Engine
+    from br.batches.providers import provider_for
+    from br.config import load_config
+    from br.files import write_text
+
     config = load_config(args.config)
     provider = provider_for(config, args.step)
     engine = Engine(step, config, provider, args.step, args.retries, args.resend, args.token_budget)
     if args.collect:
-        if not engine.ledger.unfetched() and not engine.ledger.unknown():
-            return 0
         engine.begin(earlier_batches(engine))
         note(f"{args.dir}: collecting {len(engine.chunks)} earlier batch(es) before re-splitting")
     else:
