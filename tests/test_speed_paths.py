@@ -154,3 +154,41 @@ def test_a_run_marks_each_fetched_batch_in_the_machine_index(
     make("caption", env=env, BUILD=tmp_path / "build", STEP="caption")
     entries = [json.loads(p.read_text()) for p in Path(env["BR_STATE_DIR"]).rglob("chunks/*.json")]
     assert entries and all(e["batch"] and e["fetched_at"] >= e["at"] for e in entries), entries
+
+
+# ----------------------------------------------------------------------------- run_batches
+
+
+def test_chunks_in_flight_beyond_the_hold_let_their_requests_go_and_finish_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory flat in the number of chunks: past HOLD requests in flight, a chunk keeps only
+    its identity and tokens and reads its file again when its batch ends, with the same rows
+    (a retry among them)."""
+    from br.batches import engine as engine_module
+    from br.layout import StepDir
+    from test_chunk_state import Fake, engine, results, split
+
+    monkeypatch.setenv("BR_POLL_MIN", "0")
+    monkeypatch.setenv("BR_POLL_MAX", "0")
+    rows_of: dict[int, list[list[dict[str, Any]]]] = {}
+    for hold in (engine_module.HOLD, 0):
+        monkeypatch.setattr(engine_module, "HOLD", hold)
+        step, fake = StepDir(tmp_path / f"hold{hold}" / "caption"), Fake()
+        fake.failing = {("b", 0): 500}  # b fails on the first attempt only
+        fake.listable = False  # each batch retrieved (the fake moves a batch on a retrieve)
+        chunks = split(step, ["a", "b", "c"], ["d", "e"], ["f"])
+        run = engine(step, fake, retries=2)
+        run.begin(chunks)
+        run.submit_ready()
+        held = [c.requests for c in chunks]
+        assert held == ([3, 2, 1] if hold else [0, 0, 0]), held
+        assert run.run() == []
+        assert all(c.requests == 0 for c in chunks)  # done: let go
+        rows_of[hold] = [results(step, c.nnn) for c in chunks]
+        assert [r["attempts"] for r in rows_of[hold][0]] == [1, 2, 1]
+    strip = [[{k: v for k, v in r.items() if k != "batch_id"} for r in rs] for rs in rows_of[0]]
+    assert strip == [
+        [{k: v for k, v in r.items() if k != "batch_id"} for r in rs]
+        for rs in rows_of[engine_module.HOLD]
+    ]

@@ -53,6 +53,19 @@ class ChunkInfo:
     ids: tuple[Any, ...] = ()  # each request line's custom_id
     costs: array[int] = field(default_factory=lambda: array("Q"))  # each line's tokens
     digests: bytes = b""  # each line's request hash (sha256: 32 bytes), in line order
+    slim: bool = False  # its requests let go (`Chunk.slim`): `full()` reads them again
+
+    def full(self) -> ChunkInfo:
+        """With its requests: itself, or (slim) its file read again (the same bytes)."""
+        if not self.slim:
+            return self
+        again = chunk_info(self.path)
+        if again.sha != self.sha:
+            raise UserError(
+                f"{self.path} changed while its batch ran; put it back (or delete it and rerun "
+                "make to split again: the batch's answers are kept)"
+            )
+        return again
 
     def hashes(self) -> Iterator[tuple[Any, str]]:
         """(custom_id, request hash in hex) of each line, in order."""
@@ -180,9 +193,15 @@ class Chunk:
         return self.attempts[self.attempt]
 
     def slim(self) -> None:
-        """Done: each attempt's identity and tokens kept, its requests let go."""
+        """Each attempt's identity and tokens kept, its requests let go: once Done, or while
+        in flight beyond the engine's HOLD (read again when its batch ends)."""
         for k, i in self.attempts.items():
-            self.attempts[k] = ChunkInfo(i.path, i.sha, i.model, i.tokens, i.endpoint)
+            self.attempts[k] = ChunkInfo(i.path, i.sha, i.model, i.tokens, i.endpoint, slim=True)
+
+    @property
+    def requests(self) -> int:
+        """Requests held in memory for it."""
+        return sum(len(i.ids) for i in self.attempts.values())
 
     @property
     def flight(self) -> InFlight:

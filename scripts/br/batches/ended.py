@@ -101,7 +101,7 @@ def acknowledged(engine: Engine, chunk: Chunk, batch: Batch) -> bool:
 
 
 def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
-    info = chunk.info
+    info = chunk.info.full()  # let go while in flight (Engine.HOLD): its file read again
     try:
         rows = collect(engine.provider, batch, set(info.ids), chunk.attempt, chunk.tried_unknown)
     except NotFound:
@@ -152,7 +152,7 @@ def after_rows(engine: Engine, chunk: Chunk, rows: dict[str, dict[str, Any]]) ->
     again = {c for c, r in rows.items() if r["outcome"] != "succeeded" and r["retryable"]}
     if again and chunk.attempt < engine.retries:
         path = engine.step.retry(chunk.nnn, chunk.attempt + 1)
-        retry = chunk.attempts[0].subset(path, again)
+        retry = chunk.attempts[0].full().subset(path, again)
         chunk.attempt += 1
         chunk.attempts[chunk.attempt] = retry
         note(f"{path.name}: retrying {len(again)} request(s), attempt {chunk.attempt + 1}")
@@ -164,7 +164,7 @@ def after_rows(engine: Engine, chunk: Chunk, rows: dict[str, dict[str, Any]]) ->
 def finalise(engine: Engine, chunk: Chunk, last: dict[str, dict[str, Any]]) -> None:
     """results_NNN.jsonl: for each request, its row from the last attempt that sent it
     (with one attempt, the rows just fetched, in the chunk's order: nothing read again)."""
-    first = chunk.attempts[0]
+    first = chunk.attempts[0] if chunk.attempt == 0 else chunk.attempts[0].full()
     if chunk.attempt == 0:
         rows = list(last.values())
     else:

@@ -38,6 +38,10 @@ from br.files import write_text
 from br.layout import StepDir
 
 PATIENCE = 10  # failed polls in a row before giving up
+# Requests of the chunks in flight held in memory (about 100 bytes each): beyond this, a chunk
+# in flight lets its requests go and reads its file again when its batch ends, so memory
+# stays flat in the number of chunks (a small job reads each chunk once).
+HOLD = 100_000
 
 
 class Engine:
@@ -115,6 +119,8 @@ class Engine:
         known = batch is not None or batch_id in self.submitter.created
         next_at = time.time() + (interval(0) if known else 0.0)
         chunk.state = InFlight(batch_id, batch, next_at, reserved=reserved)
+        if sum(c.requests for c in self.in_flight()) > HOLD:
+            chunk.slim()
 
     def drained(self, chunk: Chunk) -> bool:
         """After a token-limit failure: has one of ours in flight ended since?"""
