@@ -42,7 +42,7 @@ from br.prompts.templates import (
     jq_first,
     key_function,
 )
-from br.prompts.tokens import estimate_tokens
+from br.prompts.tokens import estimate_tokens, is_gemini
 from br.records import dumps
 
 if TYPE_CHECKING:  # the preflight (http.client, threads) is loaded only by a run that checks
@@ -62,6 +62,7 @@ __all__ = [
     "step_images",
 ]
 
+IMAGE_TOKENS_AT_MOST = 1600  # one image's tokens by tokens.py, Gemini aside (see Oversized)
 MAX_CONSECUTIVE_MISSING = 5  # the original tool's rule: five in a row means the prompt is wrong
 QUESTION_DEFAULTS = {"dialog_history": "", "cleaned_caption": ""}
 
@@ -224,16 +225,20 @@ def inline_size_reason(line: str, limit: int = MAX_FILE_BYTES) -> str | None:
 class Oversized:
     """Requests over the model's context window (a warning) or the per-file limit (an error).
 
-    `window` False: no token estimate at all (the merge, which says no warning). A request
-    without images is not estimated when its line has no more characters than the window has
-    tokens: every rule in tokens.py counts such a body at most one token per character of its
-    JSON (a token per 4 characters of text, 4 per message of at least 14 characters).
+    `window` False: no token estimate at all (the merge, which says no warning). Nor is a
+    request whose bound fits the window: every rule in tokens.py counts a body at most one
+    token per character of its JSON (a token per 4 characters of text, 4 per message of at
+    least 14 characters), plus its image: a step has one image field, and one image is at
+    most IMAGE_TOKENS_AT_MOST (Claude's cap 1,568; OpenAI's high detail 85 + 8 tiles x 170 =
+    1,445). Gemini's tiles have no such cap: a Gemini step with an image is always estimated.
     """
 
     def __init__(self, step: Step, window: bool = True, images: bool = True) -> None:
         self.step = step
         self.window = step.context_window if window else None
-        self.images = images
+        self.image_bound = IMAGE_TOKENS_AT_MOST if images else 0
+        if images and is_gemini(step.model):
+            self.image_bound = None
         self.count = 0
         self.largest: tuple[int, str] = (0, "")  # (estimated tokens, custom_id)
 
@@ -245,8 +250,8 @@ class Oversized:
                 f"{len(line.encode()) / 1e6:,.0f} MB, over the Batch API's 200 MB limit for a "
                 "whole input file; shorten that record or leave it out"
             )
-        window = self.window
-        if window is None or (not self.images and len(line) <= window):
+        window, image = self.window, self.image_bound
+        if window is None or (image is not None and len(line) + image <= window):
             return
         assert built.request is not None
         tokens = estimate_tokens(built.request["body"], built.request["url"])
