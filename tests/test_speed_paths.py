@@ -163,8 +163,8 @@ def test_chunks_in_flight_beyond_the_hold_let_their_requests_go_and_finish_the_s
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Memory flat in the number of chunks: past HOLD requests in flight, a chunk keeps only
-    its identity and tokens and reads its file again when its batch ends, with the same rows
-    (a retry among them)."""
+    its identity and tokens in memory (its requests in the run's spill file, read back when its
+    batch ends), and finishes with the same rows (a retry among them)."""
     from br.batches import engine as engine_module
     from br.layout import StepDir
     from test_chunk_state import Fake, engine, results, split

@@ -22,9 +22,11 @@ poll; ended.py: what an ended batch means):
 from __future__ import annotations
 
 import hashlib
+import pickle
+import tempfile
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,20 @@ class ChunkInfo:
     ids: tuple[Any, ...] = ()  # each request line's custom_id
     costs: array[int] = field(default_factory=lambda: array("Q"))  # each line's tokens
     digests: bytes = b""  # each line's request hash (sha256: 32 bytes), in line order
-    slim: bool = False  # its requests let go (`Chunk.slim`): `full()` reads them again
+    slim: bool = False  # its requests let go (`Chunk.slim`): `full()` has them back
+    spilled: tuple[Spill, int, int] | None = None  # where they are kept meanwhile
 
     def full(self) -> ChunkInfo:
-        """With its requests: itself, or (slim) its file read again (the same bytes)."""
+        """With its requests: itself, or (slim) them back from the spill file, else (never
+        spilled) from its file read again (the same bytes)."""
         if not self.slim:
             return self
+        if self.spilled is not None:
+            spill, at, size = self.spilled
+            ids, costs, digests = spill.get(at, size)
+            return ChunkInfo(
+                self.path, self.sha, self.model, self.tokens, self.endpoint, ids, costs, digests
+            )
         again = chunk_info(self.path)
         if again.sha != self.sha:
             raise UserError(
@@ -127,6 +137,26 @@ def chunk_info(path: Path) -> ChunkInfo:
     )
 
 
+class Spill:
+    """The requests of chunks in flight let go of (`Chunk.slim`), in one temporary file of
+    the process (gone when it ends): read back when their batch ends, instead of reading and
+    hashing the chunk again. The file only grows; a run's is about 100 bytes a request."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the run)
+
+    def put(self, info: ChunkInfo) -> tuple[Spill, int, int]:
+        blob = pickle.dumps((info.ids, info.costs, info.digests), pickle.HIGHEST_PROTOCOL)
+        at = self.file.seek(0, 2)
+        self.file.write(blob)
+        return self, at, len(blob)
+
+    def get(self, at: int, size: int) -> tuple[tuple[Any, ...], array[int], bytes]:
+        self.file.seek(at)
+        ids, costs, digests = pickle.loads(self.file.read(size))
+        return ids, costs, digests
+
+
 # ----------------------------------------------------------------------------- states
 
 
@@ -192,11 +222,17 @@ class Chunk:
             self.attempts[self.attempt] = chunk_info(self.path)  # only attempt 0 is read
         return self.attempts[self.attempt]
 
-    def slim(self) -> None:
-        """Each attempt's identity and tokens kept, its requests let go: once Done, or while
-        in flight beyond the engine's HOLD (read again when its batch ends)."""
+    def slim(self, spill: Spill | None = None) -> None:
+        """Each attempt's identity and tokens kept, its requests let go: once Done (dropped),
+        or while in flight beyond the engine's HOLD (to `spill`, read back when it ends)."""
         for k, i in self.attempts.items():
-            self.attempts[k] = ChunkInfo(i.path, i.sha, i.model, i.tokens, i.endpoint, slim=True)
+            if not i.slim:
+                kept = spill.put(i) if spill is not None else None
+                self.attempts[k] = ChunkInfo(
+                    i.path, i.sha, i.model, i.tokens, i.endpoint, slim=True, spilled=kept
+                )
+            elif spill is None:  # done: what was spilled is not needed again
+                self.attempts[k] = replace(i, spilled=None)
 
     @property
     def requests(self) -> int:

@@ -101,7 +101,7 @@ def acknowledged(engine: Engine, chunk: Chunk, batch: Batch) -> bool:
 
 
 def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
-    info = chunk.info.full()  # let go while in flight (Engine.HOLD): its file read again
+    info = chunk.info.full()  # let go while in flight (Engine.HOLD): read back
     try:
         rows = collect(engine.provider, batch, set(info.ids), chunk.attempt, chunk.tried_unknown)
     except NotFound:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from br.batches import ended
-from br.batches.chunk import Chunk, ChunkInfo, Done, InFlight, Queued, Stopped, Waiting
+from br.batches.chunk import Chunk, ChunkInfo, Done, InFlight, Queued, Spill, Stopped, Waiting
 from br.batches.ledger import Ledger
 from br.batches.machine import Budget, ChunkIndex, ended_on_server
 from br.batches.polling import Progress, deadline, interval, next_poll
@@ -39,9 +39,9 @@ from br.layout import StepDir
 
 PATIENCE = 10  # failed polls in a row before giving up
 # Requests of the chunks in flight held in memory (about 100 bytes each): beyond this, a chunk
-# in flight lets its requests go and reads its file again when its batch ends, so memory
-# stays flat in the number of chunks (a small job reads each chunk once).
-HOLD = 100_000
+# in flight lets its requests go to a temporary file (chunk.Spill) until its batch ends, so
+# memory stays flat in the number of chunks, and each chunk is still read once.
+HOLD = 20_000
 
 
 class Engine:
@@ -65,6 +65,7 @@ class Engine:
         self.can_list = True
         self.started = time.time()
         self._ended: Callable[[str], bool] | None = None
+        self.spill: Spill | None = None  # requests of chunks in flight beyond HOLD
         self.index: ChunkIndex | None = None  # once a batch was fetched: marked, then swept
 
     def budget(self, model: str) -> int | None:
@@ -120,7 +121,8 @@ class Engine:
         next_at = time.time() + (interval(0) if known else 0.0)
         chunk.state = InFlight(batch_id, batch, next_at, reserved=reserved)
         if sum(c.requests for c in self.in_flight()) > HOLD:
-            chunk.slim()
+            self.spill = self.spill or Spill()
+            chunk.slim(self.spill)
 
     def drained(self, chunk: Chunk) -> bool:
         """After a token-limit failure: has one of ours in flight ended since?"""
