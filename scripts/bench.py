@@ -6,7 +6,10 @@ with its own emulator and its own machine state ($BR_STATE_DIR), all through the
 1. floor: `make caption` on --floor-n records (a JSON list) at the default MAX_REQUESTS=1000
    against an instant emulator, beside the same job written by hand the cookbook way in one
    Python process with the openai SDK (build the lines, upload, create, poll every second,
-   download, merge by custom_id), timed in the same run. CPU is user+sys of every process.
+   download, merge by custom_id), timed in the same run: wall and CPU (user+sys of every
+   process) against the hand-written job's. small: the same on --small-n records (one chunk).
+   live: `make caption MODE=live CONCURRENCY=c` on --live-n records against an emulator whose
+   every call takes --live-seconds: requests/s against the ideal c / latency.
 2. growth: records/s and peak RSS per stage (make_requests, split_requests, run_batches,
    merge_results) for --n records of about 620 bytes, as JSONL and as a JSON list. make runs
    every script through a small recorder (`PY=<recorder>`, the Makefile unchanged) that logs
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=1000, help="growth: per chunk")
     parser.add_argument("--floor-n", type=int, default=20_000, help="records for the floor part")
     parser.add_argument("--floor-max-requests", type=int, default=1000, help="floor: per chunk")
+    parser.add_argument("--small-n", type=int, default=300, help="records for the small part")
+    parser.add_argument("--live-n", type=int, default=200, help="records for the live part")
+    parser.add_argument("--live-concurrency", type=int, default=8, help="live: CONCURRENCY")
+    parser.add_argument("--live-seconds", type=float, default=0.25, help="live: latency")
     parser.add_argument("--history", type=int, default=5000, help="batches and files seeded")
     parser.add_argument("--calls-chunks", type=int, default=10, help="chunks in the calls job")
     parser.add_argument("--calls-requests", type=int, default=20, help="requests per chunk")
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processing-seconds", type=float, default=4.0, help="queue batches")
     parser.add_argument("--queue-poll-max", type=float, default=0.5, help="BR_POLL_MAX")
     parser.add_argument(
-        "--parts", default="floor,growth,calls,queue", help="of floor, growth, calls, queue"
+        "--parts",
+        default="floor,small,live,growth,calls,queue",
+        help="of floor, small, live, growth, calls, queue",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for the test")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a tmp dir)")
@@ -74,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.history = min(args.n, 300), 1000
         args.max_requests = min(args.max_requests, 100)
         args.floor_n, args.floor_max_requests = min(args.floor_n, 200), 100
+        args.small_n, args.live_n, args.live_seconds = min(args.small_n, 50), 16, 0.2
         args.calls_chunks, args.calls_requests = 3, 2
         args.queue_chunks, args.queue_requests = 4, 3
         args.processing_seconds = min(args.processing_seconds, 0.5)
     parts = set(args.parts.split(","))
-    if parts - {"floor", "growth", "calls", "queue"}:
-        raise UserError(f"--parts takes floor, growth, calls and queue, not {args.parts!r}")
+    if parts - {"floor", "small", "live", "growth", "calls", "queue"}:
+        raise UserError(
+            f"--parts takes floor, small, live, growth, calls and queue, not {args.parts!r}"
+        )
     if min(args.n, args.floor_n, args.max_requests, args.queue_chunks, args.queue_wave) < 1:
         raise UserError(
             "--n, --floor-n, --max-requests, --queue-chunks and --queue-wave must be positive"

@@ -25,15 +25,13 @@ from br.cli import ArgumentParser, UserError, note, run
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from br.batches.chunk import chunks_of
-from br.batches.earlier import earlier_batches
-from br.batches.engine import Engine
 from br.batches.ledger import Ledger
-from br.batches.providers import provider_for, provider_named
-from br.config import Config, load_config
-from br.files import write_text
 from br.layout import StepDir
+
+if TYPE_CHECKING:
+    from br.config import Config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,14 +54,24 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     step = StepDir(args.dir)
+    if args.collect:
+        ledger = Ledger(step.ledger)
+        if not ledger.unfetched() and not ledger.unknown():
+            return 0  # nothing to collect (the usual case): nothing more is loaded
+    # The engine, the config and the providers: loaded once there is something to do.
+    from br.batches.chunk import chunks_of
+    from br.batches.earlier import earlier_batches
+    from br.batches.engine import Engine
+    from br.batches.providers import provider_for
+    from br.config import load_config
+    from br.files import write_text
+
     config = load_config(args.config)
     if args.collect and not collect_elsewhere(step, config, args.step):
         return 2
     provider = provider_for(config, args.step)
     engine = Engine(step, config, provider, args.step, args.retries, args.resend, args.token_budget)
     if args.collect:
-        if not engine.ledger.unfetched() and not engine.ledger.unknown():
-            return 0
         engine.begin(earlier_batches(engine))
         note(f"{args.dir}: collecting {len(engine.chunks)} earlier batch(es) before re-splitting")
     else:
@@ -85,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 def collect_elsewhere(step: StepDir, config: Config, step_name: str) -> bool:
     """Collect the batches that other providers than the step's hold (`provider:` changed
     while they ran); False if one stopped (its line said why)."""
+    from br.batches.earlier import earlier_batches
+    from br.batches.engine import Engine
+    from br.batches.providers import provider_named
+
     here = config.provider(step_name)
     for name in sorted(n for n in Ledger(step.ledger).pending_providers() if n and n != here):
         engine = Engine(step, config, provider_named(config, name, step_name), step_name)

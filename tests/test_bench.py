@@ -41,6 +41,15 @@ def test_bench_quick_measures_every_part(tmp_path: Path) -> None:
     assert len(json.loads(merged.read_text())) == 200
     assert floor["make"]["cpu"] > 0 and floor["handwritten"]["cpu"] > 0
 
+    # The small job beside its hand-written twin; the live path against CONCURRENCY / latency.
+    small = figures["small"]
+    assert small["same_answers"] and small["n"] == small["answered"] == 50 and small["chunks"] == 1
+    assert small["cpu_ratio"] > 0 and small["make"]["cpu"] > 0
+    live = figures["live"]
+    assert live["batches"] == 0 and live["live_calls"] == live["n"] == 16
+    assert live["ratio"] > 0 and live["ideal_per_second"] == 8 / 0.2
+    assert "**Small**" in result.stdout and "**Live** (MODE=live)" in result.stdout
+
     # 2. Growth: both formats, every stage recorded once by the recorder.
     growth = {g["format"]: g for g in figures["growth"]}
     assert set(growth) == {"JSONL", "JSON list"}

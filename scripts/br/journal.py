@@ -35,9 +35,9 @@ SENT = "sent"
 BLOCK = 65536  # bytes read at a time when looking back for the last newline
 
 
-def lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The whole lines of a JSONL file: a last line without its newline (a write a kill cut
-    short) is left out; any other line that is not JSON is an error."""
+def text_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The whole lines of a JSONL file, each with its text: a last line without its newline
+    (a write a kill cut short) is left out; any other line that is not JSON is an error."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
@@ -45,16 +45,30 @@ def lines(path: Path) -> Iterator[dict[str, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield _DECODER.decode(raw.decode("utf-8"))
+                text = raw.decode("utf-8")
+                yield text, _DECODER.decode(text)
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
                 raise UserError(f"{path}:{n}: not valid JSON ({e}); fix or remove that line")
 
 
+def lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The whole lines of a JSONL file (`text_lines`), decoded."""
+    for _, value in text_lines(path):
+        yield value
+
+
+def row_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The answers/ rows of one answers/ file with their text (a journal's sent marks left
+    out): the merge keeps a row as the text it read."""
+    for text, value in text_lines(path):
+        if "outcome" in value:
+            yield text, value
+
+
 def rows(path: Path) -> Iterator[dict[str, Any]]:
     """The answers/ rows of one answers/ file (a journal's sent marks left out)."""
-    for line in lines(path):
-        if "outcome" in line:
-            yield line
+    for _, row in row_lines(path):
+        yield row
 
 
 def sent_marks(path: Path) -> Iterator[str]:

@@ -141,6 +141,12 @@ def decode_utf8(path: Path, data: bytes) -> str:
 
 def iter_jsonl(path: Path) -> Iterator[Any]:
     """The objects of a JSONL file. Lines end at \\n only (never at U+2028 and the like)."""
+    for _, value in iter_jsonl_lines(path):
+        yield value
+
+
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """Each object of a JSONL file with its line's text (iter_jsonl's checks)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if n == 1:
@@ -161,7 +167,7 @@ def iter_jsonl(path: Path) -> Iterator[Any]:
                 escape = lone_surrogate(value, line, 0, len(line))
                 if escape:
                     raise UserError(surrogate_error(where, escape))
-                yield value
+                yield line, value
 
 
 def is_jsonl(path: Path) -> bool:

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jsonschema
-
 from br.answers import store
 from br.config import Step, compile_jq
 from br.files import atomic_output
@@ -47,17 +45,64 @@ BATCH = 500
 T = TypeVar("T")
 
 
-class Answers:
-    """The standing answer per request hash (store.Index), and what requests.jsonl and
-    skipped.jsonl hold per custom_id, in one temporary on-disk index."""
+class OutOfStep(Exception):
+    """requests.jsonl or skipped.jsonl is not in INPUT's order as it is now: the indexed
+    path (`Indexed`) serves instead."""
 
-    def __init__(self, directory: Path, requests: Path, answers: StepDir, skipped: Path) -> None:
-        self.tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=".merge-", suffix=".db")  # noqa: SIM115 (closed in close())
-        self.db = sqlite3.connect(self.tmp.name)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.index = store.Index(self.db)
-        self.index.add(store.rows(answers))
+
+UNTOUCHED, CHANGED = "untouched", "changed"  # a record's verdict, else its request's hash
+Keyed = tuple[int, dict[str, Any], "Built | None", str | None]  # index, record, built, cid
+
+
+class Streamed:
+    """requests.jsonl and skipped.jsonl read alongside INPUT, in record order (make_requests
+    writes both in that order): the usual case, with no index and no JSON decode of a request.
+
+    A record's request is the one sent when its line is byte-equal to requests.jsonl's next
+    line (the custom_id is in the line: the same line is the same record's same request); a
+    record skipped for its image is the next custom_id of skipped.jsonl with a reason. Anything
+    else (a record edited, added, left out or moved, a line left over at the end) raises
+    OutOfStep, and the merge starts again on `Indexed`, which says which records changed.
+    """
+
+    def __init__(self, requests: Path, skipped: Path) -> None:
+        self.file = open(requests, "rb")  # noqa: SIM115 (closed in close())
+        self.line = self.file.readline()
+        found = iter_jsonl(skipped) if skipped.exists() else iter(())
+        self.skips = (row["custom_id"] for row in found if row.get("reason"))
+        self.skip = next(self.skips, None)
+
+    def verdicts(self, keyed: list[Keyed], now: dict[int, bytes]) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        for index, _, built, _ in keyed:
+            if index not in now:
+                out.append(UNTOUCHED)
+                continue
+            assert built is not None
+            if self.line and self.line == built.line.encode():
+                self.line = self.file.readline()
+                out.append(now[index])
+            elif self.skip is not None and self.skip == built.custom_id:
+                self.skip = next(self.skips, None)
+                out.append(UNTOUCHED)
+            else:
+                raise OutOfStep
+        return out
+
+    def finish(self) -> None:
+        if self.line:
+            raise OutOfStep  # a request sent for a record no longer there (or not selected)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Indexed:
+    """What requests.jsonl and skipped.jsonl hold per custom_id, in tables of the answers'
+    on-disk index: any order, and every record whose request changed is found and counted."""
+
+    def __init__(self, db: sqlite3.Connection, requests: Path, skipped: Path) -> None:
+        self.db = db
         self.db.execute("CREATE TABLE req(cid TEXT PRIMARY KEY, hash BLOB)")
         # Records make_requests left out for their image (a failed preflight among them): the
         # merge, which checks no URL, would build their requests.
@@ -76,12 +121,46 @@ class Answers:
         marks = ",".join("?" * len(keys))
         return dict(self.db.execute(query.format(marks=marks), keys)) if keys else {}
 
-    def lookup(self, cids: list[str]) -> tuple[dict[str, bytes], set[str]]:
-        """For these custom_ids: the hash of each one's request in requests.jsonl, and the
-        ones skipped for their image."""
+    def verdicts(self, keyed: list[Keyed], now: dict[int, bytes]) -> list[bytes | str]:
+        cids = [cid for *_, cid in keyed if cid is not None]
         sent = self.select("SELECT cid, hash FROM req WHERE cid IN ({marks})", cids)
         skipped = set(self.select("SELECT cid, 1 FROM skip WHERE cid IN ({marks})", cids))
-        return sent, skipped
+        out: list[bytes | str] = []
+        for index, _, _, cid in keyed:
+            was = sent.get(cid) if cid is not None else None
+            if index not in now or (was is None and cid in skipped):
+                # Not selected, or skipped (for a field, or its image): untouched, unless its
+                # request was sent: then the record changed since.
+                out.append(CHANGED if index not in now and was is not None else UNTOUCHED)
+            else:  # edited, added or newly selected: never answered
+                out.append(CHANGED if was != now[index] else was)
+        return out
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Answers:
+    """The standing answer per request hash (store.Index) in a temporary on-disk index, and
+    the requests sent: `Streamed` first, `Indexed` (`indexed()`) when INPUT is out of step."""
+
+    def __init__(self, directory: Path, requests: Path, answers: StepDir, skipped: Path) -> None:
+        self.tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=".merge-", suffix=".db")  # noqa: SIM115 (closed in close())
+        self.db = sqlite3.connect(self.tmp.name)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.index = store.Index(self.db)
+        self.index.add_files(answers.answer_files())
+        self.requests, self.skipped = requests, skipped
+
+    def streamed(self) -> Streamed:
+        return Streamed(self.requests, self.skipped)
+
+    def indexed(self) -> Indexed:
+        return Indexed(self.db, self.requests, self.skipped)
 
     def close(self) -> None:
         self.db.close()
@@ -100,7 +179,9 @@ def rebuilt(
             held[index] = record
             yield record
 
-    quiet = step_requests(records(), step, data_key, local, None, warn=lambda _: None, every=True)
+    quiet = step_requests(
+        records(), step, data_key, local, None, warn=lambda _: None, every=True, window=False
+    )
     for built, _ in quiet:
         yield built.index, held.pop(built.index), built if built.selected else None
 
@@ -137,9 +218,11 @@ class Merger:
         self.extract = (
             compile_jq(step.extract, f"step '{step.name}' extract:") if step.extract else None
         )
-        self.validator = (
-            jsonschema.Draft202012Validator(step.schema) if step.schema is not None else None
-        )
+        self.validator = None
+        if step.schema is not None:  # jsonschema is loaded only by a step with a schema
+            import jsonschema
+
+            self.validator = jsonschema.Draft202012Validator(step.schema)
 
     def value(self, text: str) -> Any:
         """The stored value of a response text; raises ValueError with a code for bad ones."""
@@ -152,7 +235,9 @@ class Merger:
                 if self.step.kind != "question":
                     raise ValueError("invalid_json", f"the response is not JSON: {e.msg}")
         if self.validator is not None:
-            error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+            from jsonschema.exceptions import best_match
+
+            error = best_match(self.validator.iter_errors(value))
             if error is not None:
                 where = "/".join(map(str, error.absolute_path)) or "the top level"
                 raise ValueError("schema_mismatch", f"at {where}: {error.message}")
@@ -213,36 +298,56 @@ def merge(
     errors_path: Path,
 ) -> Merged:
     """Write `output` (every record of INPUT, in order, answered where its answer is there)
-    and `errors_path` (one row per failure); neither when a record changed (UserError)."""
+    and `errors_path` (one row per failure); neither when a record changed (UserError).
+    Streamed first; out of step, the same merge again on the index (nothing was written)."""
+    sent: Streamed | Indexed = answers.streamed()
+    try:
+        return merge_with(input_path, merger, answers, sent, local, output, errors_path)
+    except OutOfStep:
+        pass
+    finally:
+        sent.close()
+    indexed = answers.indexed()
+    return merge_with(input_path, merger, answers, indexed, local, output, errors_path)
+
+
+def merge_with(
+    input_path: Path,
+    merger: Merger,
+    answers: Answers,
+    sent: Streamed | Indexed,
+    local: LocalImages,
+    output: Path,
+    errors_path: Path,
+) -> Merged:
     done = Merged()
     changed = Changed()
+    streamed = isinstance(sent, Streamed)
     # errors.jsonl is committed first (the inner block ends first): once merged.json is
     # committed make takes the step as done, so a kill between them must not lose errors.
     with atomic_output(output) as f, atomic_output(errors_path) as errors:
         writer = RecordWriter(f, is_jsonl(output))
         for batch in batched(rebuilt(input_path, merger.step, merger.data_key, local)):
-            keyed = [(i, r, b, custom_id_of(r, merger.key)) for i, r, b in batch]
-            sent, skipped = answers.lookup([c for *_, c in keyed if c is not None])
+            keyed = [
+                (i, r, b, b.custom_id if b else None if streamed else custom_id_of(r, merger.key))
+                for i, r, b in batch
+            ]
             now = {
                 i: bytes.fromhex(request_hash(b.request))
                 for i, _, b, _ in keyed
                 if b is not None and b.request is not None
             }
-            rows = answers.index.get(list(set(now.values())))
-            for index, record, _, cid in keyed:
-                was = sent.get(cid) if cid is not None else None
-                if index not in now or (was is None and cid in skipped):
-                    # Not selected, or skipped (for a field, or its image): untouched, unless
-                    # its request was sent: then the record changed since.
-                    if index not in now and was is not None:
-                        changed.add(index, cid)
-                    writer.write(record)
-                    continue
-                if was != now[index]:  # edited, added or newly selected: never answered
+            verdicts = sent.verdicts(keyed, now)
+            rows = answers.index.get([v for v in set(verdicts) if isinstance(v, bytes)])
+            for (index, record, _, cid), verdict in zip(keyed, verdicts, strict=True):
+                if verdict == CHANGED:
                     changed.add(index, cid)
                     continue
-                assert cid is not None
-                row = rows.get(was)
+                if verdict == UNTOUCHED:
+                    writer.write(record)
+                    continue
+                assert cid is not None and isinstance(verdict, bytes)
+                row = rows.get(verdict)
                 try:
                     if row is None:
                         raise ValueError("no_result", "no result came back for this request")
@@ -256,6 +361,7 @@ def merge(
                     errors.write(dumps(error_row(cid, index, code, message, row)) + "\n")
                     done.failed[code] += 1
                 writer.write(record)
+        sent.finish()
         changed.check(input_path)  # before either file is committed: nothing is written
         writer.close()
     return done

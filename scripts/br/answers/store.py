@@ -107,6 +107,13 @@ def answers_dir(path: Path) -> StepDir:
     return step
 
 
+UPSERT = (
+    "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
+    "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
+    "(excluded.ok, excluded.n) >= (ans.ok, ans.n)"
+)
+
+
 class Index:
     """Per request hash, the row that stands (see `rank`), in an SQLite table of `db` (one
     row per request whatever the number of attempts: memory stays flat)."""
@@ -117,12 +124,18 @@ class Index:
 
     def add(self, found: Iterable[Row]) -> None:
         # Ties (the same rank) go to the row read last: in name order, as `rows` reads them.
-        self.db.executemany(
-            "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
-            "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
-            "(excluded.ok, excluded.n) >= (ans.ok, ans.n)",
-            ((bytes.fromhex(r["hash"]), *rank(r), dumps(r)) for r in found),
-        )
+        self.db.executemany(UPSERT, ((bytes.fromhex(r["hash"]), *rank(r), dumps(r)) for r in found))
+
+    def add_files(self, paths: Iterable[Path]) -> None:
+        """`add` of every row of these files (answer_files' name order), each line decoded once
+        for its hash and rank and kept as it is (no encoding again)."""
+
+        def found() -> Iterator[tuple[bytes, bool, int, str]]:
+            for path in paths:
+                for line, row in journal.row_lines(path):
+                    yield bytes.fromhex(row["hash"]), *rank(row), line
+
+        self.db.executemany(UPSERT, found())
 
     def get(self, hashes: list[bytes]) -> dict[bytes, Row]:
         """The standing row of each of these request hashes that has one."""

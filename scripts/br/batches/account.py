@@ -14,9 +14,9 @@ from typing import Any
 from br.batches.openai import META_STEP
 from br.batches.provider import IN_FLIGHT, NotFound, Provider
 from br.cli import UserError
+from br.config import compile_jq
 from br.files import write_text
 from br.layout import StepDir, chunk_id
-from br.prompts.build import compile_jq
 
 
 def when(ts: int | str | None) -> str:

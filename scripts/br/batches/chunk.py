@@ -22,7 +22,11 @@ poll; ended.py: what an ended batch means):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import pickle
+import tempfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,11 @@ from br.records import BOM, iter_jsonl
 
 @dataclass(frozen=True)
 class ChunkInfo:
-    """One batch's input file: identity, model, endpoint, tokens, and its requests in order."""
+    """One batch's input file: identity, model, endpoint, tokens, and its requests in order.
+
+    Kept small, as every chunk in flight holds one: a request is its custom_id, its tokens in
+    an array and its hash as 32 bytes of one string (about 100 bytes, not 300 in a dict).
+    """
 
     path: Path
     sha: str
@@ -45,8 +53,34 @@ class ChunkInfo:
     tokens: int
     endpoint: str = ENDPOINT
     ids: tuple[Any, ...] = ()  # each request line's custom_id
-    costs: tuple[int, ...] = ()  # each request line's estimated tokens
-    hashes: dict[Any, str] = field(default_factory=dict)  # custom_id -> request hash
+    costs: array[int] = field(default_factory=lambda: array("Q"))  # each line's tokens
+    digests: bytes = b""  # each line's request hash (sha256: 32 bytes), in line order
+    slim: bool = False  # its requests let go (`Chunk.slim`): `full()` has them back
+    spilled: tuple[Spill, int, int] | None = None  # where they are kept meanwhile
+
+    def full(self) -> ChunkInfo:
+        """With its requests: itself, or (slim) them back from the spill file, else (never
+        spilled) from its file read again (the same bytes)."""
+        if not self.slim:
+            return self
+        if self.spilled is not None:
+            spill, at, size = self.spilled
+            ids, costs, digests = spill.get(at, size)
+            return ChunkInfo(
+                self.path, self.sha, self.model, self.tokens, self.endpoint, ids, costs, digests
+            )
+        again = chunk_info(self.path)
+        if again.sha != self.sha:
+            raise UserError(
+                f"{self.path} changed while its batch ran; put it back (or delete it and rerun "
+                "make to split again: the batch's answers are kept)"
+            )
+        return again
+
+    def hashes(self) -> Iterator[tuple[Any, str]]:
+        """(custom_id, request hash in hex) of each line, in order."""
+        for i, cid in enumerate(self.ids):
+            yield cid, self.digests[32 * i : 32 * i + 32].hex()
 
     def subset(self, path: Path, wanted: set[str]) -> ChunkInfo:
         """The follow-up attempt sending the requests of `wanted`: their lines of this file,
@@ -71,19 +105,20 @@ class ChunkInfo:
             sum(self.costs[i] for i in order),
             self.endpoint,
             tuple(self.ids[i] for i in order),
-            tuple(self.costs[i] for i in order),
-            {self.ids[i]: self.hashes[self.ids[i]] for i in order},
+            array("Q", (self.costs[i] for i in order)),
+            b"".join(self.digests[32 * i : 32 * i + 32] for i in order),
         )
 
 
 def chunk_info(path: Path) -> ChunkInfo:
     """Read a chunk file (once): one model and one endpoint, or one line saying which."""
-    ids, costs, hashes, models, urls = [], [], {}, set(), set()
+    ids: list[Any] = []
+    costs, digests, models, urls = array("Q"), bytearray(), set(), set()
     for request in iter_jsonl(path):
         cid, sha, model, url, tokens = line_identity(request)  # whoever's line it is
         ids.append(cid)
         costs.append(tokens)
-        hashes[cid] = sha
+        digests += bytes.fromhex(sha)
         models.add(model)
         urls.add(url)
     if len(models) != 1:
@@ -97,9 +132,29 @@ def chunk_info(path: Path) -> ChunkInfo:
         sum(costs),
         urls.pop(),
         tuple(ids),
-        tuple(costs),
-        hashes,
+        costs,
+        bytes(digests),
     )
+
+
+class Spill:
+    """The requests of chunks in flight let go of (`Chunk.slim`), in one temporary file of
+    the process (gone when it ends): read back when their batch ends, instead of reading and
+    hashing the chunk again. The file only grows; a run's is about 100 bytes a request."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the run)
+
+    def put(self, info: ChunkInfo) -> tuple[Spill, int, int]:
+        blob = pickle.dumps((info.ids, info.costs, info.digests), pickle.HIGHEST_PROTOCOL)
+        at = self.file.seek(0, 2)
+        self.file.write(blob)
+        return self, at, len(blob)
+
+    def get(self, at: int, size: int) -> tuple[tuple[Any, ...], array[int], bytes]:
+        self.file.seek(at)
+        ids, costs, digests = pickle.loads(self.file.read(size))
+        return ids, costs, digests
 
 
 # ----------------------------------------------------------------------------- states
@@ -166,6 +221,23 @@ class Chunk:
         if self.attempt not in self.attempts:
             self.attempts[self.attempt] = chunk_info(self.path)  # only attempt 0 is read
         return self.attempts[self.attempt]
+
+    def slim(self, spill: Spill | None = None) -> None:
+        """Each attempt's identity and tokens kept, its requests let go: once Done (dropped),
+        or while in flight beyond the engine's HOLD (to `spill`, read back when it ends)."""
+        for k, i in self.attempts.items():
+            if not i.slim:
+                kept = spill.put(i) if spill is not None else None
+                self.attempts[k] = ChunkInfo(
+                    i.path, i.sha, i.model, i.tokens, i.endpoint, slim=True, spilled=kept
+                )
+            elif spill is None:  # done: what was spilled is not needed again
+                self.attempts[k] = replace(i, spilled=None)
+
+    @property
+    def requests(self) -> int:
+        """Requests held in memory for it."""
+        return sum(len(i.ids) for i in self.attempts.values())
 
     @property
     def flight(self) -> InFlight:

@@ -101,9 +101,9 @@ def acknowledged(engine: Engine, chunk: Chunk, batch: Batch) -> bool:
 
 
 def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
-    info = chunk.info
+    info = chunk.info.full()  # let go while in flight (Engine.HOLD): read back
     try:
-        rows = collect(engine.provider, batch, set(info.hashes), chunk.attempt, chunk.tried_unknown)
+        rows = collect(engine.provider, batch, set(info.ids), chunk.attempt, chunk.tried_unknown)
     except NotFound:
         lost(engine, chunk, batch)
         return
@@ -112,9 +112,11 @@ def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
             f"{info.path.name}: cancelled batch {batch.id} left no output file; its requests "
             "will be sent again"
         )
-    kept = [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in info.hashes.items()]
+    kept = [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in info.hashes()]
     write_jsonl(engine.step.answers_file(info.sha, chunk.attempt), kept)
-    engine.ledger.record("fetched", batch_id=batch.id)
+    engine.ledger.record("fetched", batch_id=batch.id, durable=False)
+    if not chunk.earlier:
+        engine.fetched(info, chunk.attempt, batch.id)
     after_rows(engine, chunk, {r["custom_id"]: r for r in kept})
 
 
@@ -142,6 +144,7 @@ def after_rows(engine: Engine, chunk: Chunk, rows: dict[str, dict[str, Any]]) ->
     """The rows of one attempt are in answers/: retry what may succeed, or finish."""
     if chunk.earlier:
         chunk.state = Done()
+        chunk.slim()
         return
     for cid, row in rows.items():
         if row["error"] and row["error"]["code"] == UNKNOWN:
@@ -149,7 +152,7 @@ def after_rows(engine: Engine, chunk: Chunk, rows: dict[str, dict[str, Any]]) ->
     again = {c for c, r in rows.items() if r["outcome"] != "succeeded" and r["retryable"]}
     if again and chunk.attempt < engine.retries:
         path = engine.step.retry(chunk.nnn, chunk.attempt + 1)
-        retry = chunk.attempts[0].subset(path, again)
+        retry = chunk.attempts[0].full().subset(path, again)
         chunk.attempt += 1
         chunk.attempts[chunk.attempt] = retry
         note(f"{path.name}: retrying {len(again)} request(s), attempt {chunk.attempt + 1}")
@@ -161,7 +164,7 @@ def after_rows(engine: Engine, chunk: Chunk, rows: dict[str, dict[str, Any]]) ->
 def finalise(engine: Engine, chunk: Chunk, last: dict[str, dict[str, Any]]) -> None:
     """results_NNN.jsonl: for each request, its row from the last attempt that sent it
     (with one attempt, the rows just fetched, in the chunk's order: nothing read again)."""
-    first = chunk.attempts[0]
+    first = chunk.attempts[0] if chunk.attempt == 0 else chunk.attempts[0].full()
     if chunk.attempt == 0:
         rows = list(last.values())
     else:
@@ -175,6 +178,7 @@ def finalise(engine: Engine, chunk: Chunk, last: dict[str, dict[str, Any]]) -> N
     bad = sum(r["outcome"] != "succeeded" for r in rows)
     note(f"{results}: {len(rows) - bad} succeeded, {bad} failed")
     chunk.state = Done()
+    chunk.slim()  # its requests are not needed again: memory follows what is in flight
 
 
 def write_results(rows: list[dict[str, Any]], results: Path, same: Path | None) -> None:

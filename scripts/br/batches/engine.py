@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from br.batches import ended
-from br.batches.chunk import Chunk, Done, InFlight, Queued, Stopped, Waiting
+from br.batches.chunk import Chunk, ChunkInfo, Done, InFlight, Queued, Spill, Stopped, Waiting
 from br.batches.ledger import Ledger
-from br.batches.machine import Budget, ended_on_server
+from br.batches.machine import Budget, ChunkIndex, ended_on_server
 from br.batches.polling import Progress, deadline, interval, next_poll
 from br.batches.provider import TERMINAL, Batch, Provider, Unlistable
 from br.batches.submission import Submitter
@@ -38,6 +38,10 @@ from br.files import write_text
 from br.layout import StepDir
 
 PATIENCE = 10  # failed polls in a row before giving up
+# Requests of the chunks in flight held in memory (about 100 bytes each): beyond this, a chunk
+# in flight lets its requests go to a temporary file (chunk.Spill) until its batch ends, so
+# memory stays flat in the number of chunks, and each chunk is still read once.
+HOLD = 20_000
 
 
 class Engine:
@@ -61,6 +65,8 @@ class Engine:
         self.can_list = True
         self.started = time.time()
         self._ended: Callable[[str], bool] | None = None
+        self.spill: Spill | None = None  # requests of chunks in flight beyond HOLD
+        self.index: ChunkIndex | None = None  # once a batch was fetched: marked, then swept
 
     def budget(self, model: str) -> int | None:
         return self.token_budget or self.config.token_budget(model)
@@ -114,6 +120,9 @@ class Engine:
         known = batch is not None or batch_id in self.submitter.created
         next_at = time.time() + (interval(0) if known else 0.0)
         chunk.state = InFlight(batch_id, batch, next_at, reserved=reserved)
+        if sum(c.requests for c in self.in_flight()) > HOLD:
+            self.spill = self.spill or Spill()
+            chunk.slim(self.spill)
 
     def drained(self, chunk: Chunk) -> bool:
         """After a token-limit failure: has one of ours in flight ended since?"""
@@ -153,6 +162,11 @@ class Engine:
                 batch_id = self.submitter.batch_id(info, chunk.attempt, self.id_file(chunk))
                 room.reserve(batch_id, info.tokens)
             self.fly(chunk, batch_id, reserved=True)
+
+    def fetched(self, info: ChunkInfo, attempt: int, batch_id: str) -> None:
+        """Its rows are in answers/: the machine's index may forget it (machine.FORGET)."""
+        self.index = self.index or ChunkIndex(self.provider.where)
+        self.index.fetched(info.sha, attempt, batch_id)
 
     def ended_on_server(self, batch_id: str) -> bool:
         if self._ended is None:
@@ -231,7 +245,7 @@ class Engine:
             flight.done_seen = counts.completed + counts.failed if counts else -1
             return
         if self.ledger.ended.get(batch.id) != batch.status:
-            self.ledger.record("ended", batch_id=batch.id, status=batch.status)
+            self.ledger.record("ended", batch_id=batch.id, status=batch.status, durable=False)
         if not chunk.earlier:
             Budget(self.provider.where, chunk.info.model).release(batch.id)
         flight.reserved = False
@@ -275,6 +289,8 @@ class Engine:
             if progress:
                 self.report(progress)
                 progress.close()
+        if self.index is not None:
+            self.index.sweep()  # at most once a day: entries fetched long ago are forgotten
         return self.stopped()
 
     def report(self, progress: Progress) -> None:

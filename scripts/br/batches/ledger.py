@@ -2,7 +2,12 @@
 call and answered after, so a rerun asks the server only about what it does not know.
 
 `build/<input>/<step>/ledger.jsonl` is append-only, one JSON object a line, each line written
-with one `write` and fsynced before the call it announces:
+with one `write`; an intent is fsynced before the call it announces, and an answer (an upload
+or create done, ended, fetched) is fsynced with the next intent (`durable=False`): the next
+fsync of the file carries every line written before it, so a line is never durable ahead of
+an earlier one. A kill loses nothing written; a power cut may lose answers after the last
+intent, which leaves that intent unanswered: the rerun reads the list back to its moment (or
+the machine's index names the batch), as after any lost answer, and nothing is paid twice.
 
     {"at": t, "op": "upload", "phase": "intent", "sha": S, "chunk": name, "filename": f, "bytes": n}
     {"at": t, "op": "upload", "phase": "done", "sha": S, "file_id": id}
@@ -111,8 +116,9 @@ class Ledger:
             deleted = set(e.get("files") or [])
             self.uploads = {s: f for s, f in self.uploads.items() if f not in deleted}
 
-    def record(self, op: str, **fields: Any) -> None:
-        """Append one entry, durably, before the call it announces returns to the caller."""
+    def record(self, op: str, durable: bool = True, **fields: Any) -> None:
+        """Append one entry; `durable`: fsynced before this returns (an intent, before the
+        call it announces), else with the next durable entry (see the top)."""
         entry = {"at": round(time.time(), 3), "op": op, **fields}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -122,7 +128,8 @@ class Ledger:
             # would join the torn one and both would be unreadable.
             torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
             os.write(fd, ("\n" if torn else "").encode() + (dumps(entry) + "\n").encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         self._apply(entry)

@@ -10,6 +10,12 @@ base URL:
   after build/ was deleted finds its batches here without reading the account. It keeps the
   moment of a create sent and never answered too, so the walk back through the batch list to
   that moment (submission.py) holds after build/, and the ledger with it, was deleted.
+  An entry is forgotten (both files removed, `ChunkIndex.sweep`, at most once a day) once its
+  batch's rows reached answers/ (`fetched_at`) and FORGET (30 days) after it was made: by
+  then the server has deleted the batch's output (OpenAI 30 days after it completed,
+  Anthropic 29 days after it was created), so the entry could only say the results are gone.
+  A rerun after deleting build/ that late sends the chunk again, as a new job would. An entry
+  never fetched, or whose create has no answer (`intent_at`), is kept.
 - `inflight/<model>/<batch id>.json` (+ `<model>.lock`): the estimated tokens of each batch in
   flight, for the token budget shared by parallel runs. A reservation is dropped when a run
   sees its batch end; one left by a run that died is checked on the server (one call) when it
@@ -34,6 +40,8 @@ from br.batches.provider import IN_FLIGHT, Provider
 from br.files import write_text
 
 WINDOW = 86400 + 3600  # a batch's 24-hour completion window, and an hour of slack
+FORGET = 30 * 86400 + WINDOW  # a fetched entry this old is forgotten (see the top)
+SWEEP_EVERY = 86400  # the index is swept at most once a day
 
 
 def state_dir(base_url: str) -> Path:
@@ -59,8 +67,7 @@ class ChunkIndex:
     @contextlib.contextmanager
     def locked(self, sha: str, attempt: int) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / f"{self.key(sha, attempt)}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with hold(self.dir / f"{self.key(sha, attempt)}.lock"):
             yield
 
     def read(self, sha: str, attempt: int) -> dict[str, Any]:
@@ -100,6 +107,73 @@ class ChunkIndex:
         if batch_id is None and intent_at:
             data["intent_at"] = intent_at
         write_text(self.dir / f"{self.key(sha, attempt)}.json", json.dumps(data) + "\n")
+
+    def fetched(self, sha: str, attempt: int, batch_id: str) -> None:
+        """The batch's rows are in answers/: the entry may be forgotten after FORGET."""
+        data = self.read(sha, attempt)
+        if data.get("batch") == batch_id and "fetched_at" not in data:
+            data["fetched_at"] = round(time.time())
+            write_text(self.dir / f"{self.key(sha, attempt)}.json", json.dumps(data) + "\n")
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget the entries fetched and older than FORGET (at most once a day; `now` given:
+        at once); how many were forgotten."""
+        stamp = self.dir / ".swept"
+        if now is None:
+            now = time.time()
+            with contextlib.suppress(FileNotFoundError):
+                if now - stamp.stat().st_mtime < SWEEP_EVERY:
+                    return 0
+        if not self.dir.is_dir():
+            return 0
+        forgotten = 0
+        for path in self.dir.glob("*.json"):
+            if forgettable(path, now):
+                with hold(path.with_suffix(".lock"), remove=True):
+                    if forgettable(path, now):  # read again under the lock
+                        path.unlink(missing_ok=True)
+                        forgotten += 1
+        stamp.touch()
+        os.utime(stamp, (now, now))
+        return forgotten
+
+
+def forgettable(path: Path, now: float) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    at, fetched = data.get("at"), data.get("fetched_at")
+    return (
+        isinstance(data.get("batch"), str)
+        and isinstance(at, (int, float))
+        and isinstance(fetched, (int, float))
+        and now - at > FORGET
+    )
+
+
+@contextlib.contextmanager
+def hold(path: Path, remove: bool = False) -> Iterator[None]:
+    """An exclusive flock on `path`, on the file that is at `path` when it is held (one removed
+    by a sweep while we waited is opened again); `remove`: the file is removed before it is
+    let go, so whoever waited on it opens a new one."""
+    while True:
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue
+            try:
+                yield
+            finally:
+                if remove:
+                    path.unlink(missing_ok=True)
+            return
 
 
 class Budget:

@@ -246,7 +246,7 @@ class Submitter:
         if batch_id not in self.ledger.chunk_of:
             self.ledger.record(
                 "create", phase="done", sha=chunk.sha, attempt=attempt, batch_id=batch_id,
-                chunk=chunk.path.name, how=how, **self.noted,
+                chunk=chunk.path.name, how=how, durable=False, **self.noted,
             )  # fmt: skip
         self.index.put(chunk.sha, attempt, batch_id)
         return batch_id
@@ -305,7 +305,7 @@ class Submitter:
                 lambda: find_upload(self.provider, filename, size, started),
                 f"uploading {chunk.path.name}",
             )
-        ledger.record("upload", phase="done", sha=sha, file_id=found)
+        ledger.record("upload", phase="done", sha=sha, file_id=found, durable=False)
         return found
 
     def create(self, chunk: ChunkInfo, attempt: int) -> str:

@@ -59,14 +59,21 @@ with open(out, "w") as f:
 """
 
 
-def floor(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    n, per_batch = args.floor_n, args.floor_max_requests
-    data = write_dataset(work / f"floor{n}.json", n)
+def floor(
+    args: argparse.Namespace,
+    work: Path,
+    n: int | None = None,
+    per_batch: int | None = None,
+    name: str = "floor",
+) -> dict[str, Any]:
+    n = args.floor_n if n is None else n
+    per_batch = args.floor_max_requests if per_batch is None else per_batch
+    data = write_dataset(work / f"{name}{n}.json", n)
     script = work / "handwritten.py"
     script.write_text(HANDWRITTEN)
-    out = work / "handwritten.json"
-    with Emulator(work / "emulator-floor", "--processing-seconds", "0") as emulator:
-        job = Job(work, "floor", data, emulator, per_batch)
+    out = work / f"handwritten-{name}.json"
+    with Emulator(work / f"emulator-{name}", "--processing-seconds", "0") as emulator:
+        job = Job(work, name, data, emulator, per_batch)
         env = job.environment()
         hand = timed(
             [
@@ -78,7 +85,7 @@ def floor(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 str(per_batch),
             ],
             env,
-            work / "handwritten.log",
+            work / f"handwritten-{name}.log",
         )
         hand_calls = emulator.calls()
         emulator.admin("reset_stats", {})

@@ -15,6 +15,7 @@ from br.batches.chunk import chunk_info
 from br.batches.polling import interval
 from br.bench.data import write_dataset
 from br.bench.floor import floor
+from br.bench.live import live, small
 from br.bench.runs import Emulator, Job, count_lines, stage
 from br.cli import UserError, note
 from br.layout import StepDir
@@ -207,7 +208,14 @@ def polling(duration: float = 86400.0) -> dict[str, Any]:
     }
 
 
-PARTS = {"floor": floor, "growth": growth, "calls": api_calls, "queue": queue}
+PARTS = {
+    "floor": floor,
+    "small": small,
+    "live": live,
+    "growth": growth,
+    "calls": api_calls,
+    "queue": queue,
+}
 
 
 def measure(args: argparse.Namespace, work: Path, parts: set[str]) -> dict[str, Any]:

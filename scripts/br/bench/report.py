@@ -19,6 +19,16 @@ MEANING = {
         "beside a real batch's minutes to hours that is noise. Both must give the same answer "
         "for every record."
     ),
+    "small": (
+        "What it means: on a small job the fixed cost of a run shows: each of make's processes "
+        "pays its own start-up (issue 25's target: no more CPU than the leanest batch tool, "
+        "whose CPU is about the hand-written job's)."
+    ),
+    "live": (
+        "What it means: the synchronous path keeps CONCURRENCY calls in flight; the ratio is "
+        "its requests/s against CONCURRENCY / latency (1.00x: never a slot idle), the rest is "
+        "start-up, the split and the merge around it. No batch is created."
+    ),
     "growth": (
         "What it means: every stage streams, for a JSON list as for JSONL, so memory is flat "
         f"in the dataset's size (target: every process under {RSS_TARGET_MB} MB; reference, "
@@ -58,42 +68,60 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def floor_lines(part: str, fl: dict[str, Any]) -> list[str]:
+    """The floor's table (or the small job's): `make caption` against the hand-written job."""
+    h, m = fl["handwritten"], fl["make"]
+    lines = [
+        "",
+        f"**{part.capitalize()}**: {fl['n']:,} records (a JSON list), {fl['chunks']} chunk(s) of "
+        f"{fl['max_requests']}, instant emulator. Hand-written: one Python process with the "
+        "openai SDK (build, upload, create, poll every 1 s, download, merge). CPU: user+sys "
+        "of every process.",
+        "",
+    ]
+    lines += table(
+        ["run", "wall s", "CPU s", "CPU s per 1M records", "peak RSS MB", "vs hand-written"],
+        [
+            ["hand-written, one process", f"{h['wall']:.1f}", f"{h['cpu']:.2f}",
+             f"{h['cpu_per_million']:.0f}", f"{h['rss_mb']:.0f}", "1x"],
+            ["`make caption`", f"{m['wall']:.1f}", f"{m['cpu']:.2f}",
+             f"{m['cpu_per_million']:.0f}", f"{m['peak_mb']:.0f}",
+             f"{fl['ratio']:.2f}x wall, {fl['cpu_ratio']:.2f}x CPU"],
+        ],
+    )  # fmt: skip
+    scripts = ", ".join(
+        f"{s.removesuffix('.py')} {v['wall']:.2f} / {v['cpu']:.2f}" for s, v in m["scripts"].items()
+    )
+    return lines + [
+        "",
+        f"Same answers in both: {'yes' if fl['same_answers'] else 'NO'}. make's scripts, "
+        f"wall / CPU s: {scripts}.",
+        "",
+        MEANING[part],
+    ]
+
+
 def report(f: dict[str, Any]) -> str:
     load = f["load"]
     lines = [
         f"`{f['command']}`, {f['date']}, {os.cpu_count()} CPUs, load average {load[0]:.1f} "
         f"at the start, {load[1]:.1f} at the end; {f['seconds']:.0f} s in all.",
     ]
-    if fl := f.get("floor"):
-        h, m = fl["handwritten"], fl["make"]
+    for part in ("floor", "small"):
+        if fl := f.get(part):
+            lines += floor_lines(part, fl)
+    if lv := f.get("live"):
         lines += [
             "",
-            f"**Floor**: {fl['n']:,} records (a JSON list), {fl['chunks']} chunks of "
-            f"{fl['max_requests']}, instant emulator. Hand-written: one Python process with the "
-            "openai SDK (build, upload, create, poll every 1 s, download, merge). CPU: user+sys "
-            "of every process.",
+            f"**Live** (MODE=live): {lv['n']:,} records, CONCURRENCY={lv['concurrency']}, each "
+            f"call {lv['latency']:g} s on the emulator; run_live {lv['live_wall']:.1f} s wall, "
+            f"{lv['live_cpu']:.1f} s CPU: {lv['per_second']:.1f} requests/s against the ideal "
+            f"{lv['ideal_per_second']:.1f} (CONCURRENCY / latency), {lv['ratio']:.2f}x; "
+            f"{lv['live_calls']} live calls, {lv['batches']} batches; the whole `make caption` "
+            f"{lv['wall']:.1f} s wall, {lv['cpu']:.1f} s CPU, peak {lv['peak_mb']:.0f} MB.",
             "",
+            MEANING["live"],
         ]
-        lines += table(
-            ["run", "wall s", "CPU s", "CPU s per 1M records", "peak RSS MB", "vs hand-written"],
-            [
-                ["hand-written, one process", f"{h['wall']:.1f}", f"{h['cpu']:.1f}",
-                 f"{h['cpu_per_million']:.0f}", f"{h['rss_mb']:.0f}", "1x"],
-                ["`make caption`", f"{m['wall']:.1f}", f"{m['cpu']:.1f}",
-                 f"{m['cpu_per_million']:.0f}", f"{m['peak_mb']:.0f}",
-                 f"{fl['ratio']:.1f}x wall, {fl['cpu_ratio']:.1f}x CPU"],
-            ],
-        )  # fmt: skip
-        scripts = ", ".join(
-            f"{s.removesuffix('.py')} {v['wall']:.1f}" for s, v in m["scripts"].items()
-        )
-        lines += [
-            "",
-            f"Same answers in both: {'yes' if fl['same_answers'] else 'NO'}. make's scripts, "
-            f"wall s: {scripts}.",
-        ]
-    if fl:
-        lines += ["", MEANING["floor"]]
     for g in f.get("growth") or []:
         n = g["n"]
         lines += [

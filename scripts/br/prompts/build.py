@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from br.config import Step, compile_jq
 from br.digests import DigestSet
@@ -34,7 +34,6 @@ from br.prompts.endpoints import request_body
 from br.prompts.images.cache import LocalImages
 from br.prompts.images.formats import ImageSkip
 from br.prompts.images.identity import MARKER, materialised_size
-from br.prompts.preflight import Preflight, remote_url
 from br.prompts.request_images import image_arguments, step_images
 from br.prompts.templates import (
     DataKeyError,
@@ -43,8 +42,11 @@ from br.prompts.templates import (
     jq_first,
     key_function,
 )
-from br.prompts.tokens import estimate_tokens
+from br.prompts.tokens import estimate_tokens, is_gemini
 from br.records import dumps
+
+if TYPE_CHECKING:  # the preflight (http.client, threads) is loaded only by a run that checks
+    from br.prompts.preflight import Preflight
 
 # The request builder's face: other rooms and the original tool import these from here.
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "step_images",
 ]
 
+IMAGE_TOKENS_AT_MOST = 1600  # one image's tokens by tokens.py, Gemini aside (see Oversized)
 MAX_CONSECUTIVE_MISSING = 5  # the original tool's rule: five in a row means the prompt is wrong
 QUESTION_DEFAULTS = {"dialog_history": "", "cleaned_caption": ""}
 
@@ -168,14 +171,16 @@ def step_requests(
     response_key: str | None = None,
     warn: Callable[[str], None] = note,
     every: bool = False,
+    window: bool = True,
 ) -> Iterator[tuple[Built, str | None]]:
     """Every record built (build_requests) and, with `checker`, its image URL preflighted:
     (built, why it is skipped for its image) in order."""
-    builts = build_requests(records, step, data_key, response_key, warn, every, local)
+    builts = build_requests(records, step, data_key, response_key, warn, every, local, window)
     if checker is None:
         for built in builts:
             yield built, built.reason
         return
+    from br.prompts.preflight import remote_url
 
     def url_of(built: Built) -> str | None:
         return remote_url(built.request) if built.request is not None else None
@@ -218,10 +223,22 @@ def inline_size_reason(line: str, limit: int = MAX_FILE_BYTES) -> str | None:
 
 
 class Oversized:
-    """Requests over the model's context window (a warning) or the per-file limit (an error)."""
+    """Requests over the model's context window (a warning) or the per-file limit (an error).
 
-    def __init__(self, step: Step) -> None:
+    `window` False: no token estimate at all (the merge, which says no warning). Nor is a
+    request whose bound fits the window: every rule in tokens.py counts a body at most one
+    token per character of its JSON (a token per 4 characters of text, 4 per message of at
+    least 14 characters), plus its image: a step has one image field, and one image is at
+    most IMAGE_TOKENS_AT_MOST (Claude's cap 1,568; OpenAI's high detail 85 + 8 tiles x 170 =
+    1,445). Gemini's tiles have no such cap: a Gemini step with an image is always estimated.
+    """
+
+    def __init__(self, step: Step, window: bool = True, images: bool = True) -> None:
         self.step = step
+        self.window = step.context_window if window else None
+        self.image_bound = IMAGE_TOKENS_AT_MOST if images else 0
+        if images and is_gemini(step.model):
+            self.image_bound = None
         self.count = 0
         self.largest: tuple[int, str] = (0, "")  # (estimated tokens, custom_id)
 
@@ -233,8 +250,8 @@ class Oversized:
                 f"{len(line.encode()) / 1e6:,.0f} MB, over the Batch API's 200 MB limit for a "
                 "whole input file; shorten that record or leave it out"
             )
-        window = self.step.context_window
-        if window is None:
+        window, image = self.window, self.image_bound
+        if window is None or (image is not None and len(line) + image <= window):
             return
         assert built.request is not None
         tokens = estimate_tokens(built.request["body"], built.request["url"])
@@ -263,6 +280,7 @@ def build_requests(
     warn: Callable[[str], None] = note,
     every: bool = False,
     local: LocalImages | None = None,
+    window: bool = True,
 ) -> Iterator[Built]:
     """Every selected record, built or skipped, after checking data keys and the missing rule.
 
@@ -272,12 +290,13 @@ def build_requests(
     `warn` prints the warnings (the merge, which builds the requests again, passes one that
     keeps them quiet: make_requests said them already), `every` yields the records `where:`
     leaves out too (selected=False), one Built a record, and `local` resolves the images
-    (without it an image field's value is sent as it is: the original tool's way).
+    (without it an image field's value is sent as it is: the original tool's way); `window`
+    False skips the context-window estimate (the merge, whose warnings are quiet).
     """
     builder = RequestBuilder(step, data_key, local)
     for warning in builder.warnings:
         warn(warning)
-    oversized = Oversized(step)
+    oversized = Oversized(step, window, images=builder.image is not None)
     duplicates: dict[str, int] = {}  # the first few duplicated keys, with their counts
     repeated = 0  # every record whose key came before
     no_key: list[int] = []

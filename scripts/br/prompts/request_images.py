@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from br.config import Step
 from br.prompts.images.cache import LocalImages
 from br.prompts.images.formats import ImageOptions
-from br.prompts.preflight import Preflight
+
+if TYPE_CHECKING:  # loaded only when a run checks image URLs (http.client, threads)
+    from br.prompts.preflight import Preflight
 
 
 def image_arguments(parser: Any) -> None:
@@ -41,6 +43,8 @@ def step_images(
     local = LocalImages(root, ImageOptions.from_step(step), cache, field, read_only)
     checker = None
     if args.preflight_cache is not None:
+        from br.prompts.preflight import Preflight
+
         # read_only (make plan): the cache's verdicts only; nothing is checked or saved.
         checker = Preflight(args.preflight_cache, field, args.preflight_timeout, offline=read_only)
     return local, checker

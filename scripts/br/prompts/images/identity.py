@@ -31,17 +31,17 @@ MARKER = "br-image:"
 MARKER_IN_JSON = re.compile(r'"br-image:[0-9a-f]{64}:[^"\\]*(?:\\.[^"\\]*)*"')
 
 
+# json.dumps(sort_keys=True, separators=(",", ":")), its encoder made once, not per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def request_hash(request: dict[str, Any]) -> str:
     """Identity of a request for reuse: its url and body, not its custom_id.
 
     An inline or local image counts by the sha256 of its bytes (`canonical_body`), so the
     reference in requests.jsonl and the data URL in its chunk hash alike.
     """
-    canonical = json.dumps(
-        [request.get("url"), canonical_body(request.get("body"))],
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    canonical = _CANONICAL([request.get("url"), canonical_body(request.get("body"))])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
