@@ -201,17 +201,18 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
 # first, by every recipe that uploads, so a run over the cap stops before its first upload; and
 # so is OUTPUT, which is written only after the batches are paid.
 CHECK_OUTPUT = $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --writable
-CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
+COST = $(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
   --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST)) --mode $(call q,$(MODE))
+CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(COST)
 # MODE=live or flex (or the config's mode:): the same files through the synchronous API
 # (run_live.py), CONCURRENCY requests at once; it creates no batch.
 RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --mode $(call q,$(MODE)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET)))
+# The cost check prints the step's mode (one process for both).
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
-	$(CHECK_COST)
-	@mode=$$($(RUN_LIVE) --print-mode); if [ "$$mode" = batch ]; then set -x; \
+	@$(if $(OUTPUT),$(CHECK_OUTPUT) && )mode=$$($(COST) --print-mode) && if [ "$$mode" = batch ]; then set -x; \
 	  $(RUN_BATCHES) -o $(call q,$@); else set -x; \
 	  $(RUN_LIVE) --concurrency $(call q,$(CONCURRENCY)) --retries $(call q,$(RETRIES)) -o $(call q,$@); fi
 
@@ -358,7 +359,7 @@ demo-providers: | $(VENV_OK)
 .PHONY: test
 ## test          lint, then the test suite (real make, scripts, HTTP and SDK against the emulator)
 test: lint | $(VENV_OK)
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 .PHONY: lint
 ## lint          ruff check and ruff format --check

@@ -28,7 +28,7 @@ from pathlib import Path
 from br.batches.providers import line_identity, provider_for, reshapes
 from br.config import Config, load_config
 from br.limits import DEFAULT_MAX_BYTES
-from br.live.modes import mode_of
+from br.live.modes import check_flex, mode_of
 from br.prices import at_mode, check_cost
 from br.prompts.plan import Lines, make_plan, render, sent_plan, summary
 from br.prompts.request_images import image_arguments, step_images
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the cost check only, from this built requests.jsonl (less --answers): one line",
     )
     parser.add_argument("--mode", default="", help="MODE: batch, live or flex (its prices)")
+    parser.add_argument(
+        "--print-mode", action="store_true", help="with --requests: then print the step's mode"
+    )
     image_arguments(parser)
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -75,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     mode = mode_of(config, args.step, args.mode)  # a live run is priced at live prices
     if args.requests is not None:
         # The check before the first upload (make caption): cheap, no API, nothing printed to
-        # stdout; without a cap there is nothing to check.
+        # stdout but the mode (--print-mode); without a cap there is nothing to check.
         if cap is not None:
             if not args.requests.exists():
                 raise UserError(f"{args.requests} does not exist; run make caption to build it")
             plan = sent_plan(args.requests, args.answers, sent)
             note(check_cost(at_mode(summary(plan, config, ""), mode), cap))
+        if args.print_mode:  # make caption: batch (run_batches.py), or live / flex (run_live.py)
+            if mode == "flex":
+                step = config.step(args.step)
+                check_flex(step.model, step.endpoint)
+            print(mode)
         return 0
     # The image index and cache are read, never written; the preflight checks URLs (image
     # hosts, not the API) but saves nothing.

@@ -27,7 +27,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from br.config import load_config
 from br.files import atomic_output, check_target, sha256_file, write_text
 
 
@@ -76,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lines = list(args.lines)
     if args.provider:
+        from br.config import load_config  # only the split's stamp reads the config
+
         config, step = args.provider
         lines.append(f"PROVIDER={load_config(Path(config)).provider(step or None)}")
     if args.hash:

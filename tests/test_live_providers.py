@@ -235,7 +235,7 @@ def test_the_token_budget_holds_a_live_run_within_the_tokens_per_minute(
 ) -> None:
     """TOKEN_BUDGET in live mode is tokens sent per minute (a 2-second minute here, on both
     sides): a run within it meets no 429 where the same run without it does."""
-    n = 12  # each request: ~15 prompt tokens + max_tokens 40
+    n = 8  # each request: ~15 prompt tokens + max_tokens 40 (8 of them: over 330 a window)
     emulator.faults(tpm_limit=330, rate_window_seconds=2, live_seconds=0.05)
     paced = {**env(emulator), "BR_RATE_WINDOW": "2"}
     variables = setup(tmp_path / "paced", provider, n)

@@ -23,7 +23,7 @@ STEP = "caption"
 KEY = "bench-key-not-secret"
 RECORDER = """\
 #!{python} -S
-import json, os, signal, sys, time
+import json, os, resource, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 start = time.time()
 pid = os.posix_spawn({python!r}, [{python!r}, *sys.argv[1:]], os.environ,
@@ -33,6 +33,8 @@ row = {{"script": os.path.basename(sys.argv[1]) if len(sys.argv) > 1 else "-",
        "collect": "--collect" in sys.argv, "start": start, "end": time.time(),
        "rss_kb": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime,
        "rc": os.waitstatus_to_exitcode(status)}}
+me = resource.getrusage(resource.RUSAGE_SELF)
+row["recorder_cpu"] = me.ru_utime + me.ru_stime
 with open({log!r}, "a") as f:
     f.write(json.dumps(row) + "\\n")
 sys.exit(row["rc"] if row["rc"] >= 0 else 128 - row["rc"])
@@ -148,6 +150,8 @@ class Job:
         seen = len(self.log.read_text().splitlines()) if self.log.exists() else 0
         fig = timed(cmd, self.environment(), self.work / f"make-{self.name}.log")
         rows = [json.loads(line) for line in self.log.read_text().splitlines()[seen:]]
+        # The recorder's own CPU (its interpreter, the wait) is the bench's, not the job's.
+        fig["cpu"] -= sum(r.get("recorder_cpu", 0.0) for r in rows)
         return {**fig, "rows": rows, "peak_mb": max((r["rss_kb"] for r in rows), default=0) / 1024}
 
 
