@@ -7,9 +7,10 @@ with its own emulator and its own machine state ($BR_STATE_DIR), all through the
    against an instant emulator, beside the same job written by hand the cookbook way in one
    Python process with the openai SDK (build the lines, upload, create, poll every second,
    download, merge by custom_id), timed in the same run: wall and CPU (user+sys of every
-   process, the recorder's own left out) against the hand-written job's. small: the same on --small-n records (one chunk).
-   live: `make caption MODE=live CONCURRENCY=c` on --live-n records against an emulator whose
-   every call takes --live-seconds: requests/s against the ideal c / latency.
+   process, the recorder's own left out) against the hand-written job's. small: the same on
+   --small-n records (one chunk). live: `make caption MODE=live CONCURRENCY=c` on --live-n
+   records against an emulator whose every call takes --live-seconds: requests/s against the
+   ideal c / latency.
 2. growth: records/s and peak RSS per stage (make_requests, split_requests, run_batches,
    merge_results) for --n records of about 620 bytes, as JSONL and as a JSON list. make runs
    every script through a small recorder (`PY=<recorder>`, the Makefile unchanged) that logs
