@@ -359,7 +359,7 @@ demo-providers: | $(VENV_OK)
 .PHONY: test
 ## test          lint, then the test suite (real make, scripts, HTTP and SDK against the emulator)
 test: lint | $(VENV_OK)
-	$(PY) -m pytest -n 2 --dist worksteal -q
+	$(PY) -m pytest -n 4 --dist worksteal -q
 
 .PHONY: lint
 ## lint          ruff check and ruff format --check
