@@ -95,6 +95,9 @@ def test_gemini_chunks_hold_gemini_lines_for_any_data_key(
     make("report", env=gemini_env(emulator), **variables)  # reads the chunk's model
     (chunk,) = read_json(step / "report.json")["chunks"]
     assert chunk["model"] == "gemini-2.5-flash" and chunk["price"]["input"] == 0.15
+    (batch,) = chunk["batches"]  # its status, times and counts in the seam's words
+    assert batch["status"] == "completed" and batch["request_counts"]["total"] == len(lines)
+    assert batch["created_at"] and batch["ended_at"] >= batch["created_at"]
 
 
 def test_a_chunk_over_the_inline_bound_is_uploaded_byte_for_byte(

@@ -88,6 +88,8 @@ def batch_summary(provider: Any, batch_id: str) -> dict[str, Any]:
         return {"id": batch_id, "status": "not_found", "usage": None}
     b = {k: epoch(v) if k.endswith("_at") else v for k, v in b.items()}
     b.setdefault("status", b.get("processing_status"))
+    if b["status"] is None:  # neither OpenAI's JSON nor Anthropic's: Gemini's Operation
+        b.update(in_common(provider, batch_id, b))
     ended = next((b[k] for k in END_FIELDS if b.get(k)), None)
     usage = b.get("usage")
     tokens = None
@@ -107,6 +109,22 @@ def batch_summary(provider: Any, batch_id: str) -> dict[str, Any]:
         "request_counts": b.get("request_counts"),
         "usage": tokens,
     }
+
+
+def in_common(provider: Any, batch_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A batch's status, times and counts in the seam's words (provider.retrieve), for a
+    provider whose own JSON names them otherwise; the end time from Gemini's Operation
+    (`metadata.endTime`, RFC 3339)."""
+    batch = provider.retrieve(batch_id)
+    counts = batch.request_counts
+    return {
+        "status": batch.status,
+        "created_at": batch.created_at,
+        "ended_at": epoch((raw.get("metadata") or {}).get("endTime")),
+        "request_counts": counts and {
+            "total": counts.total, "completed": counts.completed, "failed": counts.failed
+        },
+    }  # fmt: skip
 
 
 def cost(tokens: dict[str, int], price: dict[str, float | None] | None, model: str) -> float | None:
