@@ -65,14 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     sent = provider_lines(config, args.step)
-    limits = provider_for(config, args.step).limits
-    if not 1 <= args.max_requests <= limits.max_requests:
-        raise UserError(f"MAX_REQUESTS must be 1 to {limits.max_requests}, not {args.max_requests}")
-    if not 1 <= args.max_bytes <= limits.max_file_bytes:
-        raise UserError(
-            f"MAX_BYTES must be 1 to {limits.max_file_bytes} (the most this provider takes in one "
-            f"batch), not {args.max_bytes}"
-        )
+    provider_for(config, args.step).limits.check(args.max_requests, args.max_bytes)
     cap = config.max_cost(args.max_cost)
     config.step(args.step)
     mode = mode_of(config, args.step, args.mode)  # a live run is priced at live prices

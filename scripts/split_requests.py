@@ -15,7 +15,7 @@ count are removed with their batch id and results.
 from __future__ import annotations
 
 # cli first: its Ctrl+C handling then covers the imports below.
-from br.cli import ArgumentParser, UserError, note, run
+from br.cli import ArgumentParser, note, run
 
 # isort: split
 
@@ -53,13 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     provider = provider_for(load_config(args.config) if args.config else None, args.step)
     limits = provider.limits
-    if not 1 <= args.max_requests <= limits.max_requests:
-        raise UserError(f"MAX_REQUESTS must be 1 to {limits.max_requests}, not {args.max_requests}")
-    if not 1 <= args.max_bytes <= limits.max_file_bytes:
-        raise UserError(
-            f"MAX_BYTES must be 1 to {limits.max_file_bytes} (the most this provider takes in one "
-            f"batch), not {args.max_bytes}"
-        )
+    limits.check(args.max_requests, args.max_bytes)
 
     step = StepDir(args.manifest.parent)
     done = answered_hashes(args.answers)  # closed with the process

@@ -45,6 +45,7 @@ from br.batches.provider import (
     SDKClient,
     Unlistable,
     Upload,
+    local_bytes,
 )
 from br.cli import UserError, note
 from br.config import Config
@@ -113,14 +114,7 @@ class Anthropic(SDKClient):
 
     def requests(self, file_id: str) -> list[dict[str, Any]]:
         """The lines of a chunk kept locally (`upload`), checked to be the bytes uploaded."""
-        path, _, sha = file_id.rpartition("#")
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            data = b""
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise UserError(f"{path} changed or is gone since it was prepared; rerun make")
-        return list(iter_jsonl(Path(path)))
+        return list(iter_jsonl(local_bytes(file_id)[0]))
 
     def label_fields(self, label: Label) -> dict[str, str]:
         return {}  # nothing is sent: Message Batches have no metadata

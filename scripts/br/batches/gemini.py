@@ -49,6 +49,7 @@ from br.batches.provider import (
     Refused,
     Trouble,
     Upload,
+    local_bytes,
 )
 from br.cli import UserError, note
 from br.config import Config
@@ -185,13 +186,7 @@ class Gemini:
 
         name = display_name(label)
         if file_id.startswith(LOCAL):
-            path, _, sha = file_id.removeprefix(LOCAL).rpartition("#")
-            try:
-                data = Path(path).read_bytes()
-            except OSError:
-                data = b""
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise UserError(f"{path} changed or is gone since it was prepared; rerun make")
+            _, data = local_bytes(file_id.removeprefix(LOCAL))
             body = json.loads(inline_body(data, name))
         else:
             body = {"batch": {"displayName": name, "inputConfig": {"fileName": file_id}}}

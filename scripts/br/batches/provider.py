@@ -29,6 +29,7 @@ message, status} | None, retryable, usage} (plus cut_short when it stopped at it
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +136,29 @@ class Limits:
     max_requests: int
     max_file_bytes: int
     max_embedding_inputs: int
+
+    def check(self, max_requests: int, max_bytes: int) -> None:
+        """MAX_REQUESTS and MAX_BYTES within what this provider takes in one batch: one line."""
+        if not 1 <= max_requests <= self.max_requests:
+            raise UserError(f"MAX_REQUESTS must be 1 to {self.max_requests}, not {max_requests}")
+        if not 1 <= max_bytes <= self.max_file_bytes:
+            raise UserError(
+                f"MAX_BYTES must be 1 to {self.max_file_bytes} (the most this provider takes in "
+                f"one batch), not {max_bytes}"
+            )
+
+
+def local_bytes(file_id: str) -> tuple[Path, bytes]:
+    """The bytes of a chunk sent from here rather than uploaded (Anthropic's, Gemini's inline),
+    named by its 'file id' `<path>#<sha256>`, checked to be the bytes it was made with."""
+    path, _, sha = file_id.rpartition("#")
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise UserError(f"{path} changed or is gone since it was prepared; rerun make")
+    return Path(path), data
 
 
 class SDKClient:
