@@ -85,16 +85,21 @@ def no_answer(message: str) -> Reply:
 # --------------------------------------------------------------------------- OpenAI
 
 
-def openai_wait(headers: Any) -> float | None:
+def waited(headers: Any, resets: list[float | None]) -> float | None:
+    """The longest wait asked for: retry-after-ms, retry-after, the resets of used-up limits."""
     ms = seconds(headers.get("retry-after-ms"))
+    after = seconds(headers.get("retry-after"))
+    return longest([ms / 1000 if ms is not None else None, after, *resets])
+
+
+def openai_wait(headers: Any) -> float | None:
     reset = [
         seconds(headers.get(f"x-ratelimit-reset-{k}"))
         if headers.get(f"x-ratelimit-remaining-{k}") == "0"
         else None
         for k in ("requests", "tokens")
     ]
-    after = seconds(headers.get("retry-after"))
-    return longest([ms / 1000 if ms is not None else None, after, *reset])
+    return waited(headers, reset)
 
 
 class OpenAIWire:
@@ -134,15 +139,13 @@ class OpenAIWire:
 
 
 def anthropic_wait(headers: Any) -> float | None:
-    ms = seconds(headers.get("retry-after-ms"))
     reset = [
         until(headers.get(f"anthropic-ratelimit-{k}-reset"))
         if headers.get(f"anthropic-ratelimit-{k}-remaining") == "0"
         else None
         for k in ("requests", "tokens", "input-tokens", "output-tokens")
     ]
-    after = seconds(headers.get("retry-after"))
-    return longest([ms / 1000 if ms is not None else None, after, *reset])
+    return waited(headers, reset)
 
 
 class AnthropicWire:
