@@ -115,9 +115,7 @@ class MessageBatches:
         self.records.write_lines(batch_id, "requests.jsonl", lines)
         self.records.add(rec)
         self.active.add(batch_id)
-        with self.emu.stats_lock:
-            stats = self.emu.stats
-            stats["message_batches_created"] = stats.get("message_batches_created", 0) + 1
+        self.emu.tally("message_batches_created")
         return rec
 
     def get(self, batch_id: str) -> Record:
@@ -243,8 +241,7 @@ class MessageBatches:
         rec.update({"status": "ended", "ended_at": ev, "counts": counts, "_k": k})
         self.records.save(rec)
         self.active.discard(batch_id)
-        with self.emu.stats_lock:
-            self.emu.stats["requests_processed"] += k
+        self.emu.tally("requests_processed", k)
 
     def _result(self, rec: Record, req: dict[str, Any]) -> dict[str, Any]:
         st, params = rec["_settings"], req["params"]

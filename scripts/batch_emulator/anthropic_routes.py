@@ -24,10 +24,10 @@ from .anthropic_messages import VERSIONS
 from .lifecycle import Emulator
 from .provider_errors import AnthropicError, ProviderError
 from .provider_live import ProviderLive
-from .provider_wire import Dialect, provider_route
+from .provider_wire import Dialect, advanced, provider_route
 from .routes import ALL_METHODS
 from .store import ID_ALPHABET
-from .wire import JsonAnswer, bearer, in_model, read_json, streamed
+from .wire import JsonAnswer, bearer, read_json, streamed
 
 MAX_MESSAGE_BYTES = 32_000_000  # the Messages API's request size limit (32 MB)
 
@@ -81,11 +81,7 @@ class Handlers:
         self.live = ProviderLive(emu)
 
     async def _run(self, fn: Callable[[float], Any]) -> Any:
-        def step(now: float) -> Any:
-            self.model.advance(now)
-            return fn(now)
-
-        return await in_model(self.emu, step)
+        return await advanced(self.emu, self.model, fn)
 
     def _root(self, request: Request) -> str:
         return str(request.base_url).rstrip("/")

@@ -115,9 +115,7 @@ class GeminiBatches:
         self.records.write_lines(rec_id, "requests.jsonl", lines)
         self.records.add(rec)
         self.active.add(rec_id)
-        with self.emu.stats_lock:
-            stats = self.emu.stats
-            stats["gemini_batches_created"] = stats.get("gemini_batches_created", 0) + 1
+        self.emu.tally("gemini_batches_created")
         return rec
 
     # ---- read / cancel / delete --------------------------------------------------------
@@ -255,6 +253,5 @@ class GeminiBatches:
             "successfulRequestCount": ok,
             "failedRequestCount": failed,
         }
-        with self.emu.stats_lock:
-            self.emu.stats["requests_processed"] += ok + failed
+        self.emu.tally("requests_processed", ok + failed)
         self._end(rec, "SUCCEEDED", ev)

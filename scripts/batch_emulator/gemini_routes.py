@@ -33,9 +33,9 @@ from .gemini_files import MAX_FILE_BYTES
 from .lifecycle import Emulator
 from .provider_errors import GoogleError, ProviderError
 from .provider_live import ProviderLive
-from .provider_wire import Dialect, provider_route
+from .provider_wire import Dialect, advanced, provider_route
 from .routes import ALL_METHODS
-from .wire import JsonAnswer, in_model, read_body, read_json, streamed
+from .wire import JsonAnswer, read_body, read_json, streamed
 
 VERSIONS = ("v1", "v1beta")
 UNREGISTERED = (
@@ -111,11 +111,7 @@ class Handlers:
         self.live = ProviderLive(emu)
 
     async def _run(self, fn: Callable[[float], Any]) -> Any:
-        def step(now: float) -> Any:
-            self.model.advance(now)
-            return fn(now)
-
-        return await in_model(self.emu, step)
+        return await advanced(self.emu, self.model, fn)
 
     # ---- batches -----------------------------------------------------------------------
 

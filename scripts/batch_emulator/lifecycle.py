@@ -66,6 +66,11 @@ class Emulator:
     def _count_processed(self) -> None:
         self.stats["requests_processed"] += 1
 
+    def tally(self, key: str, n: int = 1) -> None:
+        """Add n to a counter of the stats, under the stats lock."""
+        with self.stats_lock:
+            self.stats[key] = self.stats.get(key, 0) + n
+
     def count_call(self, route: str, size: int = 0) -> None:
         calls, served = self.stats["calls"], self.stats["bytes_served"]
         calls[route] = calls.get(route, 0) + 1

@@ -75,10 +75,6 @@ class ProviderLive:
         self.emu = emu
         self.limits = Limits()  # per model; model names do not collide across providers
 
-    def count(self, key: str) -> None:
-        with self.emu.stats_lock:
-            self.emu.stats[key] = self.emu.stats.get(key, 0) + 1
-
     def admit(self, model: str, tokens: int) -> Decision | None:
         """The minute's state after this call (None when no limit is set); counts a 429."""
         settings = self.emu.faults.settings
@@ -88,7 +84,7 @@ class ProviderLive:
         window = float(settings["rate_window_seconds"]) or 60.0
         d = self.limits.decide(model, tokens, rpm, tpm, window=window)
         if d.over:
-            self.count("live_rate_limited")
+            self.emu.tally("live_rate_limited")
         return d
 
     async def answered(self, answer: Any) -> Any:
@@ -96,13 +92,12 @@ class ProviderLive:
         if delay:
             await asyncio.sleep(delay)
         payload = await run_in_threadpool(answer)
-        with self.emu.stats_lock:
-            self.emu.stats["requests_processed"] += 1
+        self.emu.tally("requests_processed")
         return payload
 
     async def message(self, params: dict[str, Any], version: str) -> tuple[Any, dict[str, str]]:
         """(a Message, the rate limit headers) for a `POST /v1/messages` body."""
-        self.count("live_calls")
+        self.emu.tally("live_calls")
         settings = self.emu.faults.settings
         # The batch's checks: what a batch refuses in a line, the Messages API refuses in a 400.
         kind, message = anthropic_messages.failure(params, version, settings, "live", "")
@@ -129,7 +124,7 @@ class ProviderLive:
 
     async def content(self, model: str, req: dict[str, Any]) -> Any:
         """A GenerateContentResponse for a `:generateContent` body."""
-        self.count("live_calls")
+        self.emu.tally("live_calls")
         problem = gemini_content.failure(req, self.emu.faults.settings, "live", "")
         if problem is not None:
             raise GoogleError(int(problem["code"]), problem["message"], problem["status"])

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from .exceptions import ApiError
 from .lifecycle import Emulator
 from .provider_errors import ProviderError
-from .wire import Dropped, JsonAnswer, log
+from .wire import Dropped, JsonAnswer, in_model, log
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -94,3 +94,14 @@ def provider_route(
             return dialect.render(dialect.error(500, f"Emulator internal error: {exc}"), headers)
 
     return endpoint
+
+
+async def advanced(emu: Emulator, model: Any, fn: Callable[[float], Any]) -> Any:
+    """`fn(now)` on the event loop's model thread, after a provider's batches have moved on to
+    `now` (their `advance`): what every Anthropic and Gemini route reads or changes."""
+
+    def step(now: float) -> Any:
+        model.advance(now)
+        return fn(now)
+
+    return await in_model(emu, step)

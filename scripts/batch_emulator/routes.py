@@ -151,10 +151,6 @@ class Live:
         self.endpoint = endpoint
         self.limits = limits
 
-    def count(self, key: str) -> None:
-        with self.emu.stats_lock:
-            self.emu.stats[key] = self.emu.stats.get(key, 0) + 1
-
     async def create(self, request: Request) -> Response:
         body = await read_json(request, facts.MAX_MODEL_BODY)
         upstream = self.emu.upstream
@@ -171,7 +167,7 @@ class Live:
         endpoint = self.endpoint
         settings = self.emu.faults.settings
         flex = body.get("service_tier") == "flex"
-        self.count("live_calls")
+        self.emu.tally("live_calls")
         try:
             rate = float(settings["flex_unavailable_rate"])
             with self.emu.stats_lock:
@@ -185,7 +181,7 @@ class Live:
                 headers = self.limits.admit(str(body["model"]), tokens, rpm, tpm, window=window)
         except ApiError as e:
             if e.status == 429:
-                self.count("live_rate_limited")
+                self.emu.tally("live_rate_limited")
             raise
         delay = float(settings["live_seconds"]) + (float(settings["flex_seconds"]) if flex else 0)
         if delay:
@@ -195,8 +191,7 @@ class Live:
         )
         if flex and "service_tier" in payload:
             payload["service_tier"] = "flex"
-        with self.emu.stats_lock:
-            self.emu.stats["requests_processed"] += 1
+        self.emu.tally("requests_processed")
         return JsonAnswer(payload, status, headers or None)
 
 
