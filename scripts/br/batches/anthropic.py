@@ -103,6 +103,13 @@ class Anthropic(SDKClient):
     labels = False  # no metadata: a lost create is found by its results (`holds`)
     recall = 29 * 86400  # results are kept 29 days [§4.1]: an earlier run's batch (recall.py)
 
+    def __init__(self, config: Any = None, client: Any = None) -> None:
+        super().__init__(config, client)
+        # For recall (holds): the chunk last asked about with its custom_ids, read once for
+        # all its candidates; and each ended batch's first result custom_id, read once a run.
+        self.asked: tuple[str, set[Any]] = ("", set())
+        self.firsts: dict[str, Any] = {}
+
     def make_client(self) -> Any:
         return make_client(self.config)
 
@@ -134,14 +141,16 @@ class Anthropic(SDKClient):
         """Is this batch the one a create of `file_id` made? None: cannot tell until it ends."""
         if not file_id:
             return False
-        ids = {r.get("custom_id") for r in self.requests(file_id)}
+        if self.asked[0] != file_id:  # every candidate is asked about one chunk in turn
+            self.asked = (file_id, {r.get("custom_id") for r in self.requests(file_id)})
+        ids = self.asked[1]
         if batch.request_counts is None or batch.request_counts.total != len(ids):
             return False
         if batch.status not in ("completed", "cancelled"):
             return None
         # A stranger of the chunk's size is a candidate for every chunk: its first result
         # line, read once a run, tells the other chunks it is not theirs without a call.
-        firsts: dict[str, Any] = self.__dict__.setdefault("firsts", {})
+        firsts = self.firsts
         if batch.id in firsts and firsts[batch.id] not in ids:
             return False
         found = set()
