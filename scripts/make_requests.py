@@ -18,6 +18,8 @@ from br.cli import ArgumentParser, note, run, step_arguments
 
 # isort: split
 
+import hashlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,12 @@ from typing import Any
 
 from br.config import load_config, response_key_of
 from br.files import atomic_output, write_jsonl
+from br.layout import hashes_of
+from br.prompts import made
 from br.prompts.build import step_requests
-from br.prompts.request_images import image_arguments, reason_kinds, step_images
+from br.prompts.images.cache import stamp
+from br.prompts.images.identity import request_hash
+from br.prompts.request_images import image_arguments, local_root, reason_kinds, step_images
 from br.records import iter_records
 
 
@@ -41,12 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     image_arguments(parser)
     args = parser.parse_args(argv)
 
-    step = load_config(args.config).step(args.step)
+    config = load_config(args.config)
+    step = config.step(args.step)
     response_key = response_key_of(step, args.response_key)  # merge needs one: say so first
     skipped: list[dict[str, Any]] = []
     reasons: list[str] = []
     n = read = 0
-    local, checker = step_images(args, step, args.images or args.output.parent / "images")
+    images = args.images or args.output.parent / "images"
+    local, checker = step_images(args, step, images)
+    digest = hashlib.sha256()  # of INPUT's bytes as read: requests.hashes says which they were
 
     def counted(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         nonlocal read
@@ -54,20 +63,38 @@ def main(argv: list[str] | None = None) -> int:
             read += 1
             yield record
 
-    with local, atomic_output(args.output) as f:
-        records = counted(iter_records(args.input))
-        built_ones = step_requests(records, step, args.data_key, local, checker, response_key)
-        for built, reason in built_ones:
-            if built.request is None:
-                row = {"index": built.index, "custom_id": built.custom_id, "missing": built.missing}
-                if reason:
-                    row["reason"] = reason
-                    reasons.append(reason)
-                skipped.append(row)
-            else:
-                f.write(built.line)
-                n += 1
-    write_jsonl(args.skipped, skipped)
+    # requests.hashes is committed last: it describes requests.jsonl as committed (made.py).
+    with atomic_output(hashes_of(args.output)) as hashes:
+        with local, atomic_output(args.output) as f:
+            records = counted(iter_records(args.input, digest))
+            built_ones = step_requests(
+                records, step, args.data_key, local, checker, response_key, every=True
+            )
+            for built, reason in built_ones:
+                if not built.selected:
+                    made.write_line(hashes, None)
+                elif built.request is None:
+                    row = {"index": built.index, "custom_id": built.custom_id}
+                    row["missing"] = built.missing
+                    if reason:
+                        row["reason"] = reason
+                        reasons.append(reason)
+                    skipped.append(row)
+                    made.write_line(hashes, None)
+                else:
+                    f.write(built.line)
+                    made.write_line(hashes, request_hash(built.request, built.line))
+                    n += 1
+        write_jsonl(args.skipped, skipped)
+        hashes.write(
+            made.Made(
+                made.identity(os.stat(args.output)),
+                digest.hexdigest(),
+                config.sha256,
+                [step.name, args.data_key, made.image_root(local_root(args))],
+                stamp(images),
+            ).line()
+        )
     if checker:
         checker.save()
         note(checker.summary())

@@ -27,7 +27,8 @@ from br.answers import store
 from br.answers.merge import Answers, Merger, merge, summary
 from br.config import load_config, response_key_of
 from br.layout import StepDir
-from br.prompts.request_images import image_arguments, step_images
+from br.prompts import made
+from br.prompts.request_images import image_arguments, local_root, step_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     image_arguments(parser)  # where make_requests found the local images
     args = parser.parse_args(argv)
 
-    step = load_config(args.config).step(args.step)
+    config = load_config(args.config)
+    step = config.step(args.step)
     merger = Merger(step, args.data_key, response_key_of(step, args.response_key))
     skipped = args.skipped or StepDir(args.requests.parent).skipped
     answers = Answers(args.output.parent, args.requests, store.answers_dir(args.answers), skipped)
     args.preflight_cache = None  # no URL is checked again: skipped.jsonl has the verdicts
-    local, _ = step_images(args, step, args.images or args.requests.parent / "images", True)
+    images = args.images or args.requests.parent / "images"
+    local, _ = step_images(args, step, images, True)
+    root = made.image_root(local_root(args))
+    hashes = made.trusted(args.requests, config.sha256, [step.name, args.data_key, root], images)
     try:
         with local:
-            merged = merge(args.input, merger, answers, local, args.output, args.errors)
+            merged = merge(args.input, merger, answers, local, args.output, args.errors, hashes)
     finally:
         answers.close()
     for line in summary(args.output, merged, args.errors):

@@ -237,7 +237,9 @@ def test_a_full_disk_is_one_line_and_the_old_file_survives(tmp_path: Path) -> No
         result = build(tmp_path, big, config, out=out)
         one_line_error(result, str(full), "No space left on device")
         assert out.read_bytes() == before
-        assert sorted(p.name for p in full.iterdir()) == ["requests.jsonl", "skipped.jsonl"]
+        assert sorted(p.name for p in full.iterdir()) == [
+            "requests.hashes", "requests.jsonl", "skipped.jsonl"
+        ]
 
 
 def test_a_read_only_build_directory_is_one_line(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class Step:
 class Config:
     path: Path
     data: dict[str, Any]
+    sha256: str = ""  # of the file's bytes as read (load_config): what requests.hashes records
 
     @property
     def steps(self) -> list[str]:
@@ -149,7 +151,7 @@ class Config:
         """This config as the step's provider reads it: `base_url:` is the one meant for it."""
         data = {k: v for k, v in self.data.items() if k != "base_url"}
         url = self.base_url(step)
-        return Config(self.path, {**data, "base_url": url} if url else data)
+        return Config(self.path, {**data, "base_url": url} if url else data, self.sha256)
 
     def price(self, model: str) -> dict[str, float] | None:
         """The model's entry in `prices:`, checked (a Config not from load_config included)."""
@@ -195,8 +197,9 @@ def load_config(path: Path) -> Config:
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} does not exist; set CONFIG=path/to/config.yaml")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(decode_utf8(path, path.read_bytes()))
+        data = yaml.safe_load(decode_utf8(path, raw))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -227,7 +230,7 @@ def load_config(path: Path) -> Config:
     pipeline = data.get("pipeline")
     for entry in pipeline if isinstance(pipeline, list) else []:
         check_step_name(path, "pipeline: entry", entry)
-    return Config(path, data)
+    return Config(path, data, hashlib.sha256(raw).hexdigest())
 
 
 def near_miss(key: Any, known: set[str]) -> str:

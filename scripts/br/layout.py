@@ -36,6 +36,11 @@ def chunk_id(path: Path) -> str:
     return path.stem.split("_")[1]
 
 
+def hashes_of(requests: Path) -> Path:
+    """requests.jsonl's record of its hashes, beside it: requests.hashes (br/prompts/made.py)."""
+    return requests.with_suffix(".hashes")
+
+
 @dataclass(frozen=True)
 class StepDir:
     """A step's build directory, `$(BUILD)/<input stem>-<hash>/<step>`, and its files' names.
@@ -55,6 +60,10 @@ class StepDir:
     @property
     def skipped(self) -> Path:
         return self.root / "skipped.jsonl"
+
+    @property
+    def hashes(self) -> Path:
+        return hashes_of(self.requests)
 
     @property
     def errors(self) -> Path:

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from br.cli import UserError
 
@@ -139,15 +139,38 @@ def decode_utf8(path: Path, data: bytes) -> str:
         raise UserError(decode_error(path, data, e))
 
 
-def iter_jsonl(path: Path) -> Iterator[Any]:
+class Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+class Hashing:
+    """A binary file whose bytes, as they are read, also go into a digest."""
+
+    def __init__(self, raw: IO[bytes], digest: Digest) -> None:
+        self.raw, self.digest = raw, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.raw:
+            self.digest.update(line)
+            yield line
+
+
+def iter_jsonl(path: Path, digest: Digest | None = None) -> Iterator[Any]:
     """The objects of a JSONL file. Lines end at \\n only (never at U+2028 and the like)."""
-    for _, value in iter_jsonl_lines(path):
+    for _, value in iter_jsonl_lines(path, digest):
         yield value
 
 
-def iter_jsonl_lines(path: Path) -> Iterator[tuple[str, Any]]:
-    """Each object of a JSONL file with its line's text (iter_jsonl's checks)."""
-    with open(path, "rb") as f:
+def iter_jsonl_lines(path: Path, digest: Digest | None = None) -> Iterator[tuple[str, Any]]:
+    """Each object of a JSONL file with its line's text (iter_jsonl's checks); `digest`, if
+    given, is updated with every byte read."""
+    with open(path, "rb") as opened:
+        f = opened if digest is None else Hashing(opened, digest)
         for n, raw in enumerate(f, 1):
             if n == 1:
                 raw = raw.removeprefix(BOM)
@@ -181,7 +204,7 @@ class _Text:
     retried with twice the text each time, so it is parsed a bounded number of times per byte.
     """
 
-    def __init__(self, path: Path, raw: IO[bytes], head: bytes) -> None:
+    def __init__(self, path: Path, raw: IO[bytes] | Hashing, head: bytes) -> None:
         self.path, self.raw = path, raw
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.buf, self.pos, self.line, self.eof = "", 0, 1, False
@@ -255,9 +278,10 @@ class _Text:
         )
 
 
-def iter_json_list(path: Path) -> Iterator[Any]:
+def iter_json_list(path: Path, digest: Digest | None = None) -> Iterator[Any]:
     """The items of a JSON list, parsed incrementally: the list never sits in memory."""
-    with open(path, "rb", buffering=0) as raw:
+    with open(path, "rb", buffering=0) as opened:
+        raw = opened if digest is None else Hashing(opened, digest)
         head = raw.read(BLOCK).removeprefix(BOM)
         not_utf8(path, head)
         start = head.lstrip()[:1]
@@ -287,14 +311,15 @@ def iter_json_list(path: Path) -> Iterator[Any]:
             raise text.error("Extra data after the list", text.pos, f"after record {count - 1}")
 
 
-def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of a dataset: a JSON list of objects, or JSONL, both streamed."""
+def iter_records(path: Path, digest: Digest | None = None) -> Iterator[dict[str, Any]]:
+    """The records of a dataset: a JSON list of objects, or JSONL, both streamed; `digest`, if
+    given, is updated with every byte read (read to the end: the whole file's)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"input file {path} does not exist; set INPUT=path/to/data.json")
     if path.is_dir():
         raise UserError(f"input {path} is a directory, not a file; set INPUT=path/to/data.json")
-    records = iter_jsonl(path) if is_jsonl(path) else iter_json_list(path)
+    records = iter_jsonl(path, digest) if is_jsonl(path) else iter_json_list(path, digest)
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise UserError(f"{path}: record {i} is a {type(record).__name__}, not an object")

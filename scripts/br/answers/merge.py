@@ -19,6 +19,7 @@ from br.cli import UserError
 
 # isort: split
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -26,13 +27,15 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from br.answers import store
 from br.config import Step, compile_jq
 from br.files import atomic_output
 from br.layout import StepDir
+from br.prompts import made
 from br.prompts.build import Built, custom_id_of, key_function, step_requests
 from br.prompts.images.cache import LocalImages
 from br.prompts.images.identity import request_hash
@@ -296,10 +299,19 @@ def merge(
     local: LocalImages,
     output: Path,
     errors_path: Path,
+    hashes: made.Hashes | None = None,
 ) -> Merged:
     """Write `output` (every record of INPUT, in order, answered where its answer is there)
     and `errors_path` (one row per failure); neither when a record changed (UserError).
-    Streamed first; out of step, the same merge again on the index (nothing was written)."""
+    On requests.hashes when it can be trusted (`hashes`), else Streamed; out of step, the same
+    merge again on the index (nothing was written)."""
+    if hashes is not None:
+        try:
+            return merge_made(input_path, merger, answers, hashes, output, errors_path)
+        except OutOfStep:
+            pass
+        finally:
+            hashes.close()
     sent: Streamed | Indexed = answers.streamed()
     try:
         return merge_with(input_path, merger, answers, sent, local, output, errors_path)
@@ -348,23 +360,71 @@ def merge_with(
                     continue
                 assert cid is not None and isinstance(verdict, bytes)
                 row = rows.get(verdict)
-                try:
-                    if row is None:
-                        raise ValueError("no_result", "no result came back for this request")
-                    if not store.succeeded(row):
-                        raise ValueError(*store.failure(row)[:2])
-                    record = merger.apply(record, merger.value(row["response"]))
-                    done.answered += 1
-                    done.cut += bool(row.get("cut_short"))
-                except ValueError as e:
-                    code, message = e.args if len(e.args) == 2 else ("error", str(e))
-                    errors.write(dumps(error_row(cid, index, code, message, row)) + "\n")
-                    done.failed[code] += 1
-                writer.write(record)
+                writer.write(answered(merger, done, errors, index, record, row, cid))
         sent.finish()
         changed.check(input_path)  # before either file is committed: nothing is written
         writer.close()
     return done
+
+
+def merge_made(
+    input_path: Path,
+    merger: Merger,
+    answers: Answers,
+    hashes: made.Hashes,
+    output: Path,
+    errors_path: Path,
+) -> Merged:
+    """The merge on requests.hashes (made.py): each record's request hash read, not built.
+    INPUT's bytes are hashed as they are read: not the ones make_requests read, or not as many
+    records as lines, and it raises OutOfStep before anything is committed."""
+    assert hashes.made is not None
+    done = Merged()
+    digest = hashlib.sha256()
+    end = object()
+    with atomic_output(output) as f, atomic_output(errors_path) as errors:
+        writer = RecordWriter(f, is_jsonl(output))
+        records = enumerate(iter_records(input_path, digest))
+        for batch in batched(zip_longest(records, hashes.records(), fillvalue=end)):
+            if any(end in pair for pair in batch):
+                raise OutOfStep
+            rows = answers.index.get(list({sha for _, sha in batch if sha is not None}))
+            for (index, record), sha in batch:
+                if sha is not None:
+                    row = rows.get(sha)
+                    cid = custom_id_of(record, merger.key)
+                    record = answered(merger, done, errors, index, record, row, cid)
+                writer.write(record)
+        if digest.hexdigest() != hashes.made.input:
+            raise OutOfStep
+        writer.close()
+    return done
+
+
+def answered(
+    merger: Merger,
+    done: Merged,
+    errors: IO[str],
+    index: int,
+    record: dict[str, Any],
+    row: dict[str, Any] | None,
+    cid: str | None,
+) -> dict[str, Any]:
+    """The record with its answer (`row`, None if none came back), or as it was with its
+    failure written to errors.jsonl; counted in `done`."""
+    try:
+        if row is None:
+            raise ValueError("no_result", "no result came back for this request")
+        if not store.succeeded(row):
+            raise ValueError(*store.failure(row)[:2])
+        record = merger.apply(record, merger.value(row["response"]))
+        done.answered += 1
+        done.cut += bool(row.get("cut_short"))
+    except ValueError as e:
+        code, message = e.args if len(e.args) == 2 else ("error", str(e))
+        errors.write(dumps(error_row(str(cid), index, code, message, row)) + "\n")
+        done.failed[code] += 1
+    return record
 
 
 def batched(items: Iterator[T]) -> Iterator[list[T]]:

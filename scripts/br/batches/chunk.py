@@ -36,7 +36,7 @@ from br.cli import UserError
 from br.config import ENDPOINT
 from br.files import atomic_output, sha256_file
 from br.layout import StepDir
-from br.records import BOM, iter_jsonl
+from br.records import BOM, iter_jsonl_lines
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ def chunk_info(path: Path) -> ChunkInfo:
     """Read a chunk file (once): one model and one endpoint, or one line saying which."""
     ids: list[Any] = []
     costs, digests, models, urls = array("Q"), bytearray(), set(), set()
-    for request in iter_jsonl(path):
-        cid, sha, model, url, tokens = line_identity(request)  # whoever's line it is
+    for text, request in iter_jsonl_lines(path):
+        cid, sha, model, url, tokens = line_identity(request, text)  # whoever's line it is
         ids.append(cid)
         costs.append(tokens)
         digests += bytes.fromhex(sha)

@@ -54,10 +54,10 @@ def reshapes(provider: Provider) -> bool:
     return bool(getattr(provider, "reshapes", False))
 
 
-def line_identity(line: dict[str, Any]) -> tuple[Any, str, Any, str, int]:
-    """(custom_id, request hash, model, endpoint, estimated input tokens) of a chunk line,
-    whichever provider's it is: the pipeline's (OpenAI's) `{custom_id, url, body}`,
-    Anthropic's `{custom_id, params}` or Gemini's `{key, request}`."""
+def line_identity(line: dict[str, Any], text: str | None = None) -> tuple[Any, str, Any, str, int]:
+    """(custom_id, request hash, model, endpoint, estimated input tokens) of a chunk line
+    (`text`: its JSON, when known), whichever provider's it is: the pipeline's (OpenAI's)
+    `{custom_id, url, body}`, Anthropic's `{custom_id, params}` or Gemini's `{key, request}`."""
     if "params" in line:
         cid, sha, model, tokens = anthropic_lines.identity(line)
         return cid, sha, model, anthropic_lines.ENDPOINT, tokens
@@ -68,7 +68,7 @@ def line_identity(line: dict[str, Any]) -> tuple[Any, str, Any, str, int]:
     cid = line.get("custom_id")
     return (
         cid,
-        request_hash(line),
+        request_hash(line, text),
         body.get("model"),
         line.get("url") or ENDPOINT,
         (estimate_tokens(body)),

@@ -16,8 +16,9 @@ from pathlib import Path
 from br import journal
 from br.digests import DigestSet
 from br.files import move_aside
-from br.layout import StepDir, chunk_id
+from br.layout import StepDir, chunk_id, hashes_of
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
+from br.prompts import made
 from br.prompts.images.identity import materialise, request_hash
 from br.records import dumps
 
@@ -35,11 +36,24 @@ def answered_hashes(answers_dir: Path) -> DigestSet:
 
 
 def pending_lines(requests: Path, done: DigestSet, total: list[int]) -> Iterator[str]:
-    """The requests not answered before; `total` counts [all, pending] as they go by."""
+    """The requests not answered before; `total` counts [all, pending] as they go by. Each
+    request's hash is read from requests.hashes while it describes requests.jsonl (made.py),
+    else computed."""
     with open(requests, encoding="utf-8") as f:
+        known = made.known(requests, f)
         while raw := list(islice(f, 1000)):
             batch = [line for line in raw if line.strip()]
-            keys = [bytes.fromhex(request_hash(json.loads(line)))[:16] for line in batch]
+            if not len(done):
+                keys = []
+            elif known is not None:
+                keys = [next(known, b"")[:16] for _ in batch]
+            else:
+                keys = [bytes.fromhex(request_hash(json.loads(x), x))[:16] for x in batch]
+            if b"" in keys:
+                raise UserError(
+                    f"{hashes_of(requests)} has fewer lines than {requests}; delete it and "
+                    "rerun make (it is written again with requests.jsonl)"
+                )
             flags = done.contains(keys) if len(done) else [False] * len(batch)
             for line, answered in zip(batch, flags, strict=True):
                 total[0] += 1

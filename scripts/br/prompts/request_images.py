@@ -34,13 +34,17 @@ def image_arguments(parser: Any) -> None:
     parser.add_argument("--preflight-timeout", type=float, default=10.0, help="seconds a URL")
 
 
+def local_root(args: Any) -> Path:
+    """Where a relative image path is found: IMAGE_ROOT, else INPUT's folder."""
+    return Path(args.image_root) if args.image_root is not None else Path(args.input).parent
+
+
 def step_images(
     args: Any, step: Step, cache: Path | None, read_only: bool = False
 ) -> tuple[LocalImages, Preflight | None]:
     """The step's local-image resolver and, with --preflight-cache, its URL checker."""
     field = "image_url" if step.kind == "question" else step.image_key
-    root = args.image_root if args.image_root is not None else Path(args.input).parent
-    local = LocalImages(root, ImageOptions.from_step(step), cache, field, read_only)
+    local = LocalImages(local_root(args), ImageOptions.from_step(step), cache, field, read_only)
     checker = None
     if args.preflight_cache is not None:
         from br.prompts.preflight import Preflight

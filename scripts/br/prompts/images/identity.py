@@ -35,13 +35,19 @@ MARKER_IN_JSON = re.compile(r'"br-image:[0-9a-f]{64}:[^"\\]*(?:\\.[^"\\]*)*"')
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
-def request_hash(request: dict[str, Any]) -> str:
+def request_hash(request: dict[str, Any], line: str | None = None) -> str:
     """Identity of a request for reuse: its url and body, not its custom_id.
 
     An inline or local image counts by the sha256 of its bytes (`canonical_body`), so the
-    reference in requests.jsonl and the data URL in its chunk hash alike.
+    reference in requests.jsonl and the data URL in its chunk hash alike. `line`, the request's
+    JSON text when the caller has it: without a marker or a data URL in it (nor a \\u escape,
+    which could spell one) no image url can change, and the body is hashed as it is (the same
+    hash, without walking it).
     """
-    canonical = _CANONICAL([request.get("url"), canonical_body(request.get("body"))])
+    body = request.get("body")
+    if line is None or MARKER in line or "data:" in line or "\\u" in line:
+        body = canonical_body(body)
+    canonical = _CANONICAL([request.get("url"), body])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
