@@ -8,7 +8,7 @@ Each function keeps the original's name, arguments and return type, and does its
 code `make caption` runs: requests are built by br.prompts.build (same templates, `where:`,
 question step and five-missing rule), chunks by br.batches.split.chunks, batches are
 found-or-created exactly once by br.batches.submission.Submitter, output lines are read by
-br.batches.openai.outcome, and answers are applied by br.answers.merge.Merger.
+br.batches.openai.outcome, and answers are applied by br.answers.values.Merger.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from br.answers.merge import Merger
+from br.answers.values import Merger
 from br.batches.chunk import chunk_info
 from br.batches.client import make_client
 from br.batches.ledger import Ledger

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 from br.answers import store
-from br.answers.merge import Answers, Merger, merge, summary
+from br.answers.merge import Answers, merge, summary
+from br.answers.values import Merger
 from br.config import load_config, response_key_of
 from br.layout import StepDir
 from br.prompts import made

@@ -17,8 +17,9 @@ import pytest
 import report
 import yaml
 from br.answers import store
-from br.answers.merge import Answers, Merged, Merger, merge
+from br.answers.merge import Answers, Merged, merge
 from br.answers.report import build, chunk_ids, spend
+from br.answers.values import Merger
 from br.cli import UserError
 from br.config import load_config
 from br.files import write_jsonl

@@ -238,7 +238,9 @@ def test_a_full_disk_is_one_line_and_the_old_file_survives(tmp_path: Path) -> No
         one_line_error(result, str(full), "No space left on device")
         assert out.read_bytes() == before
         assert sorted(p.name for p in full.iterdir()) == [
-            "requests.hashes", "requests.jsonl", "skipped.jsonl"
+            "requests.hashes",
+            "requests.jsonl",
+            "skipped.jsonl",
         ]
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from br.answers.merge import Merger
+from br.answers.values import Merger
 from br.config import load_config
 from conftest import ROOT, Emulator, input_dir, make, read_json, write_json
 

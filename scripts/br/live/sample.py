@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from br.answers import store
-from br.answers.merge import Merger
 from br.answers.report import cost, response_tokens
+from br.answers.values import Merger
 from br.cli import note
 from br.config import Step
 from br.files import atomic_output
