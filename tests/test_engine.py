@@ -250,6 +250,24 @@ def test_two_machines_the_newer_duplicate_is_cancelled(emulator: Emulator, tmp_p
     assert not list(a.b.glob("retry_*")) and not list(b.b.glob("retry_*"))
 
 
+def test_a_duplicate_that_already_ended_is_not_cancelled(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Another machine ran the job to the end; this one, knowing nothing of it, sends the chunk
+    and its batch ends before the first poll: both batches are paid for, and a cancel can only
+    be refused (409, which the SDK would retry for seconds). None is sent."""
+    emulator.faults(validating_seconds=0, processing_seconds=0, finalizing_seconds=0)
+    a, b = Job(tmp_path / "a", 10), Job(tmp_path / "b", 10)
+    b.input.write_bytes(a.input.read_bytes())
+    make("caption", env=emulator.env(BR_STATE_DIR=str(tmp_path / "a-state")), **a.variables())
+    done = make(
+        "caption", env=emulator.env(BR_STATE_DIR=str(tmp_path / "b-state")), **b.variables()
+    )
+    assert "error" not in done.stderr, done.stderr
+    assert calls(emulator)["POST /v1/batches/{id}/cancel"] == 0
+    assert sum("summary" in r for r in b.merged()) == 10
+
+
 def test_a_duplicate_given_up_frees_its_token_budget(emulator: Emulator, tmp_path: Path) -> None:
     """A second machine sends the chunks again, finds the first machine's batches and cancels
     its own: their reservations go with them, so a budget of two chunks still runs all three."""

@@ -51,7 +51,16 @@ from br.batches.chunk import ChunkInfo
 from br.batches.ledger import Ledger
 from br.batches.machine import ChunkIndex
 from br.batches.polling import interval
-from br.batches.provider import GONE, Batch, Label, NotFound, Provider, Refused, Unlistable
+from br.batches.provider import (
+    GONE,
+    TERMINAL,
+    Batch,
+    Label,
+    NotFound,
+    Provider,
+    Refused,
+    Unlistable,
+)
 from br.batches.recall import SLACK, Ambiguous, Recall, ambiguous, batches_since, when
 from br.cli import UserError, note
 
@@ -373,13 +382,17 @@ class Submitter:
             else:
                 older = own is None or (batch.created_at, batch.id) < (own.created_at, own.id)
                 keep = batch if older or own is None else own
-                newer = mine if keep is batch else batch.id
-                note(
-                    f"{chunk.path.name}: two batches for one chunk ({keep.id}, {newer}); "
-                    f"cancelling the newer, {newer}"
-                )
-                with contextlib.suppress(Refused):
-                    self.provider.cancel(newer)  # it may have ended meanwhile
+                newer, ended = (mine, own) if keep is batch else (batch.id, batch)
+                if ended is not None and ended.status in TERMINAL:
+                    # Both ended: both are paid for, and a cancel could only be refused.
+                    note(f"{chunk.path.name}: two batches for one chunk ({keep.id}, {newer})")
+                else:
+                    note(
+                        f"{chunk.path.name}: two batches for one chunk ({keep.id}, {newer}); "
+                        f"cancelling the newer, {newer}"
+                    )
+                    with contextlib.suppress(Refused):
+                        self.provider.cancel(newer)  # it may have ended meanwhile
                 if keep.id == mine:
                     continue
                 kept = keep
