@@ -33,6 +33,7 @@ from br.prompts.build import step_requests
 from br.prompts.images.cache import stamp
 from br.prompts.images.identity import request_hash
 from br.prompts.request_images import image_arguments, local_root, reason_kinds, step_images
+from br.prompts.tokens import estimate_tokens
 from br.records import iter_records
 
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     images = args.images or args.output.parent / "images"
     local, checker = step_images(args, step, images)
     digest = hashlib.sha256()  # of INPUT's bytes as read: requests.hashes says which they were
+    kinds: set[tuple[Any, Any]] = set()  # (model, url) of the requests
 
     def counted(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         nonlocal read
@@ -83,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                     made.write_line(hashes, None)
                 else:
                     f.write(built.line)
-                    made.write_line(hashes, request_hash(built.request, built.line))
+                    body = built.request["body"]
+                    sha = request_hash(built.request, built.line)
+                    made.write_line(hashes, sha, estimate_tokens(body))
+                    kinds.add((body.get("model"), built.request["url"]))
                     n += 1
         write_jsonl(args.skipped, skipped)
         hashes.write(
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 config.sha256,
                 [step.name, args.data_key, made.image_root(local_root(args))],
                 stamp(images),
+                *(kinds.pop() if len(kinds) == 1 else (None, None)),
             ).line()
         )
     if checker:

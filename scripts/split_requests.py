@@ -19,19 +19,20 @@ from br.cli import ArgumentParser, note, run
 
 # isort: split
 
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from br.batches.providers import provider_for, reshapes
 from br.batches.split import (
+    Known,
     answered_hashes,
     chunks,
     pending_lines,
     remove_stale,
     set_aside,
     shaped,
+    write_chunk,
 )
 from br.config import load_config
 from br.files import commit, same_bytes, write_text
@@ -62,24 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     # named: a million requests make 1000 chunks.
     stage = step.new_stage()
     try:
-        staged = []
+        staged: list[tuple[Path, str | None]] = []  # each chunk, and its info file's text
         shape = provider.shape if reshapes(provider) else None
-        pending = shaped(pending_lines(args.requests, done, total), shape)
+        known = Known()
+        pending = shaped(pending_lines(args.requests, done, total, known), shape)
         for lines in chunks(
             pending, args.max_requests, args.max_bytes, api_bytes=limits.max_file_bytes
         ):
-            staged.append(stage / str(len(staged)))
-            with open(staged[-1], "w", encoding="utf-8") as f:
-                f.writelines(lines)
-                f.flush()
-                os.fsync(f.fileno())
+            path = stage / str(len(staged))
+            staged.append((path, write_chunk(path, lines, known, shape is None)))
         width = max(3, len(str(len(staged))))
         ids = [f"{i:0{width}d}" for i in range(1, len(staged) + 1)]
-        for cid, path in zip(ids, staged, strict=True):
+        for cid, (path, info) in zip(ids, staged, strict=True):
             target = step.chunk(cid)
             if target.exists() and not same_bytes(path, target):
                 set_aside(step, cid)  # its batch was for other requests
             commit(path, target)
+            if info is None:
+                step.chunk_info(cid).unlink(missing_ok=True)
+            else:
+                write_text(step.chunk_info(cid), info)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     remove_stale(step, set(ids))

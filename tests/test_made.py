@@ -8,13 +8,16 @@ import cProfile
 import json
 import os
 import pstats
+import shutil
 from pathlib import Path
 
 import pytest
 import split_requests
 import yaml
+from br.batches.chunk import chunk_info
 from br.cli import run
 from br.prompts.images.identity import request_hash
+from br.prompts.tokens import estimate_tokens
 from br.records import iter_jsonl
 from conftest import read_json, write_json
 from test_input_changes import CONFIG, Step, rows
@@ -51,12 +54,13 @@ def profiled_merge(step: Step, capsys: pytest.CaptureFixture[str]) -> tuple[int,
 def test_a_line_per_record_the_hash_of_its_request_or_a_dash(tmp_path: Path) -> None:
     step = mixed(tmp_path)
     lines = hashes_lines(step)
-    sent = [request_hash(r) for r in iter_jsonl(step.requests)]
+    sent = [f"{request_hash(r)} {estimate_tokens(r['body'])}" for r in iter_jsonl(step.requests)]
     assert lines[:-1] == [sent[0], sent[1], sent[2], "-", "-", *sent[3:]]
     made = json.loads(lines[-1])["made"]
     st = os.stat(step.requests)
     assert made["requests"] == [st.st_ino, st.st_size, st.st_mtime_ns]
     assert made["args"][:2] == ["caption", "id"]
+    assert (made["model"], made["endpoint"]) == ("gpt-4o-mini", "/v1/chat/completions")
 
 
 def test_the_merge_on_the_hashes_writes_what_building_every_request_writes(
@@ -125,7 +129,7 @@ def test_the_split_reads_the_hashes_only_while_they_describe_requests_jsonl(
     # requests.jsonl, so nothing counts as answered...
     hashes = step.dir / "requests.hashes"
     lines = hashes.read_text().splitlines(keepends=True)
-    hashes.write_text("".join(["0" * 64 + "\n"] * 3 + lines[-1:]))
+    hashes.write_text("".join(["0" * 64 + " 1\n"] * 3 + lines[-1:]))
     assert "3 request(s) in 2 chunk(s) to send" in split(step, step.dir / "chunks.mk", capsys)
     # ...and not once requests.jsonl is another file (rewritten: the hashes are computed).
     step.requests.write_bytes(step.requests.read_bytes())
@@ -151,3 +155,49 @@ def test_a_request_hashes_the_same_with_or_without_its_line() -> None:
         {"type": "image_url", "image_url": {"url": image}}]}]}}) != request_hash(
         {"url": "u", "body": {"messages": [{"content": [
             {"type": "image_url", "image_url": {"url": "x" + image}}]}]}})  # fmt: skip
+
+
+def test_the_split_writes_each_chunks_identities_for_its_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """chunk_NNN.info holds what chunk_info would read and hash each line for: read instead,
+    and only for the bytes it was written for."""
+    records = [*rows(5), {"id": "x1", "title": "t", "skip": True}, {"id": "x2"}]
+    step = Step(tmp_path, records)
+    shutil.rmtree(step.dir / "answers")  # nothing answered: every request is in a chunk
+    split(step, step.dir / "chunks.mk", capsys)
+    chunks = sorted(step.dir.glob("chunk_*.jsonl"))
+    assert [p.name for p in sorted(step.dir.glob("chunk_*.info"))] == [
+        "chunk_001.info", "chunk_002.info", "chunk_003.info",
+    ]  # fmt: skip
+    from_info = [chunk_info(p) for p in chunks]
+    for p in step.dir.glob("chunk_*.info"):
+        p.rename(p.with_suffix(".kept"))
+    read = [chunk_info(p) for p in chunks]
+    assert from_info == read  # the same identities, hashes and tokens
+    assert [cid for info in read for cid in info.ids] == [f"r{i}" for i in range(5)]
+    # An info file is trusted for its chunk's bytes: a lie in it is believed...
+    kept = step.dir / "chunk_001.kept"
+    info = json.loads(kept.read_text())
+    (step.dir / "chunk_001.info").write_text(json.dumps({**info, "ids": ["a", "b"]}))
+    assert chunk_info(chunks[0]).ids == ("a", "b")
+    # ...and an edited chunk is read from its bytes.
+    lines = chunks[0].read_text().splitlines(keepends=True)
+    chunks[0].write_text(lines[0])
+    assert chunk_info(chunks[0]).ids == ("r0",)
+
+
+def test_a_damaged_hashes_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    step = Step(tmp_path, rows(2))
+    hashes = step.dir / "requests.hashes"
+    st = os.stat(step.requests)
+    lines = hashes.read_text().splitlines(keepends=True)
+    hashes.write_text("".join(["zz 1\n", *lines[1:]]))
+    os.utime(step.requests, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    args = [str(step.requests), "--answers", str(step.dir / "answers")]
+    assert run(split_requests.main, [*args, "-o", str(step.dir / "chunks.mk")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "requests.hashes:1 is damaged" in err[0], err

@@ -144,6 +144,10 @@ class StepDir:
     def answer_files(self) -> list[Path]:
         return sorted(self.answers.glob("*.jsonl")) if self.answers.is_dir() else []
 
+    def chunk_info(self, nnn: str) -> Path:
+        """chunk_NNN.info: the identities of a chunk's requests (batches/chunk.py)."""
+        return self.root / f"chunk_{nnn}.info"
+
     def chunk_files(self) -> list[Path]:
         return sorted(self.root.glob("chunk_*.jsonl"))
 

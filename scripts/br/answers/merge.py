@@ -313,10 +313,10 @@ def merge_made(
         for batch in batched(zip_longest(records, hashes.records(), fillvalue=end)):
             if any(end in pair for pair in batch):
                 raise OutOfStep
-            rows = answers.index.get(list({sha for _, sha in batch if sha is not None}))
-            for (index, record), sha in batch:
-                if sha is not None:
-                    row = rows.get(sha)
+            rows = answers.index.get(list({sent[0] for _, sent in batch if sent is not None}))
+            for (index, record), sent in batch:
+                if sent is not None:
+                    row = rows.get(sent[0])
                     cid = custom_id_of(record, merger.key)
                     record = answered(merger, done, errors, index, record, row, cid)
                 writer.write(record)

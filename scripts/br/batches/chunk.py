@@ -22,6 +22,7 @@ poll; ended.py: what an ended batch means):
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import tempfile
 from array import array
@@ -35,8 +36,8 @@ from br.batches.providers import line_identity
 from br.cli import UserError
 from br.config import ENDPOINT
 from br.files import atomic_output, sha256_file
-from br.layout import StepDir
-from br.records import BOM, iter_jsonl_lines
+from br.layout import StepDir, chunk_id
+from br.records import BOM, dumps, iter_jsonl_lines
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,19 @@ class ChunkInfo:
 
 
 def chunk_info(path: Path) -> ChunkInfo:
-    """Read a chunk file (once): one model and one endpoint, or one line saying which."""
+    """Read a chunk file (once): one model and one endpoint, or one line saying which. Its
+    requests' identities come from its info file when the split wrote one for these bytes."""
+    sha = sha256_file(path)
+    saved = saved_info(path, sha)
+    if saved is not None:
+        return saved
     ids: list[Any] = []
     costs, digests, models, urls = array("Q"), bytearray(), set(), set()
     for text, request in iter_jsonl_lines(path):
-        cid, sha, model, url, tokens = line_identity(request, text)  # whoever's line it is
+        cid, hashed, model, url, tokens = line_identity(request, text)  # whoever's line it is
         ids.append(cid)
         costs.append(tokens)
-        digests += bytes.fromhex(sha)
+        digests += bytes.fromhex(hashed)
         models.add(model)
         urls.add(url)
     if len(models) != 1:
@@ -127,7 +133,7 @@ def chunk_info(path: Path) -> ChunkInfo:
         raise UserError(f"{path} mixes endpoints {sorted(urls)}; one endpoint per batch")
     return ChunkInfo(
         path,
-        sha256_file(path),
+        sha,
         str(models.pop()),
         sum(costs),
         urls.pop(),
@@ -135,6 +141,43 @@ def chunk_info(path: Path) -> ChunkInfo:
         costs,
         bytes(digests),
     )
+
+
+# ----------------------------------------------------------------------------- info files
+# chunk_NNN.info, written by the split beside a chunk of the pipeline's own lines when
+# requests.hashes gave each line's hash and tokens (prompts/made.py): the identities chunk_info
+# would read and hash the chunk for, under the sha256 of the chunk's bytes. Read only for
+# exactly those bytes: a chunk edited or split again is read as before.
+
+
+def info_text(
+    sha: str, model: str, endpoint: str, ids: list[Any], found: list[tuple[bytes, int]]
+) -> str:
+    """An info file's text: one JSON line."""
+    digests = b"".join(sha32 for sha32, _ in found).hex()
+    info = {"sha256": sha, "model": model, "endpoint": endpoint, "ids": ids}
+    return dumps({**info, "tokens": [t for _, t in found], "hashes": digests}) + "\n"
+
+
+def saved_info(path: Path, sha: str) -> ChunkInfo | None:
+    """The chunk's identities from its info file, if it has one for these bytes."""
+    try:
+        info = json.loads(info_file(path).read_text(encoding="utf-8"))
+        if info["sha256"] != sha:
+            return None
+        ids, costs = tuple(info["ids"]), array("Q", info["tokens"])
+        digests = bytes.fromhex(info["hashes"])
+        if not (len(ids) == len(costs) and len(digests) == 32 * len(ids)):
+            return None
+        return ChunkInfo(
+            path, sha, info["model"], sum(costs), info["endpoint"], ids, costs, digests
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def info_file(chunk: Path) -> Path:
+    return StepDir(chunk.parent).chunk_info(chunk_id(chunk))
 
 
 class Spill:

@@ -8,19 +8,24 @@ from br.cli import UserError
 
 # isort: split
 
+import hashlib
 import json
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 from br import journal
+from br.batches.chunk import info_text
 from br.digests import DigestSet
 from br.files import move_aside
 from br.layout import StepDir, chunk_id, hashes_of
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
 from br.prompts import made
-from br.prompts.images.identity import materialise, request_hash
-from br.records import dumps
+from br.prompts.images.identity import MARKER, materialise, request_hash
+from br.records import _DECODER, dumps
 
 
 def answered_hashes(answers_dir: Path) -> DigestSet:
@@ -35,33 +40,80 @@ def answered_hashes(answers_dir: Path) -> DigestSet:
     return done
 
 
-def pending_lines(requests: Path, done: DigestSet, total: list[int]) -> Iterator[str]:
+CUSTOM_ID = '{"custom_id":'  # how a request line of make_requests starts
+
+
+@dataclass
+class Known:
+    """What requests.hashes says of the pending lines, in order (None: not known, or a line
+    with a local image, whose tokens the chunk's data URL settles), for chunk.py's info files;
+    nothing at all (`model` None) while it does not describe requests.jsonl."""
+
+    model: str | None = None
+    endpoint: str | None = None
+    found: deque[tuple[bytes, int] | None] = field(default_factory=deque)
+
+    def take(self, n: int) -> list[tuple[bytes, int] | None]:
+        return [self.found.popleft() for _ in range(n)] if self.model else []
+
+
+def pending_lines(
+    requests: Path, done: DigestSet, total: list[int], known: Known | None = None
+) -> Iterator[str]:
     """The requests not answered before; `total` counts [all, pending] as they go by. Each
-    request's hash is read from requests.hashes while it describes requests.jsonl (made.py),
-    else computed."""
+    request's hash is read from requests.hashes while it describes requests.jsonl (made.py,
+    then also given to `known`), else computed."""
+    known = known or Known()
     with open(requests, encoding="utf-8") as f:
-        known = made.known(requests, f)
+        found = made.known(requests, f)
+        if found is not None:
+            known.model, known.endpoint = found[0].model, found[0].endpoint
         while raw := list(islice(f, 1000)):
             batch = [line for line in raw if line.strip()]
-            if not len(done):
-                keys = []
-            elif known is not None:
-                keys = [next(known, b"")[:16] for _ in batch]
-            else:
+            if found is not None:
+                pairs = [next(found[1], None) for _ in batch]
+                if None in pairs:
+                    raise UserError(
+                        f"{hashes_of(requests)} has fewer lines than {requests}; delete it "
+                        "and rerun make (it is written again with requests.jsonl)"
+                    )
+                keys = [pair[0][:16] for pair in pairs if pair is not None]
+            elif len(done):
                 keys = [bytes.fromhex(request_hash(json.loads(x), x))[:16] for x in batch]
-            if b"" in keys:
-                raise UserError(
-                    f"{hashes_of(requests)} has fewer lines than {requests}; delete it and "
-                    "rerun make (it is written again with requests.jsonl)"
-                )
             flags = done.contains(keys) if len(done) else [False] * len(batch)
-            for line, answered in zip(batch, flags, strict=True):
+            for i, (line, answered) in enumerate(zip(batch, flags, strict=True)):
                 total[0] += 1
                 if not answered:
                     total[1] += 1
+                    if found is not None:
+                        known.found.append(None if MARKER in line else pairs[i])
                     # A local image's reference becomes its data URL: inline bytes live only
                     # in the chunks that send them (images.py).
                     yield materialise(line if line.endswith("\n") else line + "\n")
+
+
+def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> str | None:
+    """Write one chunk (fsynced); the text of its info file (chunk.py) when `known` has every
+    line's hash and tokens and the lines are the pipeline's own (`own`), else None."""
+    found = known.take(len(lines))
+    wanted = own and known.model and known.endpoint and found and None not in found
+    digest = hashlib.sha256()
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line)
+            if wanted:
+                digest.update(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+    if not wanted or known.model is None or known.endpoint is None:
+        return None
+    ids = []
+    for line in lines:
+        if not line.startswith(CUSTOM_ID):
+            return None
+        ids.append(_DECODER.raw_decode(line, len(CUSTOM_ID))[0])
+    pairs = [pair for pair in found if pair is not None]
+    return info_text(digest.hexdigest(), known.model, known.endpoint, ids, pairs)
 
 
 def shaped(lines: Iterator[str], shape: Callable[[dict], dict] | None) -> Iterator[str]:
@@ -136,3 +188,4 @@ def remove_stale(step: StepDir, keep: set[str]) -> None:
         if nnn not in keep:
             set_aside(step, nnn)
             chunk.unlink()
+            step.chunk_info(nnn).unlink(missing_ok=True)

@@ -2,18 +2,21 @@
 request again.
 
 make_requests writes it beside requests.jsonl, after it: one line per record of INPUT, in order,
-the hash of the record's request (`request_hash`, the key answers/ rows are found by) or `-` for
-a record with no line in requests.jsonl (left out by `where:`, skipped for a missing field or its
-image); then a last line saying what it describes:
+the hash of the record's request (`request_hash`, the key answers/ rows are found by) and its
+estimated input tokens (tokens.estimate_tokens), or `-` for a record with no line in
+requests.jsonl (left out by `where:`, skipped for a missing field or its image); then a last
+line saying what it describes:
 
     {"made": {"requests": [inode, size, mtime_ns of requests.jsonl],
               "input": <sha256 of INPUT's bytes as read>, "config": <sha256 of CONFIG's bytes>,
-              "args": [step, data key, image root], "images": <the local images' stamp>}}
+              "args": [step, data key, image root], "images": <the local images' stamp>,
+              "model": <every request's model>, "endpoint": <every request's url>}}
 
 It is used only while it describes what is there, and otherwise ignored (everything is then
 computed again, as before it existed): the split reads a request's hash from it only while
 requests.jsonl is the file it describes (any rewrite or edit changes its inode, size or mtime);
-the merge reads it in place of building every record's request again only when, moreover,
+the split also writes each chunk's identities from it (chunk.py: `chunk_NNN.info`); the merge
+reads it in place of building every record's request again only when, moreover,
 CONFIG, the step's arguments and the local images are what make_requests read, and INPUT's
 bytes, hashed as the merge reads them, are the ones make_requests read (checked before anything
 is committed: out of step, the merge builds every request again and says which changed).
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from br.cli import UserError
 from br.layout import hashes_of
 
 NONE = "-"  # a record with no request line
@@ -53,14 +57,16 @@ class Made:
     config: str
     args: list[str]
     images: str
+    model: str | None = None  # None: not one model for every request (or none at all)
+    endpoint: str | None = None
 
     def line(self) -> str:
         return json.dumps({"made": self.__dict__}, sort_keys=True) + "\n"
 
 
-def write_line(out: IO[str], sha: str | None) -> None:
-    """One record's line: its request's hash, or None (no request line)."""
-    out.write(f"{sha or NONE}\n")
+def write_line(out: IO[str], sha: str | None, tokens: int = 0) -> None:
+    """One record's line: its request's hash and tokens, or None (no request line)."""
+    out.write(f"{sha} {tokens}\n" if sha else f"{NONE}\n")
 
 
 class Hashes:
@@ -81,19 +87,28 @@ class Hashes:
         """It was written for this open requests.jsonl as it is."""
         return self.made is not None and self.made.requests == identity(os.fstat(requests.fileno()))
 
-    def records(self) -> Iterator[bytes | None]:
-        """Each record's request hash (32 bytes), or None, in record order."""
-        for raw in self.file:
+    def records(self) -> Iterator[tuple[bytes, int] | None]:
+        """Each record's (request hash as 32 bytes, tokens), or None, in record order."""
+        for n, raw in enumerate(self.file, 1):
             if raw.startswith(b"{"):
                 return  # the last line
-            text = raw.rstrip(b"\n")
-            yield None if text == NONE.encode() else bytes.fromhex(text.decode("ascii"))
+            if raw.rstrip() == NONE.encode():
+                yield None
+                continue
+            sha, _, tokens = raw.partition(b" ")
+            try:
+                yield bytes.fromhex(sha.decode()), int(tokens)
+            except ValueError:
+                raise UserError(
+                    f"{self.file.name}:{n} is damaged ({raw[:80]!r}); delete the file and rerun "
+                    "make (make_requests writes it again)"
+                ) from None
 
-    def requests(self) -> Iterator[bytes]:
-        """The hash of each line of requests.jsonl, in order."""
-        for sha in self.records():
-            if sha is not None:
-                yield sha
+    def requests(self) -> Iterator[tuple[bytes, int]]:
+        """(hash, tokens) of each line of requests.jsonl, in order."""
+        for found in self.records():
+            if found is not None:
+                yield found
 
     def close(self) -> None:
         self.file.close()
@@ -111,19 +126,19 @@ def opened(requests: Path) -> Hashes | None:
     return hashes
 
 
-def known(requests: Path, f: IO[Any]) -> Iterator[bytes] | None:
-    """The hash of each line of requests.jsonl (open as `f`), in order, when requests.hashes
-    describes it; else None."""
+def known(requests: Path, f: IO[Any]) -> tuple[Made, Iterator[tuple[bytes, int]]] | None:
+    """(what it was made from, (hash, tokens) of each line of requests.jsonl open as `f`, in
+    order) when requests.hashes describes it; else None."""
     hashes = opened(requests)
-    if hashes is None:
+    if hashes is None or hashes.made is None:
         return None
     if not hashes.describes(f):
         hashes.close()
         return None
-    return _reading(hashes)
+    return hashes.made, _reading(hashes)
 
 
-def _reading(hashes: Hashes) -> Iterator[bytes]:
+def _reading(hashes: Hashes) -> Iterator[tuple[bytes, int]]:
     with contextlib.closing(hashes):
         yield from hashes.requests()
 
