@@ -695,3 +695,29 @@ def test_an_embeddings_split_keeps_each_batch_under_50000_inputs(tmp_path: Path)
     )
     sizes = [len(read_json(p)) for p in sorted(tmp_path.glob("chunk_*.jsonl"))]
     assert sizes == [2, 2, 1]  # 40,000 inputs a batch at most, never 60,000
+
+
+def test_a_refused_cancel_is_sent_once(emulator: Emulator, tmp_path: Path) -> None:
+    """A 409 (the batch ended meanwhile) is final: one call, not the SDK's five retries."""
+    from br.batches.openai import OpenAI
+    from br.batches.provider import Refused
+    from br.config import Config
+
+    emulator.faults(validating_seconds=0, processing_seconds=0, finalizing_seconds=0)
+    client = emulator.client()
+    file = client.files.create(file=("a.jsonl", b'{"custom_id":"a","method":"POST",'
+        b'"url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[]}}\n'),
+        purpose="batch")  # fmt: skip
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while client.batches.retrieve(batch.id).status != "completed":
+        time.sleep(0.1)
+    provider = OpenAI(Config(tmp_path / "c.yaml", {"base_url": emulator.url}), client)
+    try:
+        provider.cancel(batch.id)
+    except Refused as e:
+        assert "Cannot cancel" in str(e)
+    else:
+        raise AssertionError("a completed batch was cancelled")
+    assert calls(emulator)["POST /v1/batches/{id}/cancel"] == 1

@@ -210,12 +210,7 @@ class Anthropic(SDKClient):
         return True
 
     def cancel(self, batch_id: str) -> Batch:
-        import anthropic
-
-        try:
-            return batch_of(self.client.messages.batches.cancel(batch_id))
-        except (anthropic.BadRequestError, anthropic.ConflictError) as e:
-            raise Refused(e.message) from e
+        return batch_of(self.cancelled(lambda client: client.messages.batches.cancel(batch_id)))
 
     def delete_file(self, file_id: str) -> None:
         return None  # no files (keeps_files)

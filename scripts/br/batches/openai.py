@@ -131,12 +131,7 @@ class OpenAI(SDKClient):
         return True
 
     def cancel(self, batch_id: str) -> Batch:
-        import openai
-
-        try:
-            return batch_of(self.client.batches.cancel(batch_id))
-        except (openai.BadRequestError, openai.ConflictError) as e:
-            raise Refused(e.message) from e
+        return batch_of(self.cancelled(lambda client: client.batches.cancel(batch_id)))
 
     def delete_file(self, file_id: str) -> None:
         with not_found():

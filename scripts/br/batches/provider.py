@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -190,6 +190,21 @@ class SDKClient:
     @property
     def where(self) -> str:
         return str(self.client.base_url)
+
+    def cancelled(self, cancel: Callable[[Any], Any]) -> Any:
+        """`cancel(client)`'s answer; a refusal (400, 409: the batch ended meanwhile) is final,
+        Refused after one call: the SDK would retry a 409 five times, for seconds. Only trouble
+        (`trouble`) is tried again, with the SDK's retries."""
+        sdk = importlib.import_module(self.sdk)
+        try:
+            try:
+                return cancel(self.bare)
+            except Exception as e:
+                if self.trouble(e) is None:
+                    raise
+            return cancel(self.client)
+        except (sdk.BadRequestError, sdk.ConflictError) as e:
+            raise Refused(e.message) from e
 
     def trouble(self, error: Exception) -> Trouble | None:
         """A 429 (nothing was made), or a dropped connection or a 5xx (unclear): the SDK's own
