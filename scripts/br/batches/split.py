@@ -8,7 +8,6 @@ from br.cli import UserError
 
 # isort: split
 
-import hashlib
 import json
 import os
 from collections import deque
@@ -20,7 +19,7 @@ from pathlib import Path
 from br import journal
 from br.batches.chunk import info_text
 from br.digests import DigestSet
-from br.files import move_aside
+from br.files import move_aside, sha256_file
 from br.layout import StepDir, chunk_id, hashes_of
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
 from br.prompts import made
@@ -95,17 +94,12 @@ def pending_lines(
 def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> str | None:
     """Write one chunk (fsynced); the text of its info file (chunk.py) when `known` has every
     line's hash and tokens and the lines are the pipeline's own (`own`), else None."""
-    found = known.take(len(lines))
-    wanted = own and known.model and known.endpoint and found and None not in found
-    digest = hashlib.sha256()
     with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line)
-            if wanted:
-                digest.update(line.encode())
+        f.writelines(lines)
         f.flush()
         os.fsync(f.fileno())
-    if not wanted or known.model is None or known.endpoint is None:
+    found = known.take(len(lines))
+    if not (own and found and None not in found) or known.model is None or not known.endpoint:
         return None
     ids = []
     for line in lines:
@@ -113,7 +107,7 @@ def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> str | 
             return None
         ids.append(_DECODER.raw_decode(line, len(CUSTOM_ID))[0])
     pairs = [pair for pair in found if pair is not None]
-    return info_text(digest.hexdigest(), known.model, known.endpoint, ids, pairs)
+    return info_text(sha256_file(path), known.model, known.endpoint, ids, pairs)
 
 
 def shaped(lines: Iterator[str], shape: Callable[[dict], dict] | None) -> Iterator[str]:

@@ -72,13 +72,24 @@ class Template:
         # A brace left after the placeholders is sent as it is: almost always a typo.
         self.unclosed = "{" in rest or "}" in rest
         self.fields: dict[str, Any] = {}
+        # The text cut at its placeholders, once: literals[0] name[0] literals[1] ... (a {{ or
+        # }} is its one brace in a literal), so a fill joins strings instead of a regex's sub.
+        self.literals, self.names, pos = [""], [], 0
         for m in PLACEHOLDER.finditer(text):
             name = m.group(1)
-            if name and name not in self.fields:
+            self.literals[-1] += text[pos : m.start()]
+            pos = m.end()
+            if not name:
+                self.literals[-1] += m.group(0)[0]
+                continue
+            self.names.append(name)
+            self.literals.append("")
+            if name not in self.fields:
                 path = name.strip()
                 self.fields[name] = (
                     compile_jq(path, "placeholder") if path.startswith(".") else None
                 )
+        self.literals[-1] += text[pos:]
 
     def fill(
         self, record: dict[str, Any], defaults: dict[str, str] | None = None
@@ -95,9 +106,7 @@ class Template:
             else:
                 values[name] = value if isinstance(value, str) else dumps(value)
 
-        def replace(m: re.Match[str]) -> str:
-            if m.group(0) in ("{{", "}}"):
-                return m.group(0)[0]
-            return values.get(m.group(1), "")
-
-        return PLACEHOLDER.sub(replace, self.text), missing
+        out = [self.literals[0]]
+        for name, literal in zip(self.names, self.literals[1:], strict=True):
+            out += (values.get(name, ""), literal)
+        return "".join(out), missing
