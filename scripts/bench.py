@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         default="floor,small,live,growth,calls,queue",
         help="of floor, small, live, growth, calls, queue",
     )
+    parser.add_argument(
+        "--peer-python",
+        type=Path,
+        help="floor and small: also time the job through autobatcher with this interpreter "
+        "(one that has `pip install autobatcher pyyaml`; no dependency of ours)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for the test")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a tmp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir")

@@ -57,6 +57,40 @@ for r in records:
 with open(out, "w") as f:
     json.dump(records, f, ensure_ascii=False)
 """
+# The leanest peer (autobatcher, "drop-in AsyncOpenAI replacement for flex and batch
+# inference", pip install autobatcher): the same job through its BatchOpenAI, one batch
+# window. Run only with --peer-python, an interpreter that has it (it is no dependency of ours).
+PEER = """\
+import asyncio, json, os, sys
+import yaml
+from autobatcher import BatchOpenAI
+
+data, config, out, per_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+step = yaml.safe_load(open(config))["caption"]
+with open(data) as f:
+    records = json.load(f)
+
+async def main():
+    client = BatchOpenAI(base_url=os.environ["OPENAI_BASE_URL"],
+                         api_key=os.environ["OPENAI_API_KEY"], completion_window="24h",
+                         batch_size=per_batch, batch_window_seconds=0.5, poll_interval_seconds=1.0)
+    async def one(r):
+        content = [{"type": "text", "text": step["user"].format_map(r)},
+                   {"type": "image_url", "image_url": {"url": r["image_url"], "detail": "low"}}]
+        response = await client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=step["max_tokens"],
+            messages=[{"role": "system", "content": step["system"]},
+                      {"role": "user", "content": content}])
+        return response.choices[0].message.content
+    answers = await asyncio.gather(*(one(r) for r in records))
+    await client.close()
+    for r, a in zip(records, answers):
+        r["generated_caption"] = a
+    with open(out, "w") as f:
+        json.dump(records, f, ensure_ascii=False)
+
+asyncio.run(main())
+"""
 
 
 def floor(
@@ -88,6 +122,13 @@ def floor(
             work / f"handwritten-{name}.log",
         )
         hand_calls = emulator.calls()
+        peer = None
+        if args.peer_python:
+            emulator.admin("reset_stats", {})
+            (work / "peer.py").write_text(PEER)
+            run = [str(args.peer_python), str(work / "peer.py"), str(data)]
+            run += [str(work / "bench.yaml"), str(work / f"peer-{name}.json"), str(per_batch)]
+            peer = {**timed(run, env, work / f"peer-{name}.log"), "calls": emulator.calls()}
         emulator.admin("reset_stats", {})
         made = job.make("caption")
         make_calls = emulator.calls()
@@ -95,12 +136,18 @@ def floor(
     merged = {
         r["image_path"]: r.get("generated_caption") for r in json.loads(job.merged.read_text())
     }
+    peer_out = work / f"peer-{name}.json"
+    peer_answers = {
+        r["image_path"]: r["generated_caption"]
+        for r in (json.loads(peer_out.read_text()) if peer else [])
+    }
     per_m = 1e6 / n
     return {
         "n": n,
         "chunks": -(-n // per_batch),
         "max_requests": per_batch,
         "handwritten": {**hand, "calls": hand_calls, "cpu_per_million": hand["cpu"] * per_m},
+        "peer": peer and {**peer, "cpu_per_million": peer["cpu"] * per_m},
         "make": {
             "wall": made["wall"],
             "cpu": made["cpu"],
@@ -114,5 +161,8 @@ def floor(
         "ratio": made["wall"] / hand["wall"],
         "cpu_ratio": made["cpu"] / hand["cpu"],
         "same_answers": answers == merged,
+        # Its requests' bodies are its own (the emulator's answers echo a body's hash): whether
+        # it answered every record.
+        "peer_answered": sum(1 for v in peer_answers.values() if v) if peer else None,
         "answered": sum(1 for v in merged.values() if v),
     }

@@ -89,12 +89,21 @@ def floor_lines(part: str, fl: dict[str, Any]) -> list[str]:
              f"{fl['ratio']:.2f}x wall, {fl['cpu_ratio']:.2f}x CPU"],
         ],
     )  # fmt: skip
+    peer = fl.get("peer")
+    if peer:
+        lines.append(
+            f"| autobatcher (the leanest peer), one process | {peer['wall']:.1f} | "
+            f"{peer['cpu']:.2f} | {peer['cpu_per_million']:.0f} | {peer['rss_mb']:.0f} | "
+            f"{peer['wall'] / h['wall']:.2f}x wall, {peer['cpu'] / h['cpu']:.2f}x CPU |"
+        )
     scripts = ", ".join(
         f"{s.removesuffix('.py')} {v['wall']:.2f} / {v['cpu']:.2f}" for s, v in m["scripts"].items()
     )
     return lines + [
         "",
-        f"Same answers in both: {'yes' if fl['same_answers'] else 'NO'}. make's scripts, "
+        f"Same answers in both: {'yes' if fl['same_answers'] else 'NO'}"
+        + (f" (autobatcher answered {fl['peer_answered']:,} of {fl['n']:,})" if peer else "")
+        + ". make's scripts, "
         f"wall / CPU s: {scripts}.",
         "",
         MEANING[part],
