@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -237,7 +236,12 @@ def near_miss(key: Any, known: set[str]) -> str:
     """' (did you mean 'max_cost'?)' for a key that resembles a known one, else ''."""
     # Swapped letters first: `modle` is `model`, though `mode` is as close by difflib's ratio.
     swapped = [k for k in sorted(known) if sorted(k) == sorted(str(key))]
-    close = swapped[:1] or difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+    if swapped:
+        close = swapped[:1]
+    else:
+        import difflib  # only for a key that is wrong: not loaded by every command
+
+        close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -249,8 +253,10 @@ def check_top_level_keys(path: Path, data: dict[Any, Any]) -> None:
     for key, value in data.items():
         if key in TOP_LEVEL_KEYS:
             continue
+        if isinstance(value, dict) and set(value) & step_keys:
+            continue  # a step
         hint = near_miss(key, TOP_LEVEL_KEYS)
-        if isinstance(value, dict) and not (hint and not set(value) & step_keys):
+        if isinstance(value, dict) and not hint:
             continue
         raise UserError(
             f"{path}: unknown setting '{key}'{hint}; the settings are "
