@@ -310,3 +310,29 @@ def test_report_offline_writes_report_json_from_the_files(
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_the_merges_reading_of_a_row_gives_the_values_of_the_row() -> None:
+    """Index.answers keeps a text answer apart (no decode of its row at the merge): whatever
+    the row, what the merge reads of it is the row's own."""
+    import sqlite3
+
+    rows = [
+        {"outcome": "succeeded", "response": "é\u2028x", "attempts": 1, "usage": {"a": 1}},
+        {"outcome": "succeeded", "response": "cut", "attempts": 2, "cut_short": True},
+        {"outcome": "succeeded", "response": [0.5, 1e-05], "attempts": 1},
+        {"outcome": "succeeded", "response": "no attempts"},
+        {"outcome": "failed", "response": None, "error": {"code": "x"}, "retryable": True,
+         "attempts": 3},
+    ]  # fmt: skip
+    for i, row in enumerate(rows):
+        row.update(custom_id=f"c{i}", hash=f"{i:064x}")
+    index = store.Index(sqlite3.connect(":memory:"))
+    index.add(rows)
+    hashes = [bytes.fromhex(r["hash"]) for r in rows]
+    full, read = index.get(hashes), index.answers(hashes)
+    assert read[hashes[0]] == {"outcome": "succeeded", "response": "é\u2028x", "attempts": 1}
+    for h in hashes:
+        for key in ("outcome", "response", "attempts", "cut_short", "retryable", "error"):
+            assert read[h].get(key) == full[h].get(key) or key in ("retryable", "error"), key
+        assert store.failure(read[h]) == store.failure(full[h])

@@ -275,7 +275,7 @@ def merge_with(
                 if b is not None and b.request is not None
             }
             verdicts = sent.verdicts(keyed, now)
-            rows = answers.index.get([v for v in set(verdicts) if isinstance(v, bytes)])
+            rows = answers.index.answers([v for v in set(verdicts) if isinstance(v, bytes)])
             for (index, record, _, cid), verdict in zip(keyed, verdicts, strict=True):
                 if verdict == CHANGED:
                     changed.add(index, cid)
@@ -313,7 +313,7 @@ def merge_made(
         for batch in batched(zip_longest(records, hashes.records(), fillvalue=end)):
             if any(end in pair for pair in batch):
                 raise OutOfStep
-            rows = answers.index.get(list({sent[0] for _, sent in batch if sent is not None}))
+            rows = answers.index.answers(list({sent[0] for _, sent in batch if sent is not None}))
             for (index, record), sent in batch:
                 if sent is not None:
                     row = rows.get(sent[0])

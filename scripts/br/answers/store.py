@@ -108,10 +108,19 @@ def answers_dir(path: Path) -> StepDir:
 
 
 UPSERT = (
-    "INSERT INTO ans VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
-    "ok = excluded.ok, n = excluded.n, row = excluded.row WHERE "
-    "(excluded.ok, excluded.n) >= (ans.ok, ans.n)"
+    "INSERT INTO ans VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
+    "ok = excluded.ok, n = excluded.n, row = excluded.row, text = excluded.text, "
+    "cut = excluded.cut WHERE (excluded.ok, excluded.n) >= (ans.ok, ans.n)"
 )
+
+
+def answer_text(row: Row) -> tuple[str | None, bool]:
+    """(its answer, cut short) of a success whose answer is text and whose attempts are
+    counted: all the merge reads of it (`Index.answers`); (None, False) for any other row."""
+    text, n = row.get("response"), row.get("attempts")
+    if not (succeeded(row) and isinstance(text, str) and type(n) is int and n > 0):
+        return None, False
+    return text, bool(row.get("cut_short"))
 
 
 class Index:
@@ -120,22 +129,45 @@ class Index:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        db.execute("CREATE TABLE IF NOT EXISTS ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS ans(hash BLOB PRIMARY KEY, ok INT, n INT, row TEXT, "
+            "text TEXT, cut INT)"
+        )
 
     def add(self, found: Iterable[Row]) -> None:
         # Ties (the same rank) go to the row read last: in name order, as `rows` reads them.
-        self.db.executemany(UPSERT, ((bytes.fromhex(r["hash"]), *rank(r), dumps(r)) for r in found))
+        self.db.executemany(
+            UPSERT,
+            ((bytes.fromhex(r["hash"]), *rank(r), dumps(r), *answer_text(r)) for r in found),
+        )
 
     def add_files(self, paths: Iterable[Path]) -> None:
         """`add` of every row of these files (answer_files' name order), each line decoded once
-        for its hash and rank and kept as it is (no encoding again)."""
+        for its hash, rank and answer, and kept as it is (no encoding again)."""
 
-        def found() -> Iterator[tuple[bytes, bool, int, str]]:
+        def found() -> Iterator[tuple[bytes, bool, int, str, str | None, bool]]:
             for path in paths:
                 for line, row in journal.row_lines(path):
-                    yield bytes.fromhex(row["hash"]), *rank(row), line
+                    yield bytes.fromhex(row["hash"]), *rank(row), line, *answer_text(row)
 
         self.db.executemany(UPSERT, found())
+
+    def answers(self, hashes: list[bytes]) -> dict[bytes, Row]:
+        """`get`, with a text answer's row as the merge reads it ({outcome, response,
+        attempts, cut_short}), not decoded from the row kept: the same values."""
+        if not hashes:
+            return {}
+        marks = ",".join("?" * len(hashes))
+        query = f"SELECT hash, row, text, n, cut FROM ans WHERE hash IN ({marks})"
+        found: dict[bytes, Row] = {}
+        for h, row, text, n, cut in self.db.execute(query, hashes):
+            if text is None:
+                found[h] = json.loads(row)
+            else:
+                found[h] = {"outcome": "succeeded", "response": text, "attempts": n}
+                if cut:
+                    found[h]["cut_short"] = True
+        return found
 
     def get(self, hashes: list[bytes]) -> dict[bytes, Row]:
         """The standing row of each of these request hashes that has one."""
