@@ -315,7 +315,6 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 def test_the_merges_reading_of_a_row_gives_the_values_of_the_row() -> None:
     """Index.answers keeps a text answer apart (no decode of its row at the merge): whatever
     the row, what the merge reads of it is the row's own."""
-    import sqlite3
 
     rows = [
         {"outcome": "succeeded", "response": "é\u2028x", "attempts": 1, "usage": {"a": 1}},
