@@ -155,23 +155,28 @@ $(VENV_OK): pyproject.toml
 
 # ----------------------------------------------------------------------------- the pipeline
 # Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
-# variables), rewritten only when it changes.
+# variables), each rewritten only when it changes. All four from one process on every make:
+# `stamps` writes them, and each stamp is made by it (an empty recipe; make then reads its
+# mtime, so only what a changed stamp shapes is rebuilt: a grouped target `&:` would rebuild
+# everything after every one). `make <stamp>` writes the four.
 # (caption checks the same lines again before it says "up to date": INPUT may change mid-run.)
 REQUEST_PARAMS = --hash INPUT="$$BR_INPUT" \
   --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
   IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
-$(B)/requests.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) $(REQUEST_PARAMS)
-# Changes when a local image the requests use changes (or while image URLs fail the preflight,
-# so they are checked again): requests.jsonl follows the images' bytes, not just the input's.
-$(B)/images.stamp: FORCE | $(VENV_OK)
-	@$(PY) scripts/images.py stamp --cache $(call q,$(B)/images) \
-	  --preflight $(call q,$(B)/preflight.json) -o $(call q,$@)
-$(B)/split.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
-	  $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP))
-$(B)/merge.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
+STAMPS := $(B)/requests.params $(B)/images.stamp $(B)/split.params $(B)/merge.params
+# images.stamp changes when a local image the requests use changes (or while image URLs fail
+# the preflight, so they are checked again): requests.jsonl follows the images' bytes, not just
+# the input's. split.params holds the step's provider: (a config whose provider cannot be read
+# stops make here, in one line, with no stamp written and nothing sent).
+.PHONY: stamps
+stamps: | $(VENV_OK)
+	@$(PY) scripts/write_if_changed.py $(call q,$(B)/requests.params) $(REQUEST_PARAMS) \
+	  --and $(call q,$(B)/images.stamp) \
+	    --images $(call q,$(B)/images) $(call q,$(B)/preflight.json) \
+	  --and $(call q,$(B)/split.params) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
+	    $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP)) \
+	  --and $(call q,$(B)/merge.params) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
+$(STAMPS): stamps ;
 
 $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py $(LIB) $(PROMPTS) | $(VENV_OK)
 	$(PY) scripts/make_requests.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
