@@ -185,12 +185,13 @@ $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_request
 	  --skipped $(call q,$(B)/skipped.jsonl)
 
 # The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
-# sent and never fetched is collected into answers/: a changed input never abandons one.
-# live.sent (touched when a live run or a sample sends): answers/ holds answers the chunks do
-# not know of, so the split is made again, leaving them out.
+# sent and never fetched is collected into answers/: a changed input never abandons one. The
+# collection reads the step's ledger.jsonl alone, so without one (nothing ever sent: a first
+# run) it is not started. live.sent (touched when a live run or a sample sends): answers/ holds
+# answers the chunks do not know of, so the split is made again, leaving them out.
 $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params $(wildcard $(B)/live.sent) scripts/split_requests.py $(LIB) $(PROMPTS) $(BATCHES) | $(VENV_OK)
-	$(PY) scripts/run_batches.py --collect --dir $(call q,$(B)) --config "$$BR_CONFIG" \
-	  --step $(call q,$(STEP))
+	if [ -e $(call q,$(B)/ledger.jsonl) ]; then $(PY) scripts/run_batches.py --collect \
+	  --dir $(call q,$(B)) --config "$$BR_CONFIG" --step $(call q,$(STEP)); fi
 	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
 	  --max-requests $(call q,$(MAX_REQUESTS)) --max-bytes $(call q,$(MAX_BYTES)) \
 	  --config "$$BR_CONFIG" --step $(call q,$(STEP)) -o $(call q,$@)
