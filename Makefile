@@ -205,20 +205,21 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET))) $(if $(filter 1,$(RESEND)),--resend)
 # MAX_COST (or the config's max_cost:): the plan's estimate of what is still to send is checked
 # first, by every recipe that uploads, so a run over the cap stops before its first upload; and
-# so is OUTPUT, which is written only after the batches are paid.
+# so is OUTPUT (in the same process: --output), which is written only after the batches are paid.
 CHECK_OUTPUT = $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --writable
 COST = $(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
-  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST)) --mode $(call q,$(MODE))
-CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(COST)
+  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST)) --mode $(call q,$(MODE)) \
+  $(if $(OUTPUT),--output "$$BR_OUTPUT")
+CHECK_COST = @$(COST)
 # MODE=live or flex (or the config's mode:): the same files through the synchronous API
 # (run_live.py), CONCURRENCY requests at once; it creates no batch.
 RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --mode $(call q,$(MODE)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET)))
-# The cost check prints the step's mode (one process for both).
+# The cost check (and OUTPUT's) prints the step's mode (one process for all three).
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
-	@$(if $(OUTPUT),$(CHECK_OUTPUT) && )mode=$$($(COST) --print-mode) && if [ "$$mode" = batch ]; then set -x; \
+	@mode=$$($(COST) --print-mode) && if [ "$$mode" = batch ]; then set -x; \
 	  $(RUN_BATCHES) -o $(call q,$@); else set -x; \
 	  $(RUN_LIVE) --concurrency $(call q,$(CONCURRENCY)) --retries $(call q,$(RETRIES)) -o $(call q,$@); fi
 
@@ -253,10 +254,10 @@ help:
 .PHONY: caption
 ## caption       run STEP over INPUT: requests, batches, results, merged.json in BUILD/<input>-<hash>/STEP
 caption: $(MERGED)
-	@$(PY) scripts/write_if_changed.py --check $(call q,$(B)/requests.params) $(REQUEST_PARAMS)
+	@$(PY) scripts/write_if_changed.py --check $(call q,$(B)/requests.params) $(REQUEST_PARAMS) \
+	  $(if $(OUTPUT),--and "$$BR_OUTPUT" --from $(call q,$(MERGED)))
 	@m=$(call q,$(MERGED)); e=$(call q,$(B)/errors.jsonl); n=$$(grep -c '' "$$e" || true); \
 	  echo "$$m is up to date; $$n request(s) failed$$( [ $$n = 0 ] || echo ": see $$e")"; \
-	  if [ -n "$$BR_OUTPUT" ]; then $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --from "$$m"; fi; \
 	  if [ $(call q,$(STRICT)) = 1 ] && [ -s "$$e" ]; then \
 	    echo "error: STRICT=1 and $$n request(s) failed; see $$e" >&2; exit 1; fi
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from br.config import Config, load_config
+from br.files import check_target
 from br.limits import DEFAULT_MAX_BYTES
 from br.live.modes import check_flex, mode_of
 from br.prices import at_mode, check_cost
@@ -64,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--print-mode", action="store_true", help="with --requests: then print the step's mode"
     )
+    parser.add_argument(
+        "--output",
+        help="OUTPUT, checked first: one line if it cannot be written (make caption writes it "
+        "only after the batches are paid)",
+    )
     image_arguments(parser)
     args = parser.parse_args(argv)
+    if args.output is not None:
+        check_target("OUTPUT", args.output)
     config = load_config(args.config)
     if args.requests is not None:
         return cost_check(args, config)

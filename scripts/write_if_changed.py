@@ -18,7 +18,8 @@ rewritten only if its bytes changed. `--check` writes nothing and stops with one
 what changed if a stamp would change: make caption checks that INPUT and CONFIG are still what
 its requests were built from before it says "up to date".
 
-`--from FILE` copies a file instead (make caption OUTPUT=...); `--writable` only checks that
+`--from FILE` copies a file instead (make caption OUTPUT=...), after the stamps beside it are
+checked (make caption's last step: the check, then the copy); `--writable` only checks that
 the target can be written, before a run that will copy to it sends anything.
 """
 
@@ -99,19 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = parser_()
     argv = sys.argv[1:] if argv is None else argv
     groups = [parser.parse_intermixed_args(g) for g in stamps_of(argv)]
-    args = groups[0]
-    if len(groups) > 1 and any(a.writable or a.source for a in groups):
-        parser.error(f"--from and --writable take one target, not several ({AND})")
-    if args.writable or args.source:
-        check_target("OUTPUT", args.target)  # --from is make's OUTPUT=...
-    if args.writable:
-        return 0
-    if args.source:
-        copy(args.source, Path(args.target))
+    if len(groups) > 1 and any(a.writable for a in groups):
+        parser.error(f"--writable takes one target, not several ({AND})")
+    copies = [a for a in groups if a.source]
+    for args in groups:
+        if args.writable or args.source:
+            check_target("OUTPUT", args.target)  # --from is make's OUTPUT=...
+    if groups[0].writable:
         return 0
     check = any(a.check for a in groups)
     caches: dict[Path, dict[str, list[object]]] = {}
-    stamps = [(Path(a.target), stamp_lines(a, caches)) for a in groups]
+    stamps = [(Path(a.target), stamp_lines(a, caches)) for a in groups if not a.source]
     if not check:
         for store, cache in caches.items():
             os.makedirs(store.parent, exist_ok=True)
@@ -122,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with atomic_output(target) as f:
                 f.writelines(line + "\n" for line in lines)
+    for args in copies:  # after the stamps: a copy only once they are checked
+        copy(args.source, Path(args.target))
     return 0
 
 

@@ -76,7 +76,8 @@ def test_a_first_run_and_a_rerun_start_only_the_processes_they_need(
 ) -> None:
     """The four stamps from one process; no collection on a fresh step (no ledger yet); the
     mode from the light cost check; a rerun with nothing to do: the stamps, the mode, the paid
-    step's look at its chunks, and the check that INPUT did not change meanwhile."""
+    step's look at its chunks, and the check that INPUT did not change meanwhile (which also
+    copies OUTPUT)."""
     job = Job(tmp_path, emulator, ["a", "b", "c"])
     first = job.make()
     assert first == [
@@ -100,6 +101,11 @@ def test_a_first_run_and_a_rerun_start_only_the_processes_they_need(
     ], again
     assert (job.step / "merged.json").read_bytes() == merged
     assert {p.name: p.stat().st_mtime_ns for p in job.step.glob("*.params")} == stamps
+    # OUTPUT adds no process: checked by the cost check's, copied by the last check's.
+    job.variables["OUTPUT"] = str(tmp_path / "out" / "merged.json")
+    with_output = job.make()
+    assert with_output == [*again[:-1], "write_if_changed.py --check --from"], with_output
+    assert (tmp_path / "out" / "merged.json").read_bytes() == merged
     assert len(emulator.batches()) == 1
 
 
