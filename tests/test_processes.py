@@ -187,3 +187,24 @@ def test_the_mode_without_a_cap_loads_neither_providers_nor_planner_nor_images(
     over = subprocess.run([*cmd, "--max-cost", "0"], capture_output=True, text=True)
     assert over.returncode != 0 and over.stdout == ""
     assert len(over.stderr.splitlines()) == 1 and "over MAX_COST $0.00" in over.stderr
+
+
+def test_make_of_one_stamp_writes_the_four_in_one_process(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """`make <step>/<stamp>` still makes that stamp (and its three siblings, from the same one
+    process); a second time rewrites none of them."""
+    job = Job(tmp_path, emulator, ["a"])
+    names = ["requests.params", "images.stamp", "split.params", "merge.params"]
+    for name in names:
+        for path in job.step.glob("*"):
+            path.unlink()
+        assert job.make(str(job.step / name)) == ["write_if_changed.py"]
+        assert sorted(p.name for p in job.step.iterdir() if p.suffix != ".json") == sorted(names)
+    assert (job.step / "split.params").read_text() == (
+        "MAX_REQUESTS=1000\nMAX_BYTES=180000000\nPROVIDER=openai\n"
+    )
+    mtimes = {p.name: p.stat().st_mtime_ns for p in job.step.iterdir()}
+    time.sleep(0.01)
+    job.make(str(job.step / "split.params"))
+    assert {p.name: p.stat().st_mtime_ns for p in job.step.iterdir()} == mtimes
