@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if check:
             check_stamp(target, lines)
         else:
-            with atomic_output(target) as f:
-                f.writelines(line + "\n" for line in lines)
+            write_text(target, "".join(line + "\n" for line in lines))
     for args in copies:  # after the stamps: a copy only once they are checked
         copy(args.source, Path(args.target))
     return 0

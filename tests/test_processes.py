@@ -161,7 +161,11 @@ def test_the_stamps_come_from_one_process_and_a_mistake_writes_none_of_them(
         "merge.params": "RESPONSE_KEY=\n",
     }
     mtimes = {p.name: p.stat().st_mtime_ns for p in step.iterdir()}
+    folder = step.stat().st_mtime_ns
     time.sleep(0.01)
+    # Nothing changed: not even a temporary file came and went (the folder's mtime stays).
+    assert run(write_if_changed.main, stamps()) == 0
+    assert step.stat().st_mtime_ns == folder
     assert run(write_if_changed.main, stamps(500)) == 0
     changed = [p.name for p in step.iterdir() if p.stat().st_mtime_ns != mtimes[p.name]]
     assert changed == ["split.params"]
