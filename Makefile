@@ -139,6 +139,14 @@ export BR_IMAGE_ROOT := $(value IMAGE_ROOT)
 # make_requests and plan: where local images are (and resized ones kept), and the preflight.
 IMAGE_ARGS = $(if $(IMAGE_ROOT),--image-root "$$BR_IMAGE_ROOT") --images $(call q,$(B)/images) \
   $(if $(filter 0,$(PREFLIGHT)),,--preflight-cache $(call q,$(B)/preflight.json))
+# After the split's and the merge's scripts: an output that came out byte-identical keeps its
+# bytes and its mtime, and is then given its newest prerequisite's mtime (never an older one), so
+# the next make sees it up to date instead of running the stage again on every make (a script or
+# the library edited, or the tool upgraded, without changing the output). Only where no file
+# rule follows on its mtime (results.list always runs; make caption is phony); requests.jsonl's
+# would re-split, so it keeps today's rule: rewritten only when it changes.
+settle = newest=$$(ls -td -- $(foreach p,$^,$(call q,$(p))) | head -n 1); \
+  [ $(call q,$@) -nt "$$newest" ] || touch -c -r "$$newest" $(call q,$@)
 # Phony, or the bare .SECONDARY: would let make skip it, and the stamps would never update.
 .PHONY: FORCE
 FORCE:
@@ -195,6 +203,7 @@ $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params $(wildcard $(B)/live.sent)
 	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
 	  --max-requests $(call q,$(MAX_REQUESTS)) --max-bytes $(call q,$(MAX_BYTES)) \
 	  --config "$$BR_CONFIG" --step $(call q,$(STEP)) -o $(call q,$@)
+	@$(settle)
 
 # The paid step, every chunk in one process: all batches in flight (within the token budget)
 # before any wait, then batch_NNN.id -> results_NNN.jsonl for each; results.list names them
@@ -241,6 +250,7 @@ $(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge
 	  --data-key $(call q,$(DATA_KEY)) --response-key $(call q,$(RESPONSE_KEY)) \
 	  --errors $(call q,$(B)/errors.jsonl) --skipped $(call q,$(B)/skipped.jsonl) $(IMAGE_ARGS) \
 	  -o $(call q,$@)
+	@$(settle)
 
 # ----------------------------------------------------------------------------- verbs
 .PHONY: help

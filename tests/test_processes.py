@@ -212,3 +212,33 @@ def test_make_of_one_stamp_writes_the_four_in_one_process(
     time.sleep(0.01)
     job.make(str(job.step / "split.params"))
     assert {p.name: p.stat().st_mtime_ns for p in job.step.iterdir()} == mtimes
+
+
+def test_a_stage_rebuilt_the_same_is_not_run_again_on_the_next_make(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The split or the merge older than one of its prerequisites (a script or the library
+    edited, or the tool upgraded, after the run) runs once more; when its output comes out
+    byte-identical, the file keeps its bytes and is given its newest prerequisite's mtime, so
+    the next make runs neither again. Nothing is sent twice."""
+    job = Job(tmp_path, emulator, ["a", "b"])
+    job.make()
+    merged = (job.step / "merged.json").read_bytes()
+    # Twice: the first re-split leaves the answered requests out (no chunk is left to send),
+    # the second comes out byte-identical.
+    for _ in range(2):
+        chunks = (job.step / "chunks.mk").read_bytes()
+        for name in ("chunks.mk", "merged.json"):
+            os.utime(job.step / name, (1_500_000_000, 1_500_000_000))  # before every script
+        again = job.make()
+        assert "split_requests.py" in again and "merge_results.py" in again, again
+    assert (job.step / "chunks.mk").read_bytes() == chunks
+    settled = job.make()
+    assert settled == [
+        "write_if_changed.py",
+        "plan.py --print-mode",
+        "run_batches.py",
+        "write_if_changed.py --check",
+    ], settled
+    assert (job.step / "merged.json").read_bytes() == merged
+    assert len(emulator.batches()) == 1
