@@ -139,6 +139,14 @@ export BR_IMAGE_ROOT := $(value IMAGE_ROOT)
 # make_requests and plan: where local images are (and resized ones kept), and the preflight.
 IMAGE_ARGS = $(if $(IMAGE_ROOT),--image-root "$$BR_IMAGE_ROOT") --images $(call q,$(B)/images) \
   $(if $(filter 0,$(PREFLIGHT)),,--preflight-cache $(call q,$(B)/preflight.json))
+# After the split's and the merge's scripts: an output that came out byte-identical keeps its
+# bytes and its mtime, and is then given its newest prerequisite's mtime (never an older one), so
+# the next make sees it up to date instead of running the stage again on every make (a script or
+# the library edited, or the tool upgraded, without changing the output). Only where no file
+# rule follows on its mtime (results.list always runs; make caption is phony); requests.jsonl's
+# would re-split, so it keeps today's rule: rewritten only when it changes.
+settle = newest=$$(ls -td -- $(foreach p,$^,$(call q,$(p))) | head -n 1); \
+  [ $(call q,$@) -nt "$$newest" ] || touch -c -r "$$newest" $(call q,$@)
 # Phony, or the bare .SECONDARY: would let make skip it, and the stamps would never update.
 .PHONY: FORCE
 FORCE:
@@ -155,23 +163,28 @@ $(VENV_OK): pyproject.toml
 
 # ----------------------------------------------------------------------------- the pipeline
 # Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
-# variables), rewritten only when it changes.
+# variables), each rewritten only when it changes. All four from one process on every make:
+# `stamps` writes them, and each stamp is made by it (an empty recipe; make then reads its
+# mtime, so only what a changed stamp shapes is rebuilt: a grouped target `&:` would rebuild
+# everything after every one). `make <stamp>` writes the four.
 # (caption checks the same lines again before it says "up to date": INPUT may change mid-run.)
 REQUEST_PARAMS = --hash INPUT="$$BR_INPUT" \
   --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
   IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
-$(B)/requests.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) $(REQUEST_PARAMS)
-# Changes when a local image the requests use changes (or while image URLs fail the preflight,
-# so they are checked again): requests.jsonl follows the images' bytes, not just the input's.
-$(B)/images.stamp: FORCE | $(VENV_OK)
-	@$(PY) scripts/images.py stamp --cache $(call q,$(B)/images) \
-	  --preflight $(call q,$(B)/preflight.json) -o $(call q,$@)
-$(B)/split.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
-	  $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP))
-$(B)/merge.params: FORCE | $(VENV_OK)
-	@$(PY) scripts/write_if_changed.py $(call q,$@) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
+STAMPS := $(B)/requests.params $(B)/images.stamp $(B)/split.params $(B)/merge.params
+# images.stamp changes when a local image the requests use changes (or while image URLs fail
+# the preflight, so they are checked again): requests.jsonl follows the images' bytes, not just
+# the input's. split.params holds the step's provider: (a config whose provider cannot be read
+# stops make here, in one line, with no stamp written and nothing sent).
+.PHONY: stamps
+stamps: | $(VENV_OK)
+	@$(PY) scripts/write_if_changed.py $(call q,$(B)/requests.params) $(REQUEST_PARAMS) \
+	  --and $(call q,$(B)/images.stamp) \
+	    --images $(call q,$(B)/images) $(call q,$(B)/preflight.json) \
+	  --and $(call q,$(B)/split.params) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
+	    $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP)) \
+	  --and $(call q,$(B)/merge.params) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
+$(STAMPS): stamps ;
 
 $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py $(LIB) $(PROMPTS) | $(VENV_OK)
 	$(PY) scripts/make_requests.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
@@ -180,15 +193,17 @@ $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_request
 	  --skipped $(call q,$(B)/skipped.jsonl)
 
 # The split, and chunks.mk listing the chunks. Before a re-split, every batch this step ever
-# sent and never fetched is collected into answers/: a changed input never abandons one.
-# live.sent (touched when a live run or a sample sends): answers/ holds answers the chunks do
-# not know of, so the split is made again, leaving them out.
+# sent and never fetched is collected into answers/: a changed input never abandons one. The
+# collection reads the step's ledger.jsonl alone, so without one (nothing ever sent: a first
+# run) it is not started. live.sent (touched when a live run or a sample sends): answers/ holds
+# answers the chunks do not know of, so the split is made again, leaving them out.
 $(B)/chunks.mk: $(B)/requests.jsonl $(B)/split.params $(wildcard $(B)/live.sent) scripts/split_requests.py $(LIB) $(PROMPTS) $(BATCHES) | $(VENV_OK)
-	$(PY) scripts/run_batches.py --collect --dir $(call q,$(B)) --config "$$BR_CONFIG" \
-	  --step $(call q,$(STEP))
+	if [ -e $(call q,$(B)/ledger.jsonl) ]; then $(PY) scripts/run_batches.py --collect \
+	  --dir $(call q,$(B)) --config "$$BR_CONFIG" --step $(call q,$(STEP)); fi
 	$(PY) scripts/split_requests.py $(call q,$<) --answers $(call q,$(B)/answers) \
 	  --max-requests $(call q,$(MAX_REQUESTS)) --max-bytes $(call q,$(MAX_BYTES)) \
 	  --config "$$BR_CONFIG" --step $(call q,$(STEP)) -o $(call q,$@)
+	@$(settle)
 
 # The paid step, every chunk in one process: all batches in flight (within the token budget)
 # before any wait, then batch_NNN.id -> results_NNN.jsonl for each; results.list names them
@@ -199,20 +214,21 @@ RUN_BATCHES = $(PY) scripts/run_batches.py --dir $(call q,$(B)) --config "$$BR_C
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET))) $(if $(filter 1,$(RESEND)),--resend)
 # MAX_COST (or the config's max_cost:): the plan's estimate of what is still to send is checked
 # first, by every recipe that uploads, so a run over the cap stops before its first upload; and
-# so is OUTPUT, which is written only after the batches are paid.
+# so is OUTPUT (in the same process: --output), which is written only after the batches are paid.
 CHECK_OUTPUT = $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --writable
 COST = $(PY) scripts/plan.py --input "$$BR_INPUT" --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --requests $(call q,$(B)/requests.jsonl) \
-  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST)) --mode $(call q,$(MODE))
-CHECK_COST = @$(if $(OUTPUT),$(CHECK_OUTPUT) && )$(COST)
+  --answers $(call q,$(B)/answers) --max-cost $(call q,$(MAX_COST)) --mode $(call q,$(MODE)) \
+  $(if $(OUTPUT),--output "$$BR_OUTPUT")
+CHECK_COST = @$(COST)
 # MODE=live or flex (or the config's mode:): the same files through the synchronous API
 # (run_live.py), CONCURRENCY requests at once; it creates no batch.
 RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --mode $(call q,$(MODE)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET)))
-# The cost check prints the step's mode (one process for both).
+# The cost check (and OUTPUT's) prints the step's mode (one process for all three).
 $(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
-	@$(if $(OUTPUT),$(CHECK_OUTPUT) && )mode=$$($(COST) --print-mode) && if [ "$$mode" = batch ]; then set -x; \
+	@mode=$$($(COST) --print-mode) && if [ "$$mode" = batch ]; then set -x; \
 	  $(RUN_BATCHES) -o $(call q,$@); else set -x; \
 	  $(RUN_LIVE) --concurrency $(call q,$(CONCURRENCY)) --retries $(call q,$(RETRIES)) -o $(call q,$@); fi
 
@@ -234,6 +250,7 @@ $(MERGED): $(B)/requests.params $(B)/requests.jsonl $(B)/results.list $(B)/merge
 	  --data-key $(call q,$(DATA_KEY)) --response-key $(call q,$(RESPONSE_KEY)) \
 	  --errors $(call q,$(B)/errors.jsonl) --skipped $(call q,$(B)/skipped.jsonl) $(IMAGE_ARGS) \
 	  -o $(call q,$@)
+	@$(settle)
 
 # ----------------------------------------------------------------------------- verbs
 .PHONY: help
@@ -247,10 +264,10 @@ help:
 .PHONY: caption
 ## caption       run STEP over INPUT: requests, batches, results, merged.json in BUILD/<input>-<hash>/STEP
 caption: $(MERGED)
-	@$(PY) scripts/write_if_changed.py --check $(call q,$(B)/requests.params) $(REQUEST_PARAMS)
+	@$(PY) scripts/write_if_changed.py --check $(call q,$(B)/requests.params) $(REQUEST_PARAMS) \
+	  $(if $(OUTPUT),--and "$$BR_OUTPUT" --from $(call q,$(MERGED)))
 	@m=$(call q,$(MERGED)); e=$(call q,$(B)/errors.jsonl); n=$$(grep -c '' "$$e" || true); \
 	  echo "$$m is up to date; $$n request(s) failed$$( [ $$n = 0 ] || echo ": see $$e")"; \
-	  if [ -n "$$BR_OUTPUT" ]; then $(PY) scripts/write_if_changed.py "$$BR_OUTPUT" --from "$$m"; fi; \
 	  if [ $(call q,$(STRICT)) = 1 ] && [ -s "$$e" ]; then \
 	    echo "error: STRICT=1 and $$n request(s) failed; see $$e" >&2; exit 1; fi
 

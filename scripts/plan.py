@@ -21,17 +21,21 @@ from br.cli import ArgumentParser, UserError, note, run, step_arguments
 
 # isort: split
 
+import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from br.batches.providers import line_identity, provider_for, reshapes
 from br.config import Config, load_config
+from br.files import check_target
 from br.limits import DEFAULT_MAX_BYTES
 from br.live.modes import check_flex, mode_of
 from br.prices import at_mode, check_cost
-from br.prompts.plan import Lines, make_plan, render, sent_plan, summary
-from br.prompts.request_images import image_arguments, step_images
+from br.prompts.request_images import image_arguments
+
+if TYPE_CHECKING:
+    from br.prompts.plan import Lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,28 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--print-mode", action="store_true", help="with --requests: then print the step's mode"
     )
+    parser.add_argument(
+        "--output",
+        help="OUTPUT, checked first: one line if it cannot be written (make caption writes it "
+        "only after the batches are paid)",
+    )
     image_arguments(parser)
     args = parser.parse_args(argv)
+    if args.output is not None:
+        check_target("OUTPUT", args.output)
     config = load_config(args.config)
+    if args.requests is not None:
+        return cost_check(args, config)
+    # The providers (their lines and limits) and the planner: loaded only for a whole plan or
+    # a cap to check.
+    from br.batches.providers import provider_for
+    from br.prompts.plan import make_plan, render, summary
+    from br.prompts.request_images import step_images
+
     sent = provider_lines(config, args.step)
     provider_for(config, args.step).limits.check(args.max_requests, args.max_bytes)
     cap = config.max_cost(args.max_cost)
     config.step(args.step)
     mode = mode_of(config, args.step, args.mode)  # a live run is priced at live prices
-    if args.requests is not None:
-        # The check before the first upload (make caption): cheap, no API, nothing printed to
-        # stdout but the mode (--print-mode); without a cap there is nothing to check.
-        if cap is not None:
-            if not args.requests.exists():
-                raise UserError(f"{args.requests} does not exist; run make caption to build it")
-            plan = sent_plan(args.requests, args.answers, sent)
-            note(check_cost(at_mode(summary(plan, config, ""), mode), cap))
-        if args.print_mode:  # make caption: batch (run_batches.py), or live / flex (run_live.py)
-            if mode == "flex":
-                step = config.step(args.step)
-                check_flex(step.model, step.endpoint)
-            print(mode)
-        return 0
     # The image index and cache are read, never written; the preflight checks URLs (image
     # hosts, not the API) but saves nothing.
     local, checker = step_images(args, config.step(args.step), args.images, read_only=True)
@@ -107,9 +112,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cost_check(args: argparse.Namespace, config: Config) -> int:
+    """The check before the first upload (make caption): cheap, no API, nothing printed to
+    stdout but the mode (--print-mode). Without a cap (MAX_COST, the config's max_cost:) there
+    is nothing to check, and nothing but the config is read or loaded."""
+    cap = config.max_cost(args.max_cost)
+    step = config.step(args.step)
+    mode = mode_of(config, args.step, args.mode)  # a live run is priced at live prices
+    if cap is not None:
+        from br.prompts.plan import sent_plan, summary
+
+        if not args.requests.exists():
+            raise UserError(f"{args.requests} does not exist; run make caption to build it")
+        plan = sent_plan(args.requests, args.answers, provider_lines(config, args.step))
+        note(check_cost(at_mode(summary(plan, config, ""), mode), cap))
+    if args.print_mode:  # make caption: batch (run_batches.py), or live / flex (run_live.py)
+        if mode == "flex":
+            check_flex(step.model, step.endpoint)
+        print(mode)
+    return 0
+
+
 def provider_lines(config: Config, step: str) -> Lines:
     """How the step's provider sends a request: its own lines (Anthropic's, Gemini's), their
     tokens as a run counts them (line_identity), the most bytes a batch of them takes."""
+    from br.batches.providers import line_identity, provider_for, reshapes
+    from br.prompts.plan import Lines
+
     provider = provider_for(config, step)
     return Lines(
         config.provider(step),

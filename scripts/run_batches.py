@@ -12,8 +12,9 @@ script order-only: editing it, or the library, resubmits nothing.
 --collect, before a re-split: waits for every batch of the ledger never fetched and puts its
 rows in answers/ (br/batches/earlier.py), each from the API that made it: after `provider:`
 changed, the batches the earlier provider still holds are collected from it first (its key is
-needed then), so switching never abandons a paid batch. How: br/batches/engine.py, ended.py,
-submission.py.
+needed then), so switching never abandons a paid batch. It reads the step's ledger alone to
+know whether there is anything to collect, so make does not start it for a step without one.
+How: br/batches/engine.py, ended.py, submission.py.
 """
 
 from __future__ import annotations

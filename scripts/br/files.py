@@ -81,6 +81,12 @@ def check_target(name: str, text: str) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """`path` holding `text`, whole; a file that holds it already is left alone without even a
+    temporary file beside it (make writes its stamps on every run: most runs change none)."""
+    data = text.encode("utf-8")
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_size == len(data) and Path(path).read_bytes() == data:
+            return
     with atomic_output(path) as f:
         f.write(text)
 

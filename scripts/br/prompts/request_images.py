@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from br.config import Step
-from br.prompts.images.cache import LocalImages
-from br.prompts.images.formats import ImageOptions
 
-if TYPE_CHECKING:  # loaded only when a run checks image URLs (http.client, threads)
+if TYPE_CHECKING:
+    # The resolver: loaded only by step_images, so a command that takes these arguments but
+    # reads no image (plan.py's cost check) stays light; the checker (http.client, threads)
+    # only when a run checks image URLs.
+    from br.prompts.images.cache import LocalImages
     from br.prompts.preflight import Preflight
 
 
@@ -43,6 +45,9 @@ def step_images(
     args: Any, step: Step, cache: Path | None, read_only: bool = False
 ) -> tuple[LocalImages, Preflight | None]:
     """The step's local-image resolver and, with --preflight-cache, its URL checker."""
+    from br.prompts.images.cache import LocalImages
+    from br.prompts.images.formats import ImageOptions
+
     field = "image_url" if step.kind == "question" else step.image_key
     local = LocalImages(local_root(args), ImageOptions.from_step(step), cache, field, read_only)
     checker = None

@@ -264,8 +264,9 @@ class LocalImages:
 def stamp(cache_dir: Path, preflight: Path | None = None) -> str:
     """A digest of the current stat of every file in the index: it changes when one changes.
 
-    For a Makefile rule (`images.py stamp`, run on every make) that makes requests.jsonl depend
-    on the images' contents without rebuilding the requests on every run. Skipped files are in
+    For the Makefile's images.stamp (`write_if_changed.py --images`, run on every make), which
+    makes requests.jsonl depend on the images' contents without rebuilding the requests on every
+    run. Skipped files are in
     the index too, so a missing file that appears also changes the stamp. If the preflight
     cache records URLs that failed, the stamp changes on every run, so they are checked again.
     """
