@@ -51,6 +51,8 @@ FILTER ?= .
 BATCH ?=
 ## N             `make bench`: records in the synthetic dataset
 N ?= 100000
+## PEER_PYTHON   `make bench`: a Python with autobatcher installed, to time the leanest peer too
+PEER_PYTHON ?=
 ## PORT          `make emulator`: the port to serve on
 PORT ?= 8000
 # Quote a value for the shell (DATA_KEY may be a jq expression with spaces and quotes).
@@ -78,7 +80,7 @@ BUILD ?= build
 # exactly what was typed (B, NAME and FMT too: `make pipeline` passes them on).
 USER_VARIABLES := INPUT CONFIG STEP STEPS DATA_KEY RESPONSE_KEY OUTPUT MAX_REQUESTS MAX_BYTES \
   RETRIES PREFLIGHT IMAGE_ROOT TOKEN_BUDGET STRICT LIMIT FILTER BATCH N PORT DRY_RUN MAX_COST \
-  RESEND BUILD B NAME FMT MODE CONCURRENCY SAMPLE SEED
+  RESEND BUILD B NAME FMT MODE CONCURRENCY SAMPLE SEED PEER_PYTHON
 $(foreach v,$(USER_VARIABLES),$(if $(filter command environment,$(firstword $(origin $(v)))),\
   $(eval override $(v) := $$(value $(v)))))
 # A step name is one path component of letters, digits, _ . and - (not . or ..), so a step's
@@ -96,7 +98,8 @@ $(foreach s,$(STEPS),$(call step_error,$(s)))
 # The build directory of INPUT: its readable stem and a hash of its absolute path, so two
 # inputs never share one (scripts/build_name.py); and whether merged output is .json or .jsonl.
 ifeq ($(origin NAME)$(origin FMT),undefinedundefined)
-_NAME_FMT := $(shell python3 scripts/build_name.py $(call q,$(INPUT)))
+# The project's own Python once it exists (a shim such as pyenv's costs a shell per call).
+_NAME_FMT := $(shell $(firstword $(wildcard .venv/bin/python) python3) scripts/build_name.py $(call q,$(INPUT)))
 NAME := $(word 1,$(_NAME_FMT))
 FMT := $(word 2,$(_NAME_FMT))
 endif
@@ -387,7 +390,7 @@ lint: | $(VENV_OK)
 .PHONY: bench
 ## bench         time every stage on N synthetic records against the emulator
 bench: | $(VENV_OK)
-	$(PY) scripts/bench.py --n $(call q,$(N))
+	$(PY) scripts/bench.py --n $(call q,$(N)) $(if $(PEER_PYTHON),--peer-python $(call q,$(PEER_PYTHON)))
 
 .PHONY: clean
 ## clean         remove build/ (results included: they are paid for, so think twice)
