@@ -19,7 +19,6 @@ from br.cli import ArgumentParser, note, run, step_arguments
 # isort: split
 
 import hashlib
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from br.files import atomic_output, write_jsonl
 from br.layout import hashes_of
 from br.prompts import made
 from br.prompts.build import step_requests
-from br.prompts.images.cache import stamp
+from br.prompts.images.cache import recorded_stamp
 from br.prompts.images.identity import request_hash
 from br.prompts.request_images import image_arguments, local_root, reason_kinds, step_images
 from br.prompts.tokens import estimate_tokens
@@ -57,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     images = args.images or args.output.parent / "images"
     local, checker = step_images(args, step, images)
     digest = hashlib.sha256()  # of INPUT's bytes as read: requests.hashes says which they were
+    written = hashlib.sha256()  # of requests.jsonl's bytes, for which its hashes hold
     kinds: set[tuple[Any, Any]] = set()  # (model, url) of the requests
 
     def counted(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     made.write_line(hashes, None)
                 else:
                     f.write(built.line)
+                    written.update(built.line.encode())
                     body = built.request["body"]
                     sha = request_hash(built.request, built.line)
                     made.write_line(hashes, sha, estimate_tokens(body))
@@ -93,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(args.skipped, skipped)
         hashes.write(
             made.Made(
-                made.identity(os.stat(args.output)),
+                written.hexdigest(),
                 digest.hexdigest(),
                 config.sha256,
                 [step.name, args.data_key, made.image_root(local_root(args))],
-                stamp(images),
+                recorded_stamp(images),
                 *(kinds.pop() if len(kinds) == 1 else (None, None)),
             ).line()
         )

@@ -38,6 +38,7 @@ from br.config import load_config
 from br.files import commit, same_bytes, write_text
 from br.layout import StepDir
 from br.limits import DEFAULT_MAX_BYTES
+from br.prompts import made
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     # Chunks are staged on disk first, streaming, so the id width is known before they are
     # named: a million requests make 1000 chunks.
     stage = step.new_stage()
-    try:
-        staged: list[tuple[Path, str | None]] = []  # each chunk, and its info file's text
-        shape = provider.shape if reshapes(provider) else None
+    shape = provider.shape if reshapes(provider) else None
+
+    def staged_chunks(trust: bool) -> list[tuple[Path, str | None]]:
+        """Each chunk staged, and its info file's text."""
+        staged: list[tuple[Path, str | None]] = []
         known = Known()
-        pending = shaped(pending_lines(args.requests, done, total, known), shape)
+        total[:] = [0, 0]
+        pending = shaped(pending_lines(args.requests, done, total, known, trust), shape)
         for lines in chunks(
             pending, args.max_requests, args.max_bytes, api_bytes=limits.max_file_bytes
         ):
             path = stage / str(len(staged))
             staged.append((path, write_chunk(path, lines, known, shape is None)))
+        return staged
+
+    try:
+        try:
+            staged = staged_chunks(trust=True)
+        except made.Untrusted:  # a damaged requests.hashes: every hash computed instead
+            staged = staged_chunks(trust=False)
         width = max(3, len(str(len(staged))))
         ids = [f"{i:0{width}d}" for i in range(1, len(staged) + 1)]
         for cid, (path, info) in zip(ids, staged, strict=True):

@@ -5,12 +5,14 @@ the file describes what is there. Library-level: the real commands' mains, no se
 from __future__ import annotations
 
 import cProfile
+import hashlib
 import json
-import os
 import pstats
 import shutil
 from pathlib import Path
 
+import make_requests
+import merge_results
 import pytest
 import split_requests
 import yaml
@@ -57,8 +59,7 @@ def test_a_line_per_record_the_hash_of_its_request_or_a_dash(tmp_path: Path) -> 
     sent = [f"{request_hash(r)} {estimate_tokens(r['body'])}" for r in iter_jsonl(step.requests)]
     assert lines[:-1] == [sent[0], sent[1], sent[2], "-", "-", *sent[3:]]
     made = json.loads(lines[-1])["made"]
-    st = os.stat(step.requests)
-    assert made["requests"] == [st.st_ino, st.st_size, st.st_mtime_ns]
+    assert made["requests"] == hashlib.sha256(step.requests.read_bytes()).hexdigest()
     assert made["args"][:2] == ["caption", "id"]
     assert (made["model"], made["endpoint"]) == ("gpt-4o-mini", "/v1/chat/completions")
 
@@ -100,8 +101,9 @@ def test_out_of_step_the_merge_builds_every_request_again(
         write_json(step.input, records)
     elif change == "CONFIG's bytes":
         step.config.write_text("# a comment\n" + yaml.safe_dump(CONFIG))
-    else:
-        step.requests.write_bytes(step.requests.read_bytes())  # the same bytes, rewritten
+    else:  # the same requests, other bytes (a line moved)
+        lines = step.requests.read_text().splitlines(keepends=True)
+        step.requests.write_text("".join([lines[1], lines[0], *lines[2:]]))
     code, built = profiled_merge(step, capsys)
     assert built > 0
     merged = read_json(step.merged)
@@ -125,15 +127,15 @@ def test_the_split_reads_the_hashes_only_while_they_describe_requests_jsonl(
     assert "0 request(s) in 0 chunk(s) to send; 3 answered before" in split(
         step, step.dir / "chunks.mk", capsys
     )
-    # Hashes that are not the requests' (as if the file lied): trusted while it describes
-    # requests.jsonl, so nothing counts as answered...
+    # Hashes that are not the requests' (as if the file lied): trusted while it was written for
+    # requests.jsonl's bytes, so nothing counts as answered...
     hashes = step.dir / "requests.hashes"
     lines = hashes.read_text().splitlines(keepends=True)
     hashes.write_text("".join(["0" * 64 + " 1\n"] * 3 + lines[-1:]))
     assert "3 request(s) in 2 chunk(s) to send" in split(step, step.dir / "chunks.mk", capsys)
-    # ...and not once requests.jsonl is another file (rewritten: the hashes are computed).
-    step.requests.write_bytes(step.requests.read_bytes())
-    assert "0 request(s) in 0 chunk(s) to send; 3 answered before" in split(
+    # ...and not once requests.jsonl holds other bytes (the hashes are computed).
+    step.requests.write_bytes(step.requests.read_bytes().replace(b"story 1", b"story 9"))
+    assert "1 request(s) in 1 chunk(s) to send; 2 answered before" in split(
         step, step.dir / "chunks.mk", capsys
     )
 
@@ -187,17 +189,92 @@ def test_the_split_writes_each_chunks_identities_for_its_bytes(
     assert chunk_info(chunks[0]).ids == ("r0",)
 
 
-def test_a_damaged_hashes_file_is_one_line(
+def test_a_damaged_hashes_file_is_computed_around(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    step = Step(tmp_path, rows(2))
+    """A damaged line: the split and the merge compute what it was to spare, as without it."""
+    step = Step(tmp_path, rows(3))
     hashes = step.dir / "requests.hashes"
-    st = os.stat(step.requests)
     lines = hashes.read_text().splitlines(keepends=True)
-    hashes.write_text("".join(["zz 1\n", *lines[1:]]))
-    os.utime(step.requests, ns=(st.st_atime_ns, st.st_mtime_ns))
+    hashes.write_text("".join([lines[0], "zz 1\n", *lines[2:]]))
+    assert "0 request(s) in 0 chunk(s) to send; 3 answered before" in split(
+        step, step.dir / "chunks.mk", capsys
+    )
+    code, built = profiled_merge(step, capsys)
+    assert built > 0
+    assert [r["out"] for r in read_json(step.merged)] == [
+        f"answer to: Describe story {i}." for i in range(3)
+    ]
+
+
+def test_two_builds_at_once_never_pair_one_files_hashes_with_the_others_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two makes on one step with two configs: B's make_requests runs whole while A's is between
+    committing requests.jsonl and requests.hashes, so A's hashes land beside B's requests. The
+    split trusts hashes only for the bytes they were written for: each chunk's identities are
+    its own lines'."""
+    step = Step(tmp_path, rows(4))
+    shutil.rmtree(step.dir / "answers")
+    other = tmp_path / "other.yaml"
+    config = json.loads(json.dumps(CONFIG))
+    config["caption"]["user"] = "Summarise {title}."
+    other.write_text(yaml.safe_dump(config))
+    args = [*step.common, "-o", str(step.requests), "--skipped", str(step.skipped)]
+    b_args = [a if a != str(step.config) else str(other) for a in args]
+    write = make_requests.write_jsonl
+
+    def b_runs_now(path: Path, rows: list[dict[str, object]]) -> int:
+        monkeypatch.setattr(make_requests, "write_jsonl", write)
+        assert make_requests.main(b_args) == 0
+        return write(path, rows)
+
+    monkeypatch.setattr(make_requests, "write_jsonl", b_runs_now)
+    assert make_requests.main(args) == 0  # A, finishing last
+    assert "Summarise" in step.requests.read_text()  # B's requests, A's hashes
+    split(step, step.dir / "chunks.mk", capsys)
+    for chunk in sorted(step.dir.glob("chunk_*.jsonl")):
+        info = chunk_info(chunk)
+        assert [cid for cid, _ in info.hashes()] == [r["custom_id"] for r in iter_jsonl(chunk)]
+        assert [h for _, h in info.hashes()] == [request_hash(r) for r in iter_jsonl(chunk)]
+
+
+def test_a_local_image_changed_while_the_requests_were_built_is_never_trusted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests.hashes records the images as they were when read: one replaced before
+    make_requests ended (its stat then differs from the one recorded) sends the merge back to
+    building the requests, which finds the record changed."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    Image.new("RGB", (20, 10), (200, 0, 0)).save(data / "img" / "a.png")
+    write_json(data / "data.json", [{"id": "r0", "title": "t", "image_url": "img/a.png"}])
+    config = tmp_path / "c.yaml"
+    step_config = {"user": "Describe {title}.", "response_key": "out", "is_multimodal": True}
+    config.write_text(yaml.safe_dump({"model": "gpt-4o-mini", "caption": step_config}))
+    out = tmp_path / "step"
+    common = ["--input", str(data / "data.json"), "--config", str(config), "--step", "caption"]
+    common += ["--data-key", "id", "--images", str(out / "images")]
+    write = make_requests.write_jsonl
+
+    def replaced_now(path: Path, rows: list[dict[str, object]]) -> int:
+        Image.new("RGB", (20, 10), (0, 0, 200)).save(data / "img" / "a.png")
+        return write(path, rows)
+
+    monkeypatch.setattr(make_requests, "write_jsonl", replaced_now)
+    requests = out / "requests.jsonl"
+    args = [*common, "-o", str(requests), "--skipped", str(out / "skipped.jsonl")]
+    assert make_requests.main(args) == 0
+    request = next(iter_jsonl(requests))
+    write_json(out / "answers" / "results_001.jsonl", [{
+        "custom_id": "r0", "hash": request_hash(request), "outcome": "succeeded",
+        "response": "a red picture", "error": None,
+    }])  # fmt: skip
     capsys.readouterr()
-    args = [str(step.requests), "--answers", str(step.dir / "answers")]
-    assert run(split_requests.main, [*args, "-o", str(step.dir / "chunks.mk")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "requests.hashes:1 is damaged" in err[0], err
+    merge = [*common, "--requests", str(requests), "--answers", str(out / "answers")]
+    merge += ["--errors", str(out / "errors.jsonl"), "-o", str(out / "merged.json")]
+    assert run(merge_results.main, merge) == 2
+    assert "changed since requests.jsonl was built" in capsys.readouterr().err
+    assert not (out / "merged.json").exists()

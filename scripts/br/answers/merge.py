@@ -233,7 +233,7 @@ def merge(
     if hashes is not None:
         try:
             return merge_made(input_path, merger, answers, hashes, output, errors_path)
-        except OutOfStep:
+        except (OutOfStep, made.Untrusted):
             pass
         finally:
             hashes.close()

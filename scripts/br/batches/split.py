@@ -8,6 +8,7 @@ from br.cli import UserError
 
 # isort: split
 
+import io
 import json
 import os
 from collections import deque
@@ -57,14 +58,20 @@ class Known:
 
 
 def pending_lines(
-    requests: Path, done: DigestSet, total: list[int], known: Known | None = None
+    requests: Path,
+    done: DigestSet,
+    total: list[int],
+    known: Known | None = None,
+    trust: bool = True,
 ) -> Iterator[str]:
     """The requests not answered before; `total` counts [all, pending] as they go by. Each
-    request's hash is read from requests.hashes while it describes requests.jsonl (made.py,
-    then also given to `known`), else computed."""
+    request's hash is read from requests.hashes while it was written for requests.jsonl's bytes
+    (made.py; then also given to `known`), else computed (and with `trust` False). A damaged
+    requests.hashes raises made.Untrusted: the caller starts again without it."""
     known = known or Known()
-    with open(requests, encoding="utf-8") as f:
-        found = made.known(requests, f)
+    with open(requests, "rb") as raw_file:
+        found = made.known(requests, raw_file) if trust else None
+        f = io.TextIOWrapper(raw_file, encoding="utf-8")
         if found is not None:
             known.model, known.endpoint = found[0].model, found[0].endpoint
         while raw := list(islice(f, 1000)):
@@ -72,10 +79,7 @@ def pending_lines(
             if found is not None:
                 pairs = [next(found[1], None) for _ in batch]
                 if None in pairs:
-                    raise UserError(
-                        f"{hashes_of(requests)} has fewer lines than {requests}; delete it "
-                        "and rerun make (it is written again with requests.jsonl)"
-                    )
+                    raise made.Untrusted(f"{hashes_of(requests)} has fewer lines than {requests}")
                 keys = [pair[0][:16] for pair in pairs if pair is not None]
             elif len(done):
                 keys = [bytes.fromhex(request_hash(json.loads(x), x))[:16] for x in batch]

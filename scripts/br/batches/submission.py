@@ -384,7 +384,7 @@ class Submitter:
                 keep = batch if older or own is None else own
                 newer, ended = (mine, own) if keep is batch else (batch.id, batch)
                 if ended is not None and ended.status in TERMINAL:
-                    # Both ended: both are paid for, and a cancel could only be refused.
+                    # The newer ended: it is paid for, and a cancel could only be refused.
                     note(f"{chunk.path.name}: two batches for one chunk ({keep.id}, {newer})")
                 else:
                     note(

@@ -7,41 +7,54 @@ estimated input tokens (tokens.estimate_tokens), or `-` for a record with no lin
 requests.jsonl (left out by `where:`, skipped for a missing field or its image); then a last
 line saying what it describes:
 
-    {"made": {"requests": [inode, size, mtime_ns of requests.jsonl],
+    {"made": {"requests": <sha256 of requests.jsonl's bytes as written>,
               "input": <sha256 of INPUT's bytes as read>, "config": <sha256 of CONFIG's bytes>,
-              "args": [step, data key, image root], "images": <the local images' stamp>,
+              "args": [step, data key, image root],
+              "images": <the local images' stamp, by the stat each had when it was read>,
               "model": <every request's model>, "endpoint": <every request's url>}}
 
 It is used only while it describes what is there, and otherwise ignored (everything is then
-computed again, as before it existed): the split reads a request's hash from it only while
-requests.jsonl is the file it describes (any rewrite or edit changes its inode, size or mtime);
-the split also writes each chunk's identities from it (chunk.py: `chunk_NNN.info`); the merge
-reads it in place of building every record's request again only when, moreover,
-CONFIG, the step's arguments and the local images are what make_requests read, and INPUT's
-bytes, hashed as the merge reads them, are the ones make_requests read (checked before anything
-is committed: out of step, the merge builds every request again and says which changed).
+computed again, as before it existed; a damaged file too). The split reads a request's hash from
+it only while requests.jsonl holds the bytes it was written for (their sha256, read through the
+same open file the split then reads: two makes at once on one step may each write both files),
+and writes each chunk's identities from it (chunk.py: `chunk_NNN.info`). The merge reads it in
+place of building every record's request again when CONFIG, the step's arguments and the local
+images are what make_requests read, and INPUT's bytes, hashed as the merge reads them, are the
+ones make_requests read (checked before anything is committed: out of step, the merge builds
+every request again and says which changed), and requests.jsonl holds the bytes it was
+written for: an answer is attached only to a record whose request is the one sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from br.cli import UserError
 from br.layout import hashes_of
 
 NONE = "-"  # a record with no request line
-TAIL = 4096  # bytes read back from the end for the last line (it is about 300)
+TAIL = 4096  # bytes read back from the end for the last line (it is about 400)
+BLOCK = 1 << 20
 
 
-def identity(st: os.stat_result) -> list[int]:
-    """What changes whenever a file is rewritten or edited: inode, size, mtime."""
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+class Untrusted(Exception):
+    """requests.hashes is damaged: what it was to spare is computed instead."""
+
+
+def content_sha(f: IO[bytes]) -> str:
+    """The sha256 of an open file's bytes, read from its start; left at its start again."""
+    f.seek(0)
+    digest = hashlib.sha256()
+    while block := f.read(BLOCK):
+        digest.update(block)
+    f.seek(0)
+    return digest.hexdigest()
 
 
 def image_root(root: Path) -> str:
@@ -52,7 +65,7 @@ def image_root(root: Path) -> str:
 class Made:
     """The last line of requests.hashes: what its hashes were made from."""
 
-    requests: list[int]
+    requests: str
     input: str
     config: str
     args: list[str]
@@ -83,9 +96,9 @@ class Hashes:
         except (ValueError, KeyError, TypeError):
             self.made = None
 
-    def describes(self, requests: IO[Any]) -> bool:
-        """It was written for this open requests.jsonl as it is."""
-        return self.made is not None and self.made.requests == identity(os.fstat(requests.fileno()))
+    def describes(self, requests: IO[bytes]) -> bool:
+        """It was written for the bytes of this open requests.jsonl (read through once)."""
+        return self.made is not None and self.made.requests == content_sha(requests)
 
     def records(self) -> Iterator[tuple[bytes, int] | None]:
         """Each record's (request hash as 32 bytes, tokens), or None, in record order."""
@@ -99,10 +112,7 @@ class Hashes:
             try:
                 yield bytes.fromhex(sha.decode()), int(tokens)
             except ValueError:
-                raise UserError(
-                    f"{self.file.name}:{n} is damaged ({raw[:80]!r}); delete the file and rerun "
-                    "make (make_requests writes it again)"
-                ) from None
+                raise Untrusted(f"{self.file.name}:{n} is damaged ({raw[:80]!r})") from None
 
     def requests(self) -> Iterator[tuple[bytes, int]]:
         """(hash, tokens) of each line of requests.jsonl, in order."""
@@ -126,9 +136,9 @@ def opened(requests: Path) -> Hashes | None:
     return hashes
 
 
-def known(requests: Path, f: IO[Any]) -> tuple[Made, Iterator[tuple[bytes, int]]] | None:
+def known(requests: Path, f: IO[bytes]) -> tuple[Made, Iterator[tuple[bytes, int]]] | None:
     """(what it was made from, (hash, tokens) of each line of requests.jsonl open as `f`, in
-    order) when requests.hashes describes it; else None."""
+    order) when requests.hashes was written for its bytes; else None."""
     hashes = opened(requests)
     if hashes is None or hashes.made is None:
         return None
@@ -144,22 +154,22 @@ def _reading(hashes: Hashes) -> Iterator[tuple[bytes, int]]:
 
 
 def trusted(requests: Path, config_sha: str, args: list[str], images: Path) -> Hashes | None:
-    """requests.hashes, open, when it describes requests.jsonl as it is and was made from this
-    CONFIG, these arguments and these local images (INPUT is checked as the merge reads it);
-    else None (the merge then builds every request again)."""
+    """requests.hashes, open, when it was made from this CONFIG, these arguments and these
+    local images as they are, for requests.jsonl's bytes (INPUT is checked as the merge reads
+    it); else None (the merge then builds every request again)."""
     hashes = opened(requests)
     if hashes is None:
         return None
-    try:
-        with open(requests, "rb") as f:
-            ok = hashes.describes(f)
-    except OSError:
-        ok = False
     m = hashes.made
-    if ok and m is not None and (m.config, m.args) == (config_sha, args):
+    if m is not None and (m.config, m.args) == (config_sha, args):
         from br.prompts.images.cache import stamp
 
-        if m.images == stamp(images):
+        try:
+            with open(requests, "rb") as f:
+                sent = hashes.describes(f)  # the requests sent are the ones it hashes
+        except OSError:
+            sent = False
+        if sent and m.images == stamp(images):
             return hashes
     hashes.close()
     return None

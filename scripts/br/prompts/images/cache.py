@@ -15,6 +15,7 @@ import os
 import re
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,16 +277,35 @@ def stamp(cache_dir: Path, preflight: Path | None = None) -> str:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             if json.loads(preflight.read_text(encoding="utf-8")).get("failed"):
                 h.update(uuid.uuid4().bytes)
-    if index.exists():
-        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
-        try:
-            for (path,) in db.execute("SELECT DISTINCT path FROM images ORDER BY path"):
-                try:
-                    st = os.stat(path)
-                    now = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
-                except OSError:
-                    now = "missing"
-                h.update(f"{path}\0{now}\0".encode())
-        finally:
-            db.close()
+    for path, now in indexed(index, recorded=False):
+        h.update(f"{path}\0{now}\0".encode())
     return h.hexdigest()
+
+
+def recorded_stamp(cache_dir: Path) -> str:
+    """`stamp` as the index recorded each file's stat when it read the file: equal to `stamp`
+    (without a preflight) exactly while no indexed file changed since it was read."""
+    h = hashlib.sha256()
+    for path, then in indexed(Path(cache_dir) / "index.sqlite", recorded=True):
+        h.update(f"{path}\0{then}\0".encode())
+    return h.hexdigest()
+
+
+def indexed(index: Path, recorded: bool) -> Iterator[tuple[str, str]]:
+    """(path, stat) of every file in the index, by path: its stat now, or as recorded."""
+    if not index.exists():
+        return
+    db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    try:
+        if recorded:
+            yield from db.execute("SELECT DISTINCT path, stat FROM images ORDER BY path, stat")
+            return
+        for (path,) in db.execute("SELECT DISTINCT path FROM images ORDER BY path"):
+            try:
+                st = os.stat(path)
+                now = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+            except OSError:
+                now = "missing"
+            yield path, now
+    finally:
+        db.close()
