@@ -65,16 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     stage = step.new_stage()
     shape = provider.shape if reshapes(provider) else None
 
-    def staged_chunks(trust: bool) -> list[tuple[Path, str | None]]:
-        """Each chunk staged, and its info file's text."""
-        staged: list[tuple[Path, str | None]] = []
+    def staged_chunks(trust: bool) -> list[tuple[Path, Path | None]]:
+        """Each chunk staged, and its info file."""
+        staged: list[tuple[Path, Path | None]] = []
         known = Known()
         total[:] = [0, 0]
         pending = shaped(pending_lines(args.requests, done, total, known, trust), shape)
         for lines in chunks(
             pending, args.max_requests, args.max_bytes, api_bytes=limits.max_file_bytes
         ):
-            path = stage / str(len(staged))
+            path = stage / f"{len(staged)}.jsonl"
             staged.append((path, write_chunk(path, lines, known, shape is None)))
         return staged
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if info is None:
                 step.chunk_info(cid).unlink(missing_ok=True)
             else:
-                write_text(step.chunk_info(cid), info)
+                commit(info, step.chunk_info(cid))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     remove_stale(step, set(ids))

@@ -192,3 +192,27 @@ def test_chunks_in_flight_beyond_the_hold_let_their_requests_go_and_finish_the_s
         [{k: v for k, v in r.items() if k != "batch_id"} for r in rs]
         for rs in rows_of[engine_module.HOLD]
     ]
+
+
+def test_queued_chunks_beyond_the_hold_wait_in_the_spill_file_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every chunk is read when the run begins: past HOLD requests, a queued chunk's wait in the
+    spill file too (1,000 chunks held 182 MB), and the run ends with every row."""
+    from br.batches import engine as engine_module
+    from br.layout import StepDir
+    from test_chunk_state import Fake, engine, results, split
+
+    monkeypatch.setenv("BR_POLL_MIN", "0")
+    monkeypatch.setenv("BR_POLL_MAX", "0")
+    monkeypatch.setattr(engine_module, "HOLD", 3)
+    step, fake = StepDir(tmp_path / "caption"), Fake()
+    fake.listable = False
+    chunks = split(step, ["a", "b", "c"], ["d", "e"], ["f"])
+    run = engine(step, fake, retries=2)
+    run.begin(chunks)
+    assert [c.requests for c in chunks] == [3, 0, 0]
+    assert run.run() == []
+    assert [[r["custom_id"] for r in results(step, c.nnn)] for c in chunks] == [
+        ["a", "b", "c"], ["d", "e"], ["f"],
+    ]  # fmt: skip

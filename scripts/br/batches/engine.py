@@ -38,9 +38,9 @@ from br.files import write_text
 from br.layout import StepDir
 
 PATIENCE = 10  # failed polls in a row before giving up
-# Requests of the chunks in flight held in memory (about 100 bytes each): beyond this, a chunk
-# in flight lets its requests go to a temporary file (chunk.Spill) until its batch ends, so
-# memory stays flat in the number of chunks, and each chunk is still read once.
+# Requests of the run's chunks held in memory (about 100 bytes each): beyond this, a chunk
+# queued or in flight lets its requests go to a temporary file (chunk.Spill) until its batch
+# ends, so memory stays flat in the number of chunks, and each chunk is still read once.
 HOLD = 20_000
 
 
@@ -93,9 +93,14 @@ class Engine:
         """The run's chunks; each Queued one starts (Done ones were judged fresh, earlier
         batches are in flight already)."""
         self.chunks = chunks
+        held = 0  # requests read and kept: queued chunks' too, HOLD at most
         for chunk in chunks:
             if isinstance(chunk.state, Queued):
                 self.start(chunk)
+            held += chunk.requests
+            if held > HOLD and chunk.requests:
+                held -= chunk.requests
+                self.let_go(chunk)
 
     def start(self, chunk: Chunk) -> None:
         """Begin (or resume) a chunk at its current attempt: its rows already in answers/, a
@@ -121,8 +126,12 @@ class Engine:
         next_at = time.time() + (interval(0) if known else 0.0)
         chunk.state = InFlight(batch_id, batch, next_at, reserved=reserved)
         if sum(c.requests for c in self.in_flight()) > HOLD:
-            self.spill = self.spill or Spill()
-            chunk.slim(self.spill)
+            self.let_go(chunk)
+
+    def let_go(self, chunk: Chunk) -> None:
+        """Its requests wait in the spill file till its batch ends."""
+        self.spill = self.spill or Spill()
+        chunk.slim(self.spill)
 
     def drained(self, chunk: Chunk) -> bool:
         """After a token-limit failure: has one of ours in flight ended since?"""

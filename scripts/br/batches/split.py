@@ -95,13 +95,10 @@ def pending_lines(
                     yield materialise(line if line.endswith("\n") else line + "\n")
 
 
-def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> str | None:
-    """Write one chunk (fsynced); the text of its info file (chunk.py) when `known` has every
-    line's hash and tokens and the lines are the pipeline's own (`own`), else None."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
+def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> Path | None:
+    """Write one chunk (fsynced), and beside it its info file (chunk.py) when `known` has every
+    line's hash and tokens and the lines are the pipeline's own (`own`): that file, or None."""
+    write_synced(path, lines)
     found = known.take(len(lines))
     if not (own and found and None not in found) or known.model is None or not known.endpoint:
         return None
@@ -111,7 +108,17 @@ def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> str | 
             return None
         ids.append(_DECODER.raw_decode(line, len(CUSTOM_ID))[0])
     pairs = [pair for pair in found if pair is not None]
-    return info_text(sha256_file(path), known.model, known.endpoint, ids, pairs)
+    info = path.with_suffix(".info")
+    text = info_text(sha256_file(path), known.model, known.endpoint, ids, pairs)
+    write_synced(info, [text])  # on disk, not held: a million requests make 1,000 of them
+    return info
+
+
+def write_synced(path: Path, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def shaped(lines: Iterator[str], shape: Callable[[dict], dict] | None) -> Iterator[str]:
