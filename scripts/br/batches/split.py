@@ -91,7 +91,7 @@ def pending_lines(
                     if found is not None:
                         known.found.append(None if MARKER in line else pairs[i])
                     # A local image's reference becomes its data URL: inline bytes live only
-                    # in the chunks that send them (images.py).
+                    # in the chunks that send them (prompts/images/).
                     yield materialise(line if line.endswith("\n") else line + "\n")
 
 
