@@ -216,3 +216,33 @@ def test_queued_chunks_beyond_the_hold_wait_in_the_spill_file_from_the_start(
     assert [[r["custom_id"] for r in results(step, c.nnn)] for c in chunks] == [
         ["a", "b", "c"], ["d", "e"], ["f"],
     ]  # fmt: skip
+
+
+def test_a_run_ends_at_the_poll_that_sees_its_last_batch_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing in flight and nothing queued after a poll: the run ends there, without one more
+    pause of the polling interval (a second on every run)."""
+    from br.batches import engine as engine_module
+    from br.batches.chunk import Done
+    from br.layout import StepDir
+    from test_chunk_state import Fake, engine, split
+
+    monkeypatch.setenv("BR_POLL_MIN", "0.05")
+    step, fake = StepDir(tmp_path / "caption"), Fake()
+    fake.listable = False
+    chunks = split(step, ["a", "b"], ["c"])
+    run = engine(step, fake, retries=2)
+    run.begin(chunks)
+    idle: list[float] = []  # pauses taken with every chunk already done
+    real = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if all(isinstance(c.state, Done) for c in chunks):
+            idle.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(engine_module.time, "sleep", sleep)
+    assert run.run() == []
+    assert all(isinstance(c.state, Done) for c in chunks)
+    assert idle == []

@@ -283,6 +283,8 @@ class Engine:
                     time.sleep(min(2.0**stalls, 60.0))
                 if progress:
                     self.report(progress)
+                if not self.in_flight() and not self.ready():
+                    break  # the last batch ended at this poll: nothing to wait for
                 if self.ready() and len(self.in_flight()) < before:
                     continue  # a batch ended: its budget is free, submit before sleeping
                 waits = [c.flight.next_at for c in self.in_flight()]
