@@ -73,16 +73,16 @@ def main(argv: list[str] | None = None) -> int:
                 records, step, args.data_key, local, checker, response_key, every=True
             )
             for built, reason in built_ones:
-                if not built.selected:
+                if built.request is None:
                     made.write_line(hashes, None)
-                elif built.request is None:
+                    if not built.selected:
+                        continue  # left out by where:, not skipped
                     row = {"index": built.index, "custom_id": built.custom_id}
                     row["missing"] = built.missing
                     if reason:
                         row["reason"] = reason
                         reasons.append(reason)
                     skipped.append(row)
-                    made.write_line(hashes, None)
                 else:
                     f.write(built.line)
                     written.update(built.line.encode())

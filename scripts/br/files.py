@@ -101,11 +101,16 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> int:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of(f)
+
+
+def sha256_of(f: IO[bytes]) -> str:
+    """The sha256 of an open file's bytes from its start; left at its start again."""
+    f.seek(0)
+    digest = hashlib.file_digest(f, "sha256").hexdigest()
+    f.seek(0)
+    return digest
 
 
 def move_aside(path: Path) -> Path:

@@ -28,7 +28,6 @@ written for: an answer is attached only to a record whose request is the one sen
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -36,25 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from br.files import sha256_of
 from br.layout import hashes_of
 
 NONE = "-"  # a record with no request line
 TAIL = 4096  # bytes read back from the end for the last line (it is about 400)
-BLOCK = 1 << 20
 
 
 class Untrusted(Exception):
     """requests.hashes is damaged: what it was to spare is computed instead."""
-
-
-def content_sha(f: IO[bytes]) -> str:
-    """The sha256 of an open file's bytes, read from its start; left at its start again."""
-    f.seek(0)
-    digest = hashlib.sha256()
-    while block := f.read(BLOCK):
-        digest.update(block)
-    f.seek(0)
-    return digest.hexdigest()
 
 
 def image_root(root: Path) -> str:
@@ -98,7 +87,7 @@ class Hashes:
 
     def describes(self, requests: IO[bytes]) -> bool:
         """It was written for the bytes of this open requests.jsonl (read through once)."""
-        return self.made is not None and self.made.requests == content_sha(requests)
+        return self.made is not None and self.made.requests == sha256_of(requests)
 
     def records(self) -> Iterator[tuple[bytes, int] | None]:
         """Each record's (request hash as 32 bytes, tokens), or None, in record order."""
@@ -140,10 +129,9 @@ def known(requests: Path, f: IO[bytes]) -> tuple[Made, Iterator[tuple[bytes, int
     """(what it was made from, (hash, tokens) of each line of requests.jsonl open as `f`, in
     order) when requests.hashes was written for its bytes; else None."""
     hashes = opened(requests)
-    if hashes is None or hashes.made is None:
-        return None
-    if not hashes.describes(f):
-        hashes.close()
+    if hashes is None or hashes.made is None or not hashes.describes(f):
+        if hashes is not None:
+            hashes.close()
         return None
     return hashes.made, _reading(hashes)
 
