@@ -21,6 +21,13 @@ def _interrupted(signum: int, frame: object) -> None:
 # the rest loads is this one line too.
 _signal.signal(_signal.SIGINT, _interrupted)
 
+import gc  # noqa: E402
+
+# A script makes a few dicts per record and keeps almost none: the cyclic collector, run every
+# 700 allocations by default, walks the SDK's thousands of classes for nothing (about 5% of a
+# run's CPU). Cycles are still collected, a hundred times less often.
+gc.set_threshold(70_000, 20, 20)
+
 import argparse  # noqa: E402
 import errno  # noqa: E402
 from collections.abc import Callable  # noqa: E402
