@@ -137,6 +137,45 @@ def test_the_standing_row_is_a_success_whenever_it_came_else_the_latest_failure(
     assert store.final(found[bytes.fromhex(ok_then_failed)])
 
 
+def test_the_index_in_memory_keeps_the_rows_the_sqlite_index_keeps(tmp_path: Path) -> None:
+    """store.Memory (a small step's merge) and store.Index (SQLite) read the same answers/
+    files and stand by the same row per hash: a success whenever it came, else the latest
+    failure, ties to the file read last; a text answer, a cut one, and a non-text one."""
+    files = StepDir(tmp_path)
+    h = [f"{i:064x}" for i in range(6)]
+    store.write(
+        files.answers_file("a" * 64, 0),
+        [
+            store.stored("r0", h[0], result("one")),
+            store.stored("r1", h[1], result(code="server_error")),
+            store.stored("r2", h[2], result(code="a")),
+            store.stored("r3", h[3], result([0.5, {"k": "v"}])),
+            store.stored("r4", h[4], {**result("cut"), "cut_short": True}),
+            store.stored("r5", h[5], result("first of a tie")),
+        ],
+    )
+    store.write(
+        files.answers_file("a" * 64, 1),
+        [
+            store.stored("r0", h[0], result(code="batch_expired", attempt=1)),
+            store.stored("r1", h[1], result("two", attempt=1)),
+            store.stored("r2", h[2], result(code="b", attempt=1)),
+        ],
+    )
+    store.write(files.answers_file("b" * 64, 0), [store.stored("r5", h[5], result("tie"))])
+    memory, index = store.Memory(), store.Index(sqlite3.connect(":memory:"))
+    for kept in (memory, index):
+        kept.add_files(files.answer_files())
+    keys = [bytes.fromhex(x) for x in h] + [b"\xff" * 32]
+    read = memory.answers(keys)
+    assert read == index.answers(keys)
+    assert [read[k].get("response") for k in keys[:6]] == [
+        "one", "two", None, [0.5, {"k": "v"}], "cut", "tie"
+    ]  # fmt: skip
+    assert store.failure(read[keys[2]]).code == "b" and store.attempts(read[keys[2]]) == 2
+    assert read[keys[4]].get("cut_short") is True and keys[6] not in read
+
+
 def test_rows_are_read_from_the_step_answers_files_named_by_stepdir(tmp_path: Path) -> None:
     files = StepDir(tmp_path)
     assert list(store.rows(files)) == []  # no answers/ yet
@@ -173,7 +212,12 @@ def test_an_answer_is_attached_only_to_the_request_it_answers(tmp_path: Path) ->
     assert (error["custom_id"], error["index"], error["code"]) == ("r1", 1, "no_result")
 
 
-def test_a_latest_failure_does_not_hide_an_earlier_success(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_latest_failure_does_not_hide_an_earlier_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+) -> None:
+    if not in_memory:  # answers over the bound: the on-disk index
+        monkeypatch.setattr(store, "IN_MEMORY_BYTES", 0)
     step = Step(tmp_path, "caption", stories(2))
     h0, h1 = (request_hash(r) for r in step.requests().values())
     step.answer(

@@ -9,7 +9,7 @@ the batches ran) stops the merge before anything is written (`Changed`).
 What an answer becomes there is values.py's (`Merger`). While requests.hashes describes what
 INPUT, CONFIG and the images are (prompts/made.py), each record's request hash is read from it
 instead of building the request again (`merge_made`). The indexes live in a temporary SQLite
-file, so memory stays flat.
+file, so memory stays flat (the answers of a small step in memory: Answers).
 """
 
 from __future__ import annotations
@@ -143,17 +143,31 @@ class Indexed:
 
 
 class Answers:
-    """The standing answer per request hash (store.Index) in a temporary on-disk index, and
-    the requests sent: `Streamed` first, `Indexed` (`indexed()`) when INPUT is out of step."""
+    """The standing answer per request hash, and the requests sent: `Streamed` first,
+    `Indexed` (`indexed()`) when INPUT is out of step. The answers are indexed in memory
+    (store.Memory) while their files are under store.IN_MEMORY_BYTES, else in a temporary
+    SQLite file (store.Index), which also holds Indexed's tables."""
 
     def __init__(self, directory: Path, requests: Path, answers: StepDir, skipped: Path) -> None:
-        self.tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=".merge-", suffix=".db")  # noqa: SIM115 (closed in close())
-        self.db = sqlite3.connect(self.tmp.name)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.index = store.Index(self.db)
-        self.index.add_files(answers.answer_files())
-        self.requests, self.skipped = requests, skipped
+        self.directory, self.requests, self.skipped = directory, requests, skipped
+        self.tmp: IO[bytes] | None = None
+        self._db: sqlite3.Connection | None = None
+        files = answers.answer_files()
+        if sum(path.stat().st_size for path in files) <= store.IN_MEMORY_BYTES:
+            self.index: store.Memory | store.Index = store.Memory()
+        else:
+            self.index = store.Index(self.db)
+        self.index.add_files(files)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            where = {"dir": self.directory, "prefix": ".merge-", "suffix": ".db"}
+            self.tmp = tempfile.NamedTemporaryFile(**where)  # noqa: SIM115 (closed in close())
+            self._db = sqlite3.connect(self.tmp.name)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+        return self._db
 
     def streamed(self) -> Streamed:
         return Streamed(self.requests, self.skipped)
@@ -162,8 +176,10 @@ class Answers:
         return Indexed(self.db, self.requests, self.skipped)
 
     def close(self) -> None:
-        self.db.close()
-        self.tmp.close()
+        if self._db is not None:
+            self._db.close()
+        if self.tmp is not None:
+            self.tmp.close()
 
 
 def rebuilt(
