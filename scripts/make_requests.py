@@ -30,7 +30,6 @@ from br.layout import hashes_of
 from br.prompts import made
 from br.prompts.build import step_requests
 from br.prompts.images.cache import recorded_stamp
-from br.prompts.images.identity import request_hash
 from br.prompts.request_images import image_arguments, local_root, reason_kinds, step_images
 from br.prompts.tokens import estimate_tokens
 from br.records import iter_records
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(built.line)
                     written.update(built.line.encode())
                     body = built.request["body"]
-                    sha = request_hash(built.request, built.line)
-                    made.write_line(hashes, sha, estimate_tokens(body))
+                    made.write_line(hashes, built.hash, estimate_tokens(body))
                     kinds.add((body.get("model"), built.request["url"]))
                     n += 1
         write_jsonl(args.skipped, skipped)

@@ -24,7 +24,7 @@ from br.cli import UserError, note
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from br.config import Step, compile_jq
@@ -33,8 +33,9 @@ from br.limits import MAX_FILE_BYTES
 from br.prompts.endpoints import request_body
 from br.prompts.images.cache import LocalImages
 from br.prompts.images.formats import ImageSkip
-from br.prompts.images.identity import MARKER, materialised_size
+from br.prompts.images.identity import MARKER, materialised_size, request_hash
 from br.prompts.request_images import image_arguments, step_images
+from br.prompts.shapes import Shapes
 from br.prompts.templates import (
     DataKeyError,
     Template,
@@ -75,11 +76,24 @@ class Built:
     missing: list[str]
     selected: bool = True  # False: left out by `where:` (yielded only with every=True)
     reason: str | None = None  # why its image cannot be sent (for skipped.jsonl)
+    shaped: Callable[[], tuple[str, str]] | None = None  # its line and hash (shapes.py)
 
     @cached_property
+    def encoded(self) -> tuple[str, str]:
+        if self.shaped is not None:
+            return self.shaped()
+        line = dumps(self.request) + "\n"
+        return line, request_hash(self.request or {}, line)
+
+    @property
     def line(self) -> str:
         """The request as its line in requests.jsonl (serialised once)."""
-        return dumps(self.request) + "\n"
+        return self.encoded[0]
+
+    @property
+    def hash(self) -> str:
+        """Its request_hash: the key its answer is found by."""
+        return self.encoded[1]
 
 
 def skipped(built: Built, reason: str) -> Built:
@@ -96,6 +110,7 @@ class RequestBuilder:
         self.data_key = data_key
         self.key = key_function(data_key)
         self.local = local
+        self.shapes = Shapes(step)
         self.where = compile_jq(step.where, f"step '{step.name}' where:") if step.where else None
         self.where_errors = 0
         self.first_where_error: tuple[int, str] | None = None  # (record index, jq's message)
@@ -159,7 +174,8 @@ class RequestBuilder:
                 return Built(index, custom_id, None, [], reason=str(e))
         body = request_body(self.step, texts, image)
         request = {"custom_id": custom_id or "", "method": "POST", "url": self.step.endpoint}
-        return Built(index, custom_id, {**request, "body": body}, [])
+        shaped = partial(self.shapes.encode, custom_id or "", texts, image)
+        return Built(index, custom_id, {**request, "body": body}, [], shaped=shaped)
 
 
 def step_requests(

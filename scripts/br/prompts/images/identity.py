@@ -44,11 +44,15 @@ def request_hash(request: dict[str, Any], line: str | None = None) -> str:
     which could spell one) no image url can change, and the body is hashed as it is (the same
     hash, without walking it).
     """
+    return hashlib.sha256(canonical_text(request, line).encode()).hexdigest()
+
+
+def canonical_text(request: dict[str, Any], line: str | None = None) -> str:
+    """The text `request_hash` hashes: [url, body], keys sorted, ASCII, image data canonical."""
     body = request.get("body")
     if line is None or MARKER in line or "data:" in line or "\\u" in line:
         body = canonical_body(body)
-    canonical = _CANONICAL([request.get("url"), body])
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return _CANONICAL([request.get("url"), body])
 
 
 # ----------------------------------------------------------------------------- markers

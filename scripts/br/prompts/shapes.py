@@ -1,0 +1,83 @@
+"""A request's line and hash written from its step's shape, not encoded whole each time.
+
+Every request of a step has the same body but for its values: the custom_id, the filled texts
+and the image URL. Which of them appear, and where, depends only on which texts are empty and
+whether there is an image (endpoints.py's only choices that look at a value): that is a
+request's shape. For each shape the request is built once with stand-ins for its values and
+encoded as its line (records.dumps) and as its identity's canonical form (the text
+identity.request_hash hashes); each request's line and hash are then those encodings with its
+own values escaped in the stand-ins' places, by the very escapes the encoders use
+(json.encoder's encode_basestring and encode_basestring_ascii). The same bytes, without
+walking the body twice: tests/test_shapes.py compares them with the whole encodings for every
+shape of every endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from json.encoder import encode_basestring, encode_basestring_ascii
+
+from br.config import Step
+from br.prompts.endpoints import request_body
+from br.prompts.images.identity import MARKER, canonical_text, canonical_url
+from br.records import dumps
+
+Key = tuple[tuple[bool, ...], bool, bool]  # (each text non-empty, image is None, image non-empty)
+
+
+class Encoding:
+    """One encoding of a shape: its text cut at the stand-ins, and which value each cut takes."""
+
+    def __init__(self, text: str, pattern: re.Pattern[str]) -> None:
+        parts = pattern.split(text)
+        self.pieces, self.slots = parts[0::2], [int(s) for s in parts[1::2]]
+
+    def fill(self, values: list[str], escape: Callable[[str], str]) -> str:
+        out = [self.pieces[0]]
+        for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
+            out += (escape(values[slot]), piece)
+        return "".join(out)
+
+
+class Shapes:
+    """The line and the hash of each request of `step` (`encode`), one shape at a time."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        token = uuid.uuid4().hex  # no config or record can hold it: a stand-in is only that
+        self.stand_in = f"br-slot-{token}-{{}}".format
+        self.pattern = re.compile(f'"br-slot-{token}-([0-9]+)"')
+        self.shapes: dict[Key, tuple[Encoding, Encoding]] = {}
+
+    def encode(self, custom_id: str, texts: list[str], image: str | None) -> tuple[str, str]:
+        """(the request's line with its newline, its request_hash)."""
+        key = (tuple(map(bool, texts)), image is None, bool(image))
+        shape = self.shapes.get(key) or self.learn(key, len(texts), image is not None)
+        values = [custom_id, *texts, image or ""]
+        line, canonical = shape
+        if image and image.startswith((MARKER, "data:")):
+            values[-1] = canonical_url(image)  # its identity: the bytes' digest (identity.py)
+            text = canonical.fill(values, encode_basestring_ascii)
+            values[-1] = image
+        else:
+            text = canonical.fill(values, encode_basestring_ascii)
+        return line.fill(values, encode_basestring) + "\n", sha256(text)
+
+    def learn(self, key: Key, n: int, has_image: bool) -> tuple[Encoding, Encoding]:
+        stand_ins = [self.stand_in(i) for i in range(n + 2)]
+        texts = [s if full else "" for s, full in zip(stand_ins[1:-1], key[0], strict=True)]
+        image = (stand_ins[-1] if key[2] else "") if has_image else None
+        body = request_body(self.step, texts, image)
+        request = {"custom_id": stand_ins[0], "method": "POST", "url": self.step.endpoint}
+        request["body"] = body
+        line = Encoding(dumps(request), self.pattern)
+        canonical = Encoding(canonical_text(request), self.pattern)
+        self.shapes[key] = (line, canonical)
+        return line, canonical
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
