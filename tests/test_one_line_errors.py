@@ -485,10 +485,11 @@ def test_bad_json_lists_are_one_line_with_the_position(
     one_line_error(build(tmp_path, data, config_file(tmp_path)), str(data), *words)
 
 
-def test_digest_set_finds_duplicates_within_and_across_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory", [0, 150, 1000])  # on disk, moved there midway, in memory
+def test_digest_set_finds_duplicates_within_and_across_batches(tmp_path: Path, memory: int) -> None:
     from br.digests import DigestSet
 
-    with DigestSet(directory=tmp_path, batch=100) as seen:
+    with DigestSet(directory=tmp_path, batch=100, memory=memory) as seen:
         found = []
         for i in [*range(250), 5, 249, 300, 300]:
             found += seen.add(f"key {i}")
