@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from br.layout import name_of
+from br.names import name_of
 
 
 def main() -> int:

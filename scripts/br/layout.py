@@ -2,12 +2,12 @@
 
 - `name_of`: the directory of an input, `<readable stem>-<8 hex of the sha256 of its absolute
   path>`, and whether its merged output is json or jsonl (scripts/build_name.py prints both for
-  make at parse time: standard library only, it runs before the virtual environment exists).
+  make at parse time: standard library only, it runs before the virtual environment exists;
+  it lives in br/names.py, which loads nothing else, as make runs it on every make).
 - `StepDir`: a step's directory and every file in it (the one reader and writer of chunks.mk).
 - `step_dir`: where a pipeline's step is, for the verbs that look at one.
 """
 
-import hashlib
 import os
 import re
 import tempfile
@@ -16,14 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from br.cli import UserError, note
+from br.names import name_of
 
-
-def name_of(path: str) -> tuple[str, str]:
-    """(directory name, "json" or "jsonl") of an input path, relative to the current folder."""
-    stem, ext = os.path.splitext(os.path.basename(path))
-    readable = re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:40] or "input"
-    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
-    return f"{readable}-{digest[:8]}", "jsonl" if ext.lower() in (".jsonl", ".ndjson") else "json"
+__all__ = ["name_of", "StepDir", "chunk_id", "hashes_of"]
 
 
 # ----------------------------------------------------------------------------- a step's files

@@ -15,8 +15,8 @@ shape of every endpoint.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import uuid
 from collections.abc import Callable
 from json.encoder import encode_basestring, encode_basestring_ascii
 
@@ -47,7 +47,7 @@ class Shapes:
 
     def __init__(self, step: Step) -> None:
         self.step = step
-        token = uuid.uuid4().hex  # no config or record can hold it: a stand-in is only that
+        token = os.urandom(16).hex()  # no config or record can hold it: a stand-in is only that
         self.stand_in = f"br-slot-{token}-{{}}".format
         self.pattern = re.compile(f'"br-slot-{token}-([0-9]+)"')
         self.shapes: dict[Key, tuple[Encoding, Encoding]] = {}
