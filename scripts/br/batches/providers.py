@@ -9,20 +9,21 @@ are read on first use, so a rerun with nothing to do needs no key.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from br.batches import anthropic_lines, gemini_shape
-from br.batches.anthropic import Anthropic
-from br.batches.gemini import Gemini
-from br.batches.openai import OpenAI
 from br.batches.provider import Provider
 from br.cli import UserError
 from br.config import ENDPOINT, Config
 from br.prompts.images.identity import request_hash
 from br.prompts.tokens import estimate_tokens
 
-# name -> the class constructed as Cls(config).
-PROVIDERS: dict[str, Any] = {"openai": OpenAI, "anthropic": Anthropic, "gemini": Gemini}
+# name -> (module, class) constructed as Cls(config); a process loads only the ones it uses.
+PROVIDERS = {
+    "openai": ("br.batches.openai", "OpenAI"),
+    "anthropic": ("br.batches.anthropic", "Anthropic"),
+    "gemini": ("br.batches.gemini", "Gemini"),
+}
 
 
 def provider_for(config: Config | None, step: str | None = None) -> Provider:
@@ -34,9 +35,10 @@ def provider_named(config: Config | None, name: str, step: str | None = None) ->
     """The Provider called `name` (as `provider:` names it), constructed with the config as
     that provider reads it for `step` (another provider than the step's: an old one whose
     batches are still collected, told only a top-level `base_url:` that is its own)."""
-    cls = PROVIDERS.get(name)
-    if cls is None:
+    where = PROVIDERS.get(name)
+    if where is None:
         raise UserError(f"provider: {name} is not available in this version")
+    cls = getattr(importlib.import_module(where[0]), where[1])
     provider: Provider = cls(told(config, name, step) if config is not None else None)
     return provider
 
@@ -59,11 +61,16 @@ def line_identity(line: dict[str, Any], text: str | None = None) -> tuple[Any, s
     (`text`: its JSON, when known), whichever provider's it is: the pipeline's (OpenAI's)
     `{custom_id, url, body}`, Anthropic's `{custom_id, params}` or Gemini's `{key, request}`."""
     if "params" in line:
+        from br.batches import anthropic_lines
+
         cid, sha, model, tokens = anthropic_lines.identity(line)
         return cid, sha, model, anthropic_lines.ENDPOINT, tokens
-    if gemini_shape.is_line(line):
-        key, sha, model, tokens = gemini_shape.identity(line)
-        return key, sha, model, gemini_shape.ENDPOINT, tokens
+    if "request" in line and "key" in line:
+        from br.batches import gemini_shape
+
+        if gemini_shape.is_line(line):
+            key, sha, model, tokens = gemini_shape.identity(line)
+            return key, sha, model, gemini_shape.ENDPOINT, tokens
     body = line.get("body") or {}
     cid = line.get("custom_id")
     return (
