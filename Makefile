@@ -169,7 +169,7 @@ $(VENV_OK): pyproject.toml
 # every process of a run again on each make: 0.1 s to 0.4 s of CPU a run. `make bench` warms it.
 BYTECODE := $(VENV)/bytecode.stamp
 $(BYTECODE): $(wildcard scripts/*.py scripts/*/*.py scripts/*/*/*.py scripts/*/*/*/*.py) | $(VENV_OK)
-	@$(VENV)/bin/python -m compileall -q scripts >/dev/null && touch $@
+	@$(VENV)/bin/python -m compileall -q scripts && touch $@
 
 # ----------------------------------------------------------------------------- the pipeline
 # Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
