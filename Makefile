@@ -181,7 +181,7 @@ $(BYTECODE): $(wildcard scripts/*.py scripts/*/*.py scripts/*/*/*.py scripts/*/*
 REQUEST_PARAMS = --hash INPUT="$$BR_INPUT" \
   --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
   IMAGE_ROOT="$$BR_IMAGE_ROOT" $(call q,PREFLIGHT=$(PREFLIGHT))
-STAMPS := $(B)/requests.params $(B)/images.stamp $(B)/split.params $(B)/merge.params
+STAMPS := $(B)/requests.params $(B)/images.stamp $(B)/split.params $(B)/merge.params $(B)/run.params
 # images.stamp changes when a local image the requests use changes (or while image URLs fail
 # the preflight, so they are checked again): requests.jsonl follows the images' bytes, not just
 # the input's. split.params holds the step's provider: (a config whose provider cannot be read
@@ -193,7 +193,9 @@ stamps: | $(VENV_OK) $(BYTECODE)
 	    --images $(call q,$(B)/images) $(call q,$(B)/preflight.json) \
 	  --and $(call q,$(B)/split.params) $(call q,MAX_REQUESTS=$(MAX_REQUESTS)) \
 	    $(call q,MAX_BYTES=$(MAX_BYTES)) --provider "$$BR_CONFIG" $(call q,$(STEP)) \
-	  --and $(call q,$(B)/merge.params) $(call q,RESPONSE_KEY=$(RESPONSE_KEY))
+	  --and $(call q,$(B)/merge.params) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \
+	  --and $(call q,$(B)/run.params) --run "$$BR_CONFIG" $(call q,$(STEP)) $(call q,$(MODE)) \
+	    $(call q,$(MAX_COST))
 $(STAMPS): stamps ;
 
 $(B)/requests.jsonl: $(B)/requests.params $(B)/images.stamp scripts/make_requests.py $(LIB) $(PROMPTS) | $(VENV_OK)
@@ -236,9 +238,11 @@ CHECK_COST = @$(COST)
 RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG" \
   --step $(call q,$(STEP)) --mode $(call q,$(MODE)) \
   $(if $(TOKEN_BUDGET),--token-budget $(call q,$(TOKEN_BUDGET)))
-# The cost check (and OUTPUT's) prints the step's mode (one process for all three).
-$(B)/results.list: $(B)/chunks.mk FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
-	@mode=$$($(COST) --print-mode) && if [ "$$mode" = batch ]; then set -x; \
+# The cost check (and OUTPUT's) prints the step's mode (one process for all three); with no
+# cap, no OUTPUT and batch mode (run.params says RUN=batch) there is nothing to ask it.
+$(B)/results.list: $(B)/chunks.mk $(B)/run.params FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
+	@if $(if $(OUTPUT),false,[ "$$(cat $(call q,$(B)/run.params))" = RUN=batch ]); then \
+	  mode=batch; else mode=$$($(COST) --print-mode) || exit; fi; if [ "$$mode" = batch ]; then set -x; \
 	  $(RUN_BATCHES) -o $(call q,$@); else set -x; \
 	  $(RUN_LIVE) --concurrency $(call q,$(CONCURRENCY)) --retries $(call q,$(RETRIES)) -o $(call q,$@); fi
 

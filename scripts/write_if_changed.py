@@ -7,6 +7,9 @@ exactly when one of them really changed, whatever the files' mtimes say (`cp -p`
 reused while the file's inode, size, mtime and ctime stay the same (ctime cannot be set back).
 `--provider CONFIG STEP` adds the line `PROVIDER=<the step's provider:>` (the split's stamp: a
 provider's chunks hold its own lines, so changing `provider:` alone splits again).
+`--run CONFIG STEP MODE MAX_COST` adds `RUN=batch` for a step in batch mode with no cost cap,
+else `RUN=check` (run.params: make caption starts run_batches.py without plan.py's check when
+there is nothing to check).
 `--images CACHE PREFLIGHT` adds a digest of every image the step's index (its images/) holds,
 which changes when one of them does, or on every run while image URLs fail the preflight (the
 images' stamp: requests.jsonl follows the images' bytes; br/prompts/images/cache.py).
@@ -31,13 +34,18 @@ from br.cli import ArgumentParser, UserError, run
 # isort: split
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from br.files import atomic_output, check_target, sha256_file, write_text
+
+if TYPE_CHECKING:
+    from br.config import Config
 
 AND = "--and"  # starts the next stamp
 
@@ -73,6 +81,12 @@ def parser_() -> ArgumentParser:
     parser.add_argument("--check", action="store_true", help="fail if the stamp would change")
     parser.add_argument(
         "--provider", nargs=2, metavar=("CONFIG", "STEP"), help="add the step's provider:"
+    )
+    parser.add_argument(
+        "--run",
+        nargs=4,
+        metavar=("CONFIG", "STEP", "MODE", "MAX_COST"),
+        help="add RUN=batch (batch mode, no cost cap) or RUN=check (plan.py decides)",
     )
     parser.add_argument(
         "--images",
@@ -139,10 +153,14 @@ def stamp_lines(args: argparse.Namespace, caches: dict[Path, dict[str, list[obje
     (.hashes.json), in `caches` until written."""
     lines = list(args.lines)
     if args.provider:
-        from br.config import load_config  # only the split's stamp reads the config
-
         config, step = args.provider
-        lines.append(f"PROVIDER={load_config(Path(config)).provider(step or None)}")
+        lines.append(f"PROVIDER={config_of(config).provider(step or None)}")
+    if args.run:
+        from br.live.modes import plain_batch
+
+        config, step, mode, max_cost = args.run
+        plain = plain_batch(config_of(config), step, mode, max_cost)
+        lines.append(f"RUN={'batch' if plain else 'check'}")
     if args.images:
         from br.prompts.images.cache import stamp  # only the images' stamp reads their index
 
@@ -158,6 +176,14 @@ def stamp_lines(args: argparse.Namespace, caches: dict[Path, dict[str, list[obje
             name, _, path = item.partition("=")
             lines.append(f"{name}_SHA256={digest(name, Path(path), caches[store])}")
     return lines
+
+
+@functools.cache
+def config_of(path: str) -> Config:
+    """The config, read once (the split's stamp and the run's read it: no other stamp)."""
+    from br.config import load_config
+
+    return load_config(Path(path))
 
 
 def check_stamp(target: Path, lines: list[str]) -> None:

@@ -74,17 +74,16 @@ class Job:
 def test_a_first_run_and_a_rerun_start_only_the_processes_they_need(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """The four stamps from one process; no collection on a fresh step (no ledger yet); the
-    mode from the light cost check; a rerun with nothing to do: the stamps, the mode, the paid
-    step's look at its chunks, and the check that INPUT did not change meanwhile (which also
-    copies OUTPUT)."""
+    """The five stamps from one process; no collection on a fresh step (no ledger yet); no
+    cost check in batch mode without a cap (run.params says so); a rerun with nothing to do:
+    the stamps, the paid step's look at its chunks, and the check that INPUT did not change
+    meanwhile (which also copies OUTPUT, checked first by the cost check's process)."""
     job = Job(tmp_path, emulator, ["a", "b", "c"])
     first = job.make()
     assert first == [
         "write_if_changed.py",
         "make_requests.py",
         "split_requests.py",
-        "plan.py --print-mode",
         "run_batches.py",
         "merge_results.py",
         "write_if_changed.py --check",
@@ -95,17 +94,24 @@ def test_a_first_run_and_a_rerun_start_only_the_processes_they_need(
     again = job.make()
     assert again == [
         "write_if_changed.py",
-        "plan.py --print-mode",
         "run_batches.py",
         "write_if_changed.py --check",
     ], again
     assert (job.step / "merged.json").read_bytes() == merged
     assert {p.name: p.stat().st_mtime_ns for p in job.step.glob("*.params")} == stamps
-    # OUTPUT adds no process: checked by the cost check's, copied by the last check's.
+    # OUTPUT: checked by the cost check's process, copied by the last check's.
     job.variables["OUTPUT"] = str(tmp_path / "out" / "merged.json")
     with_output = job.make()
-    assert with_output == [*again[:-1], "write_if_changed.py --check --from"], with_output
+    checked = [again[0], "plan.py --print-mode", *again[1:-1]]
+    assert with_output == [*checked, "write_if_changed.py --check --from"], with_output
     assert (tmp_path / "out" / "merged.json").read_bytes() == merged
+    del job.variables["OUTPUT"]
+    # A cost cap: the cost check runs again, and run.params alone changes.
+    job.variables["MAX_COST"] = "5"
+    assert job.make() == [*checked, "write_if_changed.py --check"]
+    assert (job.step / "run.params").read_text() == "RUN=check\n"
+    changed = {p.name for p in job.step.glob("*.params") if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == {"run.params"}
     assert len(emulator.batches()) == 1
 
 
@@ -131,14 +137,14 @@ def test_the_re_split_collects_only_when_the_ledger_may_hold_an_unfetched_batch(
 def test_the_stamps_come_from_one_process_and_a_mistake_writes_none_of_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """make's four stamps in one call: each worked out before any is written, so a provider
+    """make's five stamps in one call: each worked out before any is written, so a provider
     mistake is one line and no stamp; then each rewritten only when its own bytes change."""
     data = write_json(tmp_path / "data.json", [{"id": "a"}])
     config = tmp_path / "config.yaml"
     config.write_text("model: gpt-4o-mini\nprovider: nosuch\n" + CONFIG.split("\n", 1)[1])
     step = tmp_path / "step"
 
-    def stamps(max_requests: int = 1000) -> list[str]:
+    def stamps(max_requests: int = 1000, max_cost: str = "") -> list[str]:
         return [
             str(step / "requests.params"), "--hash", f"INPUT={data}", "STEP=caption",
             "--and", str(step / "images.stamp"), "--images", str(step / "images"),
@@ -146,6 +152,7 @@ def test_the_stamps_come_from_one_process_and_a_mistake_writes_none_of_them(
             "--and", str(step / "split.params"), f"MAX_REQUESTS={max_requests}",
             "--provider", str(config), "caption",
             "--and", str(step / "merge.params"), "RESPONSE_KEY=",
+            "--and", str(step / "run.params"), "--run", str(config), "caption", "", max_cost,
         ]  # fmt: skip
 
     assert run(write_if_changed.main, stamps()) == 2
@@ -159,6 +166,7 @@ def test_the_stamps_come_from_one_process_and_a_mistake_writes_none_of_them(
         "images.stamp": hashlib.sha256().hexdigest() + "\n",  # no image indexed
         "split.params": "MAX_REQUESTS=1000\nPROVIDER=anthropic\n",
         "merge.params": "RESPONSE_KEY=\n",
+        "run.params": "RUN=batch\n",
     }
     mtimes = {p.name: p.stat().st_mtime_ns for p in step.iterdir()}
     folder = step.stat().st_mtime_ns
@@ -169,13 +177,16 @@ def test_the_stamps_come_from_one_process_and_a_mistake_writes_none_of_them(
     assert run(write_if_changed.main, stamps(500)) == 0
     changed = [p.name for p in step.iterdir() if p.stat().st_mtime_ns != mtimes[p.name]]
     assert changed == ["split.params"]
+    assert run(write_if_changed.main, stamps(500, max_cost="5")) == 0
+    assert (step / "run.params").read_text() == "RUN=check\n"
 
 
 def test_the_mode_without_a_cap_loads_neither_providers_nor_planner_nor_images(
     tmp_path: Path,
 ) -> None:
-    """make caption asks plan.py for the step's mode on every run: with no MAX_COST and no
-    max_cost: it reads the config alone; with a cap it still prices what is left to send."""
+    """make caption asks plan.py for the step's mode when run.params says RUN=check (a cap,
+    OUTPUT, or a mode: in the config): with no MAX_COST and no max_cost: it reads the config
+    alone; with a cap it still prices what is left to send."""
     step = Step(tmp_path, rows(3))
     priced = step.config.read_text() + "prices:\n  gpt-4o-mini: {input: 0.15, output: 0.6}\n"
     step.config.write_text(priced)
@@ -196,10 +207,10 @@ def test_the_mode_without_a_cap_loads_neither_providers_nor_planner_nor_images(
 def test_make_of_one_stamp_writes_the_four_in_one_process(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """`make <step>/<stamp>` still makes that stamp (and its three siblings, from the same one
+    """`make <step>/<stamp>` still makes that stamp (and its four siblings, from the same one
     process); a second time rewrites none of them."""
     job = Job(tmp_path, emulator, ["a"])
-    names = ["requests.params", "images.stamp", "split.params", "merge.params"]
+    names = ["requests.params", "images.stamp", "split.params", "merge.params", "run.params"]
     for name in names:
         for path in job.step.glob("*"):
             path.unlink()
@@ -236,7 +247,6 @@ def test_a_stage_rebuilt_the_same_is_not_run_again_on_the_next_make(
     settled = job.make()
     assert settled == [
         "write_if_changed.py",
-        "plan.py --print-mode",
         "run_batches.py",
         "write_if_changed.py --check",
     ], settled

@@ -44,6 +44,16 @@ def mode_of(config: Config, step_name: str, override: str = "") -> str:
     return str(mode)
 
 
+def plain_batch(config: Config, step_name: str, override: str, max_cost: str) -> bool:
+    """Batch mode with no cost cap, by the config's and the command's words alone: make caption
+    then starts run_batches.py without asking plan.py (anything else asks it: `mode_of`, and
+    the cap's check)."""
+    raw = config.data.get(step_name)
+    step_mode = raw.get("mode") if isinstance(raw, dict) else None
+    modes = {override or None, step_mode, config.data.get("mode")} - {None, "batch"}
+    return not modes and max_cost == "" and config.data.get("max_cost") in (None, "")
+
+
 def check_live(config: Config, step_name: str, mode: str) -> None:
     """Flex is OpenAI's tier only: one line, before anything is sent, for a step on another
     provider (live answers run on every provider: wires.py)."""
