@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,7 @@ class LocalImages:
         self.cache_dir = cache_dir.resolve() if cache_dir is not None else None
         self.read_only = read_only
         self.referenced: set[str] = set()
-        self.run_id = uuid.uuid4().hex
+        self.run_id = os.urandom(16).hex()
         self._db: sqlite3.Connection | None = None
         self.opened = False  # the index is opened (and created) at the first local file
 
@@ -276,7 +275,7 @@ def stamp(cache_dir: Path, preflight: Path | None = None) -> str:
     if preflight is not None:  # the file Preflight.save writes: {"passed": ..., "failed": ...}
         with contextlib.suppress(OSError, ValueError, AttributeError):
             if json.loads(preflight.read_text(encoding="utf-8")).get("failed"):
-                h.update(uuid.uuid4().bytes)
+                h.update(os.urandom(16))
     for path, now in indexed(index, recorded=False):
         h.update(f"{path}\0{now}\0".encode())
     return h.hexdigest()
