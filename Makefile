@@ -167,9 +167,12 @@ $(VENV_OK): pyproject.toml
 # The scripts' bytecode, compiled once after each change of the code. A Python told to write
 # none (PYTHONDONTWRITEBYTECODE, common in containers) would otherwise compile every module of
 # every process of a run again on each make: 0.1 s to 0.4 s of CPU a run. `make bench` warms it.
+# Best effort: a checkout it cannot write to (shared, read-only) runs as before, and a module
+# that does not compile says so when its script runs.
 BYTECODE := $(VENV)/bytecode.stamp
 $(BYTECODE): $(wildcard scripts/*.py scripts/*/*.py scripts/*/*/*.py scripts/*/*/*/*.py) | $(VENV_OK)
-	@$(VENV)/bin/python -m compileall -q scripts && touch $@
+	@if [ -w scripts ]; then $(VENV)/bin/python -m compileall -q scripts >/dev/null 2>&1; fi; \
+	  touch $@ 2>/dev/null || true
 
 # ----------------------------------------------------------------------------- the pipeline
 # Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
@@ -242,8 +245,9 @@ RUN_LIVE = $(PY) scripts/run_live.py --dir $(call q,$(B)) --config "$$BR_CONFIG"
 # cap, no OUTPUT and batch mode (run.params says RUN=batch) there is nothing to ask it.
 $(B)/results.list: $(B)/chunks.mk $(B)/run.params FORCE | scripts/run_batches.py scripts/run_live.py $(VENV_OK)
 	@if $(if $(OUTPUT),false,[ "$$(cat $(call q,$(B)/run.params))" = RUN=batch ]); then \
-	  mode=batch; else mode=$$($(COST) --print-mode) || exit; fi; if [ "$$mode" = batch ]; then set -x; \
-	  $(RUN_BATCHES) -o $(call q,$@); else set -x; \
+	  mode=plain; else mode=$$($(COST) --print-mode) || exit; fi; \
+	  if [ "$$mode" = plain ]; then set -x; $(RUN_BATCHES) --plain $(call q,$(MODE)) -o $(call q,$@); \
+	  elif [ "$$mode" = batch ]; then set -x; $(RUN_BATCHES) -o $(call q,$@); else set -x; \
 	  $(RUN_LIVE) --concurrency $(call q,$(CONCURRENCY)) --retries $(call q,$(RETRIES)) -o $(call q,$@); fi
 
 # One chunk by hand: make build/<input>/<step>/batch_007.id, or .../results_007.jsonl. The

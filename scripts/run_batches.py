@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", action="store_true", help="collect unfetched batches only")
     parser.add_argument("--resend", action="store_true", help="send again unanswered creates")
     parser.add_argument("-o", "--output", type=Path, help="the list of results files to write")
+    parser.add_argument(
+        "--plain",
+        metavar="MODE",
+        help="make caption's plain batch run (run.params: RUN=batch, MODE given): stop if "
+        "CONFIG now sets another mode or a cost cap, as it may have changed since",
+    )
     args = parser.parse_args(argv)
     if args.retries < 0:
         raise UserError(f"RETRIES must be 0 or more, not {args.retries}")
@@ -68,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     from br.files import write_text
 
     config = load_config(args.config)
+    if args.plain is not None:
+        from br.live.modes import plain_batch
+
+        if not plain_batch(config, args.step, args.plain, ""):
+            raise UserError(
+                f"{args.config} changed while make ran: it now sets a mode or a cost cap "
+                "(max_cost:) that was not checked; nothing was sent, rerun the same make command"
+            )
     if args.collect and not collect_elsewhere(step, config, args.step):
         return 2
     provider = provider_for(config, args.step)

@@ -181,6 +181,56 @@ def test_the_stamps_come_from_one_process_and_a_mistake_writes_none_of_them(
     assert (step / "run.params").read_text() == "RUN=check\n"
 
 
+@pytest.mark.parametrize(
+    ("extra", "mode", "max_cost", "says"),
+    [
+        ("", "", "", "batch"),
+        ("mode: batch\n", "batch", "", "batch"),
+        ("mode: live\n", "", "", "check"),
+        ("mode: [live]\n", "batch", "", "check"),  # not a mode at all: plan.py says so
+        ("mode: {a: 1}\n", "", "", "check"),
+        ("max_cost: 0\n", "", "", "check"),
+        ("", "flex", "", "check"),
+        ("", "", "abc", "check"),
+    ],
+)
+def test_run_params_says_batch_only_for_batch_mode_without_a_cap(
+    tmp_path: Path, extra: str, mode: str, max_cost: str, says: str
+) -> None:
+    """run.params lets make caption start run_batches.py without plan.py's check only for
+    batch mode with no cap; anything else, a value that is no mode included, is checked."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + extra)
+    target = tmp_path / "run.params"
+    assert (
+        run(write_if_changed.main, [str(target), "--run", str(config), "caption", mode, max_cost])
+        == 0
+    )
+    assert target.read_text() == f"RUN={says}\n"
+
+
+@pytest.mark.parametrize("extra", ["max_cost: 5\n", "mode: live\n"])
+def test_a_plain_batch_run_stops_if_the_config_now_sets_a_cap_or_a_mode(
+    tmp_path: Path, extra: str
+) -> None:
+    """run.params said RUN=batch when make started; CONFIG then gained a cap or a mode before
+    the paid step: run_batches.py --plain stops in one line before anything is sent."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + extra)
+    step = tmp_path / "step"
+    step.mkdir()
+    cmd = [PYTHON, str(ROOT / "scripts" / "run_batches.py"), "--dir", str(step)]
+    cmd += ["--config", str(config), "--step", "caption", "--plain", ""]
+    env = {**os.environ, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-x"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "changed while make ran" in done.stderr and "nothing was sent" in done.stderr
+    assert list(step.iterdir()) == []
+    config.write_text(CONFIG)  # as when make started: past the check, to the chunks (none)
+    later = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert "changed while make ran" not in later.stderr and "chunks.mk" in later.stderr
+
+
 def test_the_mode_without_a_cap_loads_neither_providers_nor_planner_nor_images(
     tmp_path: Path,
 ) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from br import records
 from br.config import Config
 from br.prompts.build import build_requests
 from br.prompts.images.identity import data_url, make_marker, request_hash
-from br.records import dumps
+from br.records import dumps, iter_records
 
 # Values that escape differently in a line (UTF-8) and in the canonical form (ASCII), and
 # values that empty a text or the image (a shape of their own).
@@ -50,6 +51,14 @@ STEPS = {
         "image_url": "{image_url}",
         "user": "Ask {caption}",
     },
+    "detail": {"user": "{title}", "image_detail": "high", "temperature": 0.25},
+    "reasoning": {
+        "endpoint": "/v1/responses",
+        "model": "gpt-5-mini",
+        "user": "{title} / {caption}",
+        "reasoning_effort": "low",
+        "verbosity": "low",
+    },
     "claude": {"model": "claude-sonnet-4-5", "user": "{title}", "max_tokens": 20},
     "gemini": {"model": "gemini-2.5-flash", "user": "{title}", "system": "s"},
 }
@@ -61,7 +70,8 @@ def test_every_shape_writes_the_bytes_and_hash_of_the_whole_encoding(name: str) 
     step = config.step(name)
     records = []
     for i, (title, caption, image) in enumerate(itertools.product(TEXTS, TEXTS, IMAGES)):
-        record = {"id": i if i % 2 else f"r{i}", "title": title, "caption": caption}
+        key: Any = i if i % 3 == 0 else f"r{i} {TEXTS[i % len(TEXTS)]}"  # ids that escape
+        record = {"id": key, "title": title, "caption": caption}
         record["dialog_history"] = title
         if image is not None:
             record["image_url"] = image
@@ -77,3 +87,41 @@ def test_every_shape_writes_the_bytes_and_hash_of_the_whole_encoding(name: str) 
         assert built.hash == request_hash(built.request, whole)
         seen += 1
     assert seen > len(records) // 3  # many shapes were written, not only skipped records
+
+
+def test_a_shape_follows_the_exact_float_mode_of_records_dumps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a number beyond a double is read, records.dumps writes in Python (a YAML key read
+    as a bool becomes "True"): the shapes learned before are not used after it."""
+    monkeypatch.setattr(records, "_exact_read", False)  # the mode is the process's: put back
+    data = tmp_path / "data.jsonl"
+    rows = ['{"id": "a", "title": "x"}', '{"id": "b", "n": 1e400, "title": "y"}']
+    data.write_text("\n".join([*rows, '{"id": "c", "title": "z"}', ""]))
+    schema = {"type": "object", "properties": {True: {"type": "string"}}}  # YAML's `on:`
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    steps = {"s": {"user": "{title}", "is_multimodal": False, "response_format": fmt}}
+    step = Config(Path("test.yaml"), {"model": "gpt-4o-mini", **steps}).step("s")
+    # Each line beside the whole encoding at the time it is written (as make_requests writes).
+    pairs = [
+        (b.line, dumps(b.request) + "\n")
+        for b in build_requests(iter_records(data), step, "id", warn=lambda _: None)
+    ]
+    assert [line for line, _ in pairs] == [whole for _, whole in pairs]
+    assert '"true"' in pairs[0][0] and '"True"' in pairs[2][0]  # before and after the switch
+
+
+def test_a_body_that_holds_a_value_inside_a_longer_string_is_encoded_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Were an endpoint to embed a text in a longer string, its stand-in would be left inside
+    a piece: that shape is not used, and the request is encoded whole."""
+    from br.prompts import endpoints, shapes
+
+    def embedding(step: Any, texts: list[str], image: str | None) -> dict[str, Any]:
+        return {**endpoints.request_body(step, texts, image), "note": f"about {texts[0]}"}
+
+    monkeypatch.setattr(shapes, "request_body", embedding)
+    step = Config(Path("t.yaml"), {"model": "gpt-4o-mini", **STEPS}).step("plain")
+    maker = shapes.Shapes(step)
+    assert maker.encode("r1", ["a text"], None) is None

@@ -75,7 +75,9 @@ class DigestSet:
                 db.execute("CREATE TABLE d(k INTEGER PRIMARY KEY)")
             finally:
                 os.unlink(name)  # the open connection keeps the file; nothing is left on a crash
+            db.execute("BEGIN")  # one transaction for the move, not one per digest
             db.executemany("INSERT INTO d VALUES (?)", ((d,) for d in self.held or ()))
+            db.execute("COMMIT")
             self.held = None
         return self._db
 

@@ -59,6 +59,11 @@ _DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_cons
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def exact_floats() -> bool:
+    """An ExactFloat was read: `dumps` now writes in Python (its keys as str(k) too)."""
+    return _exact_read
+
+
 def dumps(obj: Any) -> str:
     """The one JSON serialisation used for build files (stable, compact, readable UTF-8)."""
     return _exact(obj) if _exact_read else _encode(obj)

@@ -50,8 +50,9 @@ def plain_batch(config: Config, step_name: str, override: str, max_cost: str) ->
     the cap's check)."""
     raw = config.data.get(step_name)
     step_mode = raw.get("mode") if isinstance(raw, dict) else None
-    modes = {override or None, step_mode, config.data.get("mode")} - {None, "batch"}
-    return not modes and max_cost == "" and config.data.get("max_cost") in (None, "")
+    modes = (override or None, step_mode, config.data.get("mode"))
+    plain = all(mode is None or mode == "batch" for mode in modes)
+    return plain and max_cost == "" and config.data.get("max_cost") in (None, "")
 
 
 def check_live(config: Config, step_name: str, mode: str) -> None:

@@ -76,12 +76,13 @@ class Built:
     missing: list[str]
     selected: bool = True  # False: left out by `where:` (yielded only with every=True)
     reason: str | None = None  # why its image cannot be sent (for skipped.jsonl)
-    shaped: Callable[[], tuple[str, str]] | None = None  # its line and hash (shapes.py)
+    shaped: Callable[[], tuple[str, str] | None] | None = None  # line and hash (shapes.py)
 
     @cached_property
     def encoded(self) -> tuple[str, str]:
-        if self.shaped is not None:
-            return self.shaped()
+        shaped = self.shaped() if self.shaped is not None else None
+        if shaped is not None:
+            return shaped
         line = dumps(self.request) + "\n"
         return line, request_hash(self.request or {}, line)
 

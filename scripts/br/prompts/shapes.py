@@ -2,7 +2,8 @@
 
 Every request of a step has the same body but for its values: the custom_id, the filled texts
 and the image URL. Which of them appear, and where, depends only on which texts are empty and
-whether there is an image (endpoints.py's only choices that look at a value): that is a
+whether there is an image (endpoints.py's only choices that look at a value), and whether
+records.dumps has switched to its ExactFloat mode (which writes keys its own way): that is a
 request's shape. For each shape the request is built once with stand-ins for its values and
 encoded as its line (records.dumps) and as its identity's canonical form (the text
 identity.request_hash hashes); each request's line and hash are then those encodings with its
@@ -23,9 +24,10 @@ from json.encoder import encode_basestring, encode_basestring_ascii
 from br.config import Step
 from br.prompts.endpoints import request_body
 from br.prompts.images.identity import MARKER, canonical_text, canonical_url
-from br.records import dumps
+from br.records import dumps, exact_floats
 
-Key = tuple[tuple[bool, ...], bool, bool]  # (each text non-empty, image is None, image non-empty)
+# (each text non-empty, image is None, image non-empty, records.dumps in its ExactFloat mode)
+Key = tuple[tuple[bool, ...], bool, bool, bool]
 
 
 class Encoding:
@@ -47,15 +49,18 @@ class Shapes:
 
     def __init__(self, step: Step) -> None:
         self.step = step
-        token = os.urandom(16).hex()  # no config or record can hold it: a stand-in is only that
-        self.stand_in = f"br-slot-{token}-{{}}".format
-        self.pattern = re.compile(f'"br-slot-{token}-([0-9]+)"')
-        self.shapes: dict[Key, tuple[Encoding, Encoding]] = {}
+        self.token = os.urandom(16).hex()  # no config or record holds it: a stand-in is that
+        self.stand_in = f"br-slot-{self.token}-{{}}".format
+        self.pattern = re.compile(f'"br-slot-{self.token}-([0-9]+)"')
+        self.shapes: dict[Key, tuple[Encoding, Encoding] | None] = {}
 
-    def encode(self, custom_id: str, texts: list[str], image: str | None) -> tuple[str, str]:
-        """(the request's line with its newline, its request_hash)."""
-        key = (tuple(map(bool, texts)), image is None, bool(image))
-        shape = self.shapes.get(key) or self.learn(key, len(texts), image is not None)
+    def encode(self, custom_id: str, texts: list[str], image: str | None) -> tuple[str, str] | None:
+        """(the request's line with its newline, its request_hash); None for a shape that cannot
+        be written so (the caller encodes the request whole)."""
+        key = (tuple(map(bool, texts)), image is None, bool(image), exact_floats())
+        shape = self.shapes[key] if key in self.shapes else self.learn(key, len(texts))
+        if shape is None:
+            return None
         values = [custom_id, *texts, image or ""]
         line, canonical = shape
         if image and image.startswith((MARKER, "data:")):
@@ -66,17 +71,21 @@ class Shapes:
             text = canonical.fill(values, encode_basestring_ascii)
         return line.fill(values, encode_basestring) + "\n", sha256(text)
 
-    def learn(self, key: Key, n: int, has_image: bool) -> tuple[Encoding, Encoding]:
+    def learn(self, key: Key, n: int) -> tuple[Encoding, Encoding] | None:
         stand_ins = [self.stand_in(i) for i in range(n + 2)]
         texts = [s if full else "" for s, full in zip(stand_ins[1:-1], key[0], strict=True)]
-        image = (stand_ins[-1] if key[2] else "") if has_image else None
+        image = None if key[1] else stand_ins[-1] if key[2] else ""
         body = request_body(self.step, texts, image)
         request = {"custom_id": stand_ins[0], "method": "POST", "url": self.step.endpoint}
         request["body"] = body
         line = Encoding(dumps(request), self.pattern)
         canonical = Encoding(canonical_text(request), self.pattern)
-        self.shapes[key] = (line, canonical)
-        return line, canonical
+        # A stand-in left in a piece is a value the body holds other than whole (inside a
+        # longer string): such a shape is encoded whole, request by request.
+        pieces = line.pieces + canonical.pieces
+        shape = None if any(self.token in piece for piece in pieces) else (line, canonical)
+        self.shapes[key] = shape
+        return shape
 
 
 def sha256(text: str) -> str:
