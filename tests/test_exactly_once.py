@@ -240,6 +240,7 @@ class KillPoint:
     processing: float | None = None  # slower batches, so the run is surely waiting on them
     after: float = 0.0
     absent: str | None = None  # must not exist at the kill: proves the kill hit its window
+    near: str | None = None  # once this file exists, `file` is looked for without a pause
 
 
 KILL_POINTS = {
@@ -260,7 +261,9 @@ KILL_POINTS = {
     "j4-fetches-waiting": KillPoint(jobs=4, polls=6, processing=5, absent="results_*.jsonl"),
     "after-first-results": KillPoint(file="results_001.jsonl"),
     "j4-after-all-results": KillPoint(jobs=4, file="results_*.jsonl", files=CHUNKS),
-    "during-merge": KillPoint(jobs=4, file=".merge-*.db"),
+    # merged.json half-written: the merge of 60 records takes milliseconds, so once the paid
+    # step is over (results.list) its temporary file is looked for without a pause.
+    "during-merge": KillPoint(jobs=4, file=".merged.json.*.tmp", near="results.list"),
 }
 
 
@@ -302,7 +305,8 @@ def kill_when_due(project: Project, point: KillPoint, clean: Clean) -> float | N
                 run.wait(30)
                 return time.monotonic() - started
             assert time.monotonic() - started < 120, "the kill point never came"
-            time.sleep(0.01 if point.file else 0.02)
+            if not (point.near and (project.b / point.near).exists()):
+                time.sleep(0.01 if point.file else 0.02)
         return None
     finally:
         if run.poll() is None:
