@@ -252,10 +252,12 @@ KILL_POINTS = {
     # Precise events.
     "after-chunks.mk": KillPoint(file="chunks.mk"),
     "upload-1-accepted-unanswered": KillPoint(uploaded=1, absent="batch_001.id"),
-    "j4-uploads-accepted-unanswered": KillPoint(jobs=4, uploaded=3, absent="batch_*.id"),
+    # -j4: one engine sends the chunks in turn, so the first two have their batch ids when
+    # the third's upload (or batch) is accepted and its answer held.
+    "j4-uploads-accepted-unanswered": KillPoint(jobs=4, uploaded=3, absent="batch_003.id"),
     "batch-1-created-no-id-file": KillPoint(created=1, absent="batch_001.id"),
     "batch-3-created-no-id-file": KillPoint(created=3, absent="batch_003.id"),
-    "j4-batches-created-no-id-files": KillPoint(jobs=4, created=3, absent="batch_*.id"),
+    "j4-batches-created-no-id-files": KillPoint(jobs=4, created=3, absent="batch_003.id"),
     "retry-batch-created-no-id-file": KillPoint(created=CHUNKS + 1, absent="retry_006_1.id"),
     "fetch-waiting": KillPoint(polls=3, processing=3, absent="results_001.jsonl"),
     "j4-fetches-waiting": KillPoint(jobs=4, polls=6, processing=5, absent="results_*.jsonl"),
