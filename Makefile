@@ -176,10 +176,10 @@ $(BYTECODE): $(wildcard scripts/*.py scripts/*/*.py scripts/*/*/*.py scripts/*/*
 
 # ----------------------------------------------------------------------------- the pipeline
 # Stamps: what shapes each file (the content of INPUT and CONFIG, not their mtimes, and the
-# variables), each rewritten only when it changes. All four from one process on every make:
+# variables), each rewritten only when it changes. All five from one process on every make:
 # `stamps` writes them, and each stamp is made by it (an empty recipe; make then reads its
 # mtime, so only what a changed stamp shapes is rebuilt: a grouped target `&:` would rebuild
-# everything after every one). `make <stamp>` writes the four.
+# everything after every one). `make <stamp>` writes the five.
 # (caption checks the same lines again before it says "up to date": INPUT may change mid-run.)
 REQUEST_PARAMS = --hash INPUT="$$BR_INPUT" \
   --hash CONFIG="$$BR_CONFIG" $(call q,STEP=$(STEP)) $(call q,DATA_KEY=$(DATA_KEY)) $(call q,RESPONSE_KEY=$(RESPONSE_KEY)) \

@@ -254,7 +254,7 @@ def test_the_mode_without_a_cap_loads_neither_providers_nor_planner_nor_images(
     assert len(over.stderr.splitlines()) == 1 and "over MAX_COST $0.00" in over.stderr
 
 
-def test_make_of_one_stamp_writes_the_four_in_one_process(
+def test_make_of_one_stamp_writes_the_five_in_one_process(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """`make <step>/<stamp>` still makes that stamp (and its four siblings, from the same one

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from br.cli import UserError, note
-from br.names import name_of
-
-__all__ = ["name_of", "StepDir", "chunk_id", "hashes_of"]
-
+from br.names import name_of as name_of  # re-exported: the owner of every name
 
 # ----------------------------------------------------------------------------- a step's files
 # The one owner of the build directory's names: every module asks here, none spells them.

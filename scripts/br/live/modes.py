@@ -16,6 +16,7 @@ MODE= on the command line wins, then the step's `mode:`, then the config's top-l
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from br.cli import UserError
 from br.config import Config
@@ -31,11 +32,17 @@ FLEX_MODELS = re.compile(r"^(o3|o4-mini|gpt-5(\.\d+)?(-mini|-nano)?)(-\d{4}-\d{2
 LIVE_PRICE_FACTOR = MODE_FACTOR  # br/prices.py owns the rule (and names its sources)
 
 
-def mode_of(config: Config, step_name: str, override: str = "") -> str:
-    """The step's mode: `override` (MODE=), else the step's mode:, else the config's."""
+def said(config: Config, step_name: str, override: str = "") -> tuple[Any, Any, Any]:
+    """The modes given, first wins: `override` (MODE=), the step's mode:, the config's."""
     raw = config.data.get(step_name)
     step_mode = raw.get("mode") if isinstance(raw, dict) else None
-    mode = override or step_mode or config.data.get("mode") or "batch"
+    return override or None, step_mode, config.data.get("mode")
+
+
+def mode_of(config: Config, step_name: str, override: str = "") -> str:
+    """The step's mode: `override` (MODE=), else the step's mode:, else the config's."""
+    first, step_mode, top = said(config, step_name, override)
+    mode = first or step_mode or top or "batch"
     if mode not in MODES:
         where = "MODE" if override else f"{config.path}: mode:"
         raise UserError(f"{where} is '{mode}'; use batch, live or flex")
@@ -48,10 +55,7 @@ def plain_batch(config: Config, step_name: str, override: str, max_cost: str) ->
     """Batch mode with no cost cap, by the config's and the command's words alone: make caption
     then starts run_batches.py without asking plan.py (anything else asks it: `mode_of`, and
     the cap's check)."""
-    raw = config.data.get(step_name)
-    step_mode = raw.get("mode") if isinstance(raw, dict) else None
-    modes = (override or None, step_mode, config.data.get("mode"))
-    plain = all(mode is None or mode == "batch" for mode in modes)
+    plain = all(mode is None or mode == "batch" for mode in said(config, step_name, override))
     return plain and max_cost == "" and config.data.get("max_cost") in (None, "")
 
 

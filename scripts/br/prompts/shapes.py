@@ -58,21 +58,19 @@ class Shapes:
         """(the request's line with its newline, its request_hash); None for a shape that cannot
         be written so (the caller encodes the request whole)."""
         key = (tuple(map(bool, texts)), image is None, bool(image), exact_floats())
-        shape = self.shapes[key] if key in self.shapes else self.learn(key, len(texts))
+        shape = self.shapes[key] if key in self.shapes else self.learn(key)
         if shape is None:
             return None
-        values = [custom_id, *texts, image or ""]
         line, canonical = shape
-        if image and image.startswith((MARKER, "data:")):
-            values[-1] = canonical_url(image)  # its identity: the bytes' digest (identity.py)
-            text = canonical.fill(values, encode_basestring_ascii)
-            values[-1] = image
-        else:
-            text = canonical.fill(values, encode_basestring_ascii)
+        values = [custom_id, *texts, image or ""]
+        identity = values
+        if image and image.startswith((MARKER, "data:")):  # its bytes' digest (identity.py)
+            identity = [*values[:-1], canonical_url(image)]
+        text = canonical.fill(identity, encode_basestring_ascii)
         return line.fill(values, encode_basestring) + "\n", sha256(text)
 
-    def learn(self, key: Key, n: int) -> tuple[Encoding, Encoding] | None:
-        stand_ins = [self.stand_in(i) for i in range(n + 2)]
+    def learn(self, key: Key) -> tuple[Encoding, Encoding] | None:
+        stand_ins = [self.stand_in(i) for i in range(len(key[0]) + 2)]
         texts = [s if full else "" for s, full in zip(stand_ins[1:-1], key[0], strict=True)]
         image = None if key[1] else stand_ins[-1] if key[2] else ""
         body = request_body(self.step, texts, image)
