@@ -158,10 +158,10 @@ FORCE:
 # Built once from pyproject.toml; rebuilt when it changes.
 $(VENV_OK): pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' \
-	  | xargs -d '\n' $(VENV)/bin/pip install --quiet
+	  | xargs -d '\n' $(VENV)/bin/python -m pip install --quiet
 	touch $@
 
 # The scripts' bytecode, compiled once after each change of the code. A Python told to write

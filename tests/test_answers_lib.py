@@ -35,6 +35,12 @@ CONFIG = {
     "model": "gpt-4o-mini",
     "prices": {"gpt-4o-mini": PRICE},
     "caption": {"is_multimodal": False, "user": "Describe {title}.", "response_key": "out"},
+    "facts": {
+        "is_multimodal": False,
+        "user": "The facts of {title}, as JSON.",
+        "response_format": {"type": "json_object"},
+        "response_key": "facts",
+    },
     "question": {
         "system": "You ask about photographs.",
         "context": "Caption: {title}",
@@ -263,6 +269,21 @@ def test_question_rounds_are_appended_to_the_list_and_the_dialog_history(tmp_pat
     assert merged[1]["dialog_history"].endswith("Question: When?\nAnswer: Dawn.\n")
     assert "qa" not in merged[2] and [e["code"] for e in errors] == ["invalid_question"]
     assert errors[0]["stage"] == "response" and done.answered == 2
+
+
+def test_a_json_answer_that_is_not_json_fails_and_merged_json_stays_json(tmp_path: Path) -> None:
+    """NaN and Infinity are not JSON: such an answer is invalid_json, never merged as a value
+    merged.json could not carry; a number beyond a double is kept as the model wrote it."""
+    step = Step(tmp_path, "facts", stories(3))
+    h = [request_hash(r) for r in step.requests().values()]
+    texts = ['{"score": NaN}', '{"score": 1e400, "tiny": 1e-05}', '{"score": 0.5}']
+    step.answer(0, [store.stored(f"r{i}", h[i], result(t)) for i, t in enumerate(texts)])
+    done, _, errors = step.merge()
+    text = step.files.merged().read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"merged.json holds {name}"))
+    assert '"facts":{"score":1e400,"tiny":1e-05}' in text and '"facts":{"score":0.5}' in text
+    assert [(e["custom_id"], e["code"]) for e in errors] == [("r0", "invalid_json")]
+    assert done.answered == 2
 
 
 def test_a_record_changed_since_the_requests_were_built_merges_nothing(tmp_path: Path) -> None:

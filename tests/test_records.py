@@ -136,3 +136,31 @@ def test_the_writer_keeps_the_input_format(tmp_path: Path) -> None:
     empty = io.StringIO()
     RecordWriter(empty, False).close()
     assert empty.getvalue() == "[]\n"
+
+
+def test_fast_dumps_writes_the_bytes_dumps_writes() -> None:
+    """orjson writes small floats in its own form (1e-7, 0.00001): those, what it refuses
+    (non-string keys, integers past 64 bits, lone surrogates, subclasses) and everything else
+    come out as json writes them, so merged.json and answers/ keep their bytes."""
+    import random
+    import struct
+
+    from br.records import fast_dumps
+
+    rng = random.Random(25)
+    floats = [0.0, -0.0, 1e-5, -1e-7, 5e-324, 1e-4, 0.00012, 1e15, 1e16, 1e22, 0.1, 2.5]
+    floats += [rng.random() * 10 ** rng.randint(-12, 20) for _ in range(20_000)]
+    floats += [round(rng.uniform(-1e3, 1e3), rng.randint(0, 8)) for _ in range(20_000)]
+    bits = (struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(20_000))
+    floats += [x for x in bits if x == x and abs(x) != float("inf")]
+    text = "".join(map(chr, range(0x80))) + "é\u2028\u2029\ud7ff\ue000\uffff\U0001f600"
+
+    class Text(str):
+        pass
+
+    values: list[Any] = [floats, *floats[:2000]]
+    values += [{"a": [x, {"b": x}], "s": f"{x}e-5 0.0000 {text}"} for x in floats[:3000]]
+    values += [{1: "a"}, [2**64, -(2**63) - 1, 2**63 - 1], "\ud800", Text("t"), (1, [True, None])]
+    values += [{"custom_id": "e-1", "n": "0.00001", "x": [1e-5], "y": 3}, 1e-5, 0.00001]
+    for value in values:
+        assert fast_dumps(value) == dumps(value)

@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,11 +91,11 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_jsonl(path: Path, rows: Iterable[Any]) -> int:
+def write_jsonl(path: Path, rows: Iterable[Any], encode: Callable[[Any], str] = dumps) -> int:
     n = 0
     with atomic_output(path) as f:
         for row in rows:
-            f.write(dumps(row) + "\n")
+            f.write(encode(row) + "\n")
             n += 1
     return n
 

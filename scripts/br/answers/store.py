@@ -31,7 +31,7 @@ from br import journal
 from br.cli import UserError
 from br.files import write_jsonl
 from br.layout import StepDir
-from br.records import dumps
+from br.records import dumps, fast_dumps
 
 Row = dict[str, Any]
 
@@ -86,8 +86,9 @@ def rank(row: Row) -> tuple[bool, int]:
 
 
 def write(path: Path, rows: Iterable[Row]) -> int:
-    """One attempt's rows, whole or not at all (path: StepDir.answers_file)."""
-    return write_jsonl(path, rows)
+    """One attempt's rows, whole or not at all (path: StepDir.answers_file): values read as
+    JSON from the provider's output, written as `dumps` writes them (fast_dumps)."""
+    return write_jsonl(path, rows, fast_dumps)
 
 
 def rows(step: StepDir) -> Iterator[Row]:

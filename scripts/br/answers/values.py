@@ -10,6 +10,7 @@ from typing import Any
 
 from br.config import Step, compile_jq
 from br.prompts.build import key_function
+from br.records import _DECODER
 
 QA = re.compile(
     r"(?:Q(?:uestion)?\s*[:.]\s*)(?P<q>.+?)\s*A(?:nswer)?\s*[:.]\s*(?P<a>.+)", re.S | re.I
@@ -36,11 +37,12 @@ class Merger:
         value: Any = text
         fmt = (self.step.response_format or {}).get("type")
         if fmt in {"json_schema", "json_object"} or self.step.kind == "question":
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
+            try:  # as a dataset is read: no NaN or Infinity, 1e400 kept as written
+                value = _DECODER.decode(text)
+            except (ValueError, RecursionError) as e:
                 if self.step.kind != "question":
-                    raise ValueError("invalid_json", f"the response is not JSON: {e.msg}")
+                    why = e.msg if isinstance(e, json.JSONDecodeError) else f"{e} is not JSON"
+                    raise ValueError("invalid_json", f"the response is not JSON: {why}")
         if self.validator is not None:
             from jsonschema.exceptions import best_match
 

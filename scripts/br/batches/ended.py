@@ -35,7 +35,7 @@ from br.batches.polling import interval
 from br.batches.provider import TOKEN_LIMIT, UNKNOWN, Batch, NotFound, collect
 from br.cli import note
 from br.files import move_aside, write_jsonl
-from br.records import iter_jsonl
+from br.records import fast_dumps, iter_jsonl
 
 if TYPE_CHECKING:
     from br.batches.engine import Engine
@@ -113,7 +113,7 @@ def finished(engine: Engine, chunk: Chunk, batch: Batch) -> None:
             "will be sent again"
         )
     kept = [{"custom_id": cid, "hash": sha, **rows[cid]} for cid, sha in info.hashes()]
-    write_jsonl(engine.step.answers_file(info.sha, chunk.attempt), kept)
+    write_jsonl(engine.step.answers_file(info.sha, chunk.attempt), kept, fast_dumps)
     engine.ledger.record("fetched", batch_id=batch.id, durable=False)
     if not chunk.earlier:
         engine.fetched(info, chunk.attempt, batch.id)
@@ -190,6 +190,6 @@ def write_results(rows: list[dict[str, Any]], results: Path, same: Path | None) 
             raise OSError
         os.link(same, tmp)
     except OSError:
-        write_jsonl(tmp, rows)
+        write_jsonl(tmp, rows, fast_dumps)
     os.utime(tmp)  # the answers may be older, identical bytes: make must see a fresh target
     os.replace(tmp, results)
