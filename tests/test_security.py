@@ -296,3 +296,37 @@ def test_a_network_host_with_a_key_serves(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_key_in_dot_env_above_scripts_is_loaded_and_the_environment_wins(
+    tmp_path: Path,
+) -> None:
+    """.env is found upwards from scripts/ (where python-dotenv's find_dotenv looks), loaded
+    without overriding the environment; with none, nothing is loaded and dotenv is not
+    imported."""
+    import shutil
+
+    shutil.copytree(ROOT / "scripts" / "br", tmp_path / "project" / "scripts" / "br")
+    probe = (
+        "import os, sys; from br.batches.client import load_env; where = load_env(); "
+        "print(where, os.environ.get('OPENAI_API_KEY'), os.environ.get('BR_PROBE'), "
+        "'dotenv' in sys.modules)"
+    )
+
+    def run(**env: str) -> list[str]:
+        clean = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "BR_PROBE")}
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=tmp_path / "project" / "scripts",
+            env={**clean, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.split()
+
+    assert run() == ["None", "None", "False"]  # no .env anywhere above tmp_path's copy
+    dot_env = tmp_path / "project" / ".env"
+    dot_env.write_text("OPENAI_API_KEY=sk-from-dot-env\nBR_PROBE=seen\n")
+    assert run() == [str(dot_env), "sk-from-dot-env", "seen", "True"]
+    assert run(OPENAI_API_KEY="sk-env") == [str(dot_env), "sk-env", "seen", "True"]

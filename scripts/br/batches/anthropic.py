@@ -35,6 +35,7 @@ from urllib.parse import urljoin, urlparse
 
 from br import cli
 from br.batches import anthropic_lines
+from br.batches.client import load_env
 from br.batches.provider import (
     Batch,
     Counts,
@@ -63,11 +64,9 @@ def make_client(config: Config | None, max_retries: int = 5) -> Any:
     """The Anthropic client: the key from ANTHROPIC_API_KEY (environment, then .env), the base
     URL from ANTHROPIC_BASE_URL, else the config's base_url:."""
     import anthropic
-    from dotenv import find_dotenv, load_dotenv
 
     from_environment = bool(os.environ.get(KEY))
-    dotenv = find_dotenv()
-    load_dotenv(dotenv, override=False)
+    dotenv = load_env()
     key = os.environ.get(KEY)
     cli.KEY_NAME = KEY
     cli.KEY_SOURCE, cli.KEY_FILE = ("environment", None) if from_environment else (".env", dotenv)

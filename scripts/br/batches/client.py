@@ -13,6 +13,24 @@ from br.config import Config
 PROVIDER_HOST = "api.openai.com"  # where OpenAI's own key belongs
 
 
+def load_env() -> str:
+    """Load .env, found upwards from scripts/ as python-dotenv's find_dotenv() finds it, without
+    overriding the environment: its path, or "" when there is none (then dotenv, 8 ms of
+    imports, is not loaded)."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    while True:
+        path = os.path.join(folder, ".env")
+        if os.path.isfile(path):
+            from dotenv import load_dotenv
+
+            load_dotenv(path, override=False)
+            return path
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return ""
+        folder = parent
+
+
 def make_client(
     config: Config | None = None, max_retries: int = 5, api_key: str | None = None
 ) -> Any:
@@ -20,11 +38,9 @@ def make_client(
     .env), else the config's api_key (with a warning); the base URL comes from OPENAI_BASE_URL,
     else the config."""
     import openai
-    from dotenv import find_dotenv, load_dotenv
 
     from_environment = bool(os.environ.get("OPENAI_API_KEY"))
-    dotenv = find_dotenv()  # searched upwards from scripts/, as load_dotenv() does
-    load_dotenv(dotenv, override=False)
+    dotenv = load_env()
     data = config.data if config else {}
     key = api_key or os.environ.get("OPENAI_API_KEY")
     # Remembered for cli.run, so a 401 names where the key came from (never the key).

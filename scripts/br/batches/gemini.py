@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from br.batches import gemini_shape
+from br.batches.client import load_env
 from br.batches.gemini_batch import EXPIRY, batch_of, display_name, seconds
 from br.batches.provider import (
     TERMINAL,
@@ -113,9 +114,7 @@ class Gemini:
         return self._clients[retries]
 
     def api_key(self) -> str:
-        from dotenv import find_dotenv, load_dotenv
-
-        load_dotenv(find_dotenv(), override=False)
+        load_env()
         for name in KEY_NAMES:
             if os.environ.get(name):
                 self.key_name = name
