@@ -64,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
             read += 1
             yield record
 
+    block: list[str] = []  # lines written and hashed a thousand at a time
+
+    def flush() -> None:
+        text = "".join(block).encode()
+        f.write(text)
+        written.update(text)
+        block.clear()
+
     # requests.hashes is committed last: it describes requests.jsonl as committed (made.py).
     with atomic_output(hashes_of(args.output)) as hashes:
-        with local, atomic_output(args.output) as f:
+        with local, atomic_output(args.output, "wb") as f:
             records = counted(iter_records(args.input, digest))
             built_ones = step_requests(
                 records, step, args.data_key, local, checker, response_key, every=True
@@ -83,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
                         reasons.append(reason)
                     skipped.append(row)
                 else:
-                    f.write(built.line)
-                    written.update(built.line.encode())
+                    block.append(built.line)
+                    if len(block) >= 1000:
+                        flush()
                     body = built.request["body"]
                     made.write_line(hashes, built.hash, estimate_tokens(body))
                     kinds.add((body.get("model"), built.request["url"]))
                     n += 1
+            flush()
         write_jsonl(args.skipped, skipped)
         hashes.write(
             made.Made(

@@ -8,7 +8,7 @@ from br.cli import UserError
 
 # isort: split
 
-import io
+import hashlib
 import json
 import os
 from collections import deque
@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 from br import journal
 from br.batches.chunk import info_text
 from br.digests import DigestSet
-from br.files import move_aside, sha256_file
+from br.files import move_aside
 from br.layout import StepDir, chunk_id, hashes_of
 from br.limits import MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES
 from br.prompts import made
@@ -40,7 +41,8 @@ def answered_hashes(answers_dir: Path) -> DigestSet:
     return done
 
 
-CUSTOM_ID = '{"custom_id":'  # how a request line of make_requests starts
+CUSTOM_ID = b'{"custom_id":'  # how a request line of make_requests starts
+IMAGE = MARKER.encode()
 
 
 @dataclass
@@ -63,15 +65,15 @@ def pending_lines(
     total: list[int],
     known: Known | None = None,
     trust: bool = True,
-) -> Iterator[str]:
-    """The requests not answered before; `total` counts [all, pending] as they go by. Each
-    request's hash is read from requests.hashes while it was written for requests.jsonl's bytes
-    (made.py; then also given to `known`), else computed (and with `trust` False). A damaged
-    requests.hashes raises made.Untrusted: the caller starts again without it."""
+) -> Iterator[bytes]:
+    """The requests not answered before, as the bytes of their lines; `total` counts [all,
+    pending] as they go by. Each request's hash is read from requests.hashes while it was
+    written for requests.jsonl's bytes (made.py; then also given to `known`), else computed
+    (and with `trust` False). A damaged requests.hashes raises made.Untrusted: the caller
+    starts again without it."""
     known = known or Known()
-    with open(requests, "rb") as raw_file:
-        found = made.known(requests, raw_file) if trust else None
-        f = io.TextIOWrapper(raw_file, encoding="utf-8")
+    with open(requests, "rb") as f:
+        found = made.known(requests, f) if trust else None
         if found is not None:
             known.model, known.endpoint = found[0].model, found[0].endpoint
         while raw := list(islice(f, 1000)):
@@ -82,23 +84,36 @@ def pending_lines(
                     raise made.Untrusted(f"{hashes_of(requests)} has fewer lines than {requests}")
                 keys = [pair[0][:16] for pair in pairs if pair is not None]
             elif len(done):
-                keys = [bytes.fromhex(request_hash(json.loads(x), x))[:16] for x in batch]
+                texts = [x.decode() for x in batch]
+                keys = [bytes.fromhex(request_hash(json.loads(x), x))[:16] for x in texts]
             flags = done.contains(keys) if len(done) else [False] * len(batch)
             for i, (line, answered) in enumerate(zip(batch, flags, strict=True)):
                 total[0] += 1
-                if not answered:
-                    total[1] += 1
-                    if found is not None:
-                        known.found.append(None if MARKER in line else pairs[i])
+                if answered:
+                    continue
+                total[1] += 1
+                line = line if line.endswith(b"\n") else line + b"\n"
+                if IMAGE in line:
                     # A local image's reference becomes its data URL: inline bytes live only
                     # in the chunks that send them (prompts/images/).
-                    yield materialise(line if line.endswith("\n") else line + "\n")
+                    line = materialise(line.decode()).encode()
+                    if found is not None:
+                        known.found.append(None)
+                elif found is not None:
+                    known.found.append(pairs[i])
+                yield line
 
 
-def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> Path | None:
+def write_chunk(path: Path, lines: list[bytes], known: Known, own: bool) -> Path | None:
     """Write one chunk (fsynced), and beside it its info file (chunk.py) when `known` has every
     line's hash and tokens and the lines are the pipeline's own (`own`): that file, or None."""
-    write_synced(path, lines)
+    sha = hashlib.sha256()
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line)
+            sha.update(line)
+        f.flush()
+        os.fsync(f.fileno())
     found = known.take(len(lines))
     if not (own and found and None not in found) or known.model is None or not known.endpoint:
         return None
@@ -106,54 +121,53 @@ def write_chunk(path: Path, lines: list[str], known: Known, own: bool) -> Path |
     for line in lines:
         if not line.startswith(CUSTOM_ID):
             return None
-        ids.append(_DECODER.raw_decode(line, len(CUSTOM_ID))[0])
+        ids.append(_DECODER.raw_decode(line.decode(), len(CUSTOM_ID))[0])
     pairs = [pair for pair in found if pair is not None]
     info = path.with_suffix(".info")
-    text = info_text(sha256_file(path), known.model, known.endpoint, ids, pairs)
-    write_synced(info, [text])  # on disk, not held: a million requests make 1,000 of them
+    text = info_text(sha.hexdigest(), known.model, known.endpoint, ids, pairs)
+    with open(info, "w", encoding="utf-8") as f:  # on disk, not held: a million requests
+        f.write(text)  # make 1,000 of them
+        f.flush()
+        os.fsync(f.fileno())
     return info
 
 
-def write_synced(path: Path, lines: list[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def shaped(lines: Iterator[str], shape: Callable[[dict], dict] | None) -> Iterator[str]:
+def shaped(lines: Iterator[bytes], shape: Callable[[dict], dict] | None) -> Iterator[bytes]:
     """Each pending line as the provider sends it (provider.shape), where its lines are not
     the pipeline's own: a chunk file holds exactly what is sent. None: as they are."""
     if shape is None:
         yield from lines
         return
     for line in lines:
-        yield dumps(shape(json.loads(line))) + "\n"
+        yield (dumps(shape(json.loads(line))) + "\n").encode()
 
 
-def embedding_inputs(line: str) -> int:
+def embedding_inputs(line: str | bytes) -> int:
     """How many inputs an embeddings request holds (0 for other endpoints)."""
-    if '"/v1/embeddings"' not in line:
+    if ('"/v1/embeddings"' if isinstance(line, str) else b'"/v1/embeddings"') not in line:
         return 0
     value = (json.loads(line).get("body") or {}).get("input")
     return len(value) if isinstance(value, list) else 1
 
 
-def utf8_size(line: str) -> int:
-    return len(line.encode())
+Line = TypeVar("Line", str, bytes)
+
+
+def utf8_size(line: str | bytes) -> int:
+    return len(line) if isinstance(line, bytes) else len(line.encode())
 
 
 def chunks(
-    lines: Iterator[str],
+    lines: Iterator[Line],
     max_requests: int,
     max_bytes: int,
-    size_of: Callable[[str], int] = utf8_size,
+    size_of: Callable[[Line], int] = utf8_size,
     api_bytes: int = MAX_FILE_BYTES,
-) -> Iterator[list[str]]:
+) -> Iterator[list[Line]]:
     """Requests in batches the API accepts: at most max_requests and max_bytes each, and at most
     MAX_EMBEDDING_INPUTS embedding inputs (br/limits.py); `api_bytes` is the provider's own
     limit, named when one request is over max_bytes."""
-    chunk: list[str] = []
+    chunk: list[Line] = []
     size = inputs = 0
     for line in lines:
         n = size_of(line)  # plan.py: with its images inline
