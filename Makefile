@@ -139,6 +139,8 @@ export BR_INPUT := $(value INPUT)
 export BR_CONFIG := $(value CONFIG)
 export BR_OUTPUT := $(value OUTPUT)
 export BR_IMAGE_ROOT := $(value IMAGE_ROOT)
+# CONFIG as parsed, kept by the first script of a run for the later ones (br/config.py).
+export BR_CONFIG_CACHE = $(B)/config.json
 # make_requests and plan: where local images are (and resized ones kept), and the preflight.
 IMAGE_ARGS = $(if $(IMAGE_ROOT),--image-root "$$BR_IMAGE_ROOT") --images $(call q,$(B)/images) \
   $(if $(filter 0,$(PREFLIGHT)),,--preflight-cache $(call q,$(B)/preflight.json))

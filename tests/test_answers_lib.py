@@ -286,6 +286,22 @@ def test_a_json_answer_that_is_not_json_fails_and_merged_json_stays_json(tmp_pat
     assert done.answered == 2
 
 
+def test_answers_orjson_refuses_are_read_as_before(tmp_path: Path) -> None:
+    """The merge reads answers/ through orjson; a row it refuses (a number past a double's
+    range, a lone surrogate) is read as before: 1e400 kept as written."""
+    step = Step(tmp_path, "caption", stories(2))
+    h = [request_hash(r) for r in step.requests().values()]
+    path = step.files.answers_file(CHUNK, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [store.stored(f"r{i}", h[i], result(f"text {i}")) for i in range(2)]
+    lines = [json.dumps(r) for r in rows]
+    lines[1] = lines[1].replace('"text 1"', "[1e400, 0.5]")
+    path.write_text("\n".join(lines) + "\n")
+    done, merged, _ = step.merge()
+    assert merged[0]["out"] == "text 0" and done.answered == 2
+    assert '"out":[1e400,0.5]' in step.files.merged().read_text()
+
+
 def test_a_record_changed_since_the_requests_were_built_merges_nothing(tmp_path: Path) -> None:
     step = Step(tmp_path, "caption", stories(2))
     step.answer(

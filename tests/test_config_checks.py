@@ -10,6 +10,7 @@ disk); the end-to-end cases run the real make against the emulator and count its
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -488,3 +489,49 @@ def test_a_config_base_url_elsewhere_is_warned_about(
 def test_a_base_url_that_is_not_a_url_is_refused(tmp_path: Path, capsys: Any) -> None:
     data = write_json(tmp_path / "d.json", records(1))
     refused(build(tmp_path, data, config_file(tmp_path, base_url=5), capsys), "base_url")
+
+
+def test_make_s_scripts_read_the_config_parsed_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """With BR_CONFIG_CACHE (make sets it to the step's config.json), the first script of a run
+    parses the YAML and keeps it as JSON; later ones read that, without importing yaml, while
+    it was made from the config's bytes as they are. What JSON cannot hold exactly (a date, a
+    key that is not a string) is parsed each time; a damaged cache is parsed over."""
+    import subprocess
+    import sys
+
+    from br.config import load_config
+    from conftest import ROOT
+
+    config, cache = tmp_path / "config.yaml", tmp_path / "b" / "config.json"
+    step = "caption:\n  user: 'Describe {title}.'\n  temperature: 1.5e-07\n"
+    config.write_text("model: gpt-4o-mini\n" + step)
+    monkeypatch.setenv("BR_CONFIG_CACHE", str(cache))
+    first = load_config(config)
+    kept = json.loads(cache.read_text())
+    assert kept == {"sha256": first.sha256, "data": first.data}
+    probe = (
+        "import sys; from pathlib import Path; from br.config import load_config; "
+        f"c = load_config(Path({str(config)!r})); "
+        f"print(c.data == {first.data!r}, 'yaml' in sys.modules)"
+    )
+
+    def fresh() -> str:
+        env = {**os.environ, "BR_CONFIG_CACHE": str(cache)}
+        run = subprocess.run(
+            [sys.executable, "-c", probe], cwd=ROOT / "scripts", env=env, capture_output=True
+        )
+        return run.stdout.decode().strip()
+
+    assert fresh() == "True False"  # read from config.json: no YAML parser loaded
+    mtime = cache.stat().st_mtime_ns
+    load_config(config)
+    assert cache.stat().st_mtime_ns == mtime  # unchanged bytes: not rewritten
+    config.write_text(config.read_text().replace("Describe", "Caption"))
+    assert load_config(config).step("caption").user == "Caption {title}."
+    assert json.loads(cache.read_text())["data"]["caption"]["user"] == "Caption {title}."
+    cache.write_text('{"sha256": "' + load_config(config).sha256 + '", "data": ')  # damaged
+    assert load_config(config).step("caption").user == "Caption {title}."
+    config.write_text("model: gpt-4o-mini\nwhen: 2026-12-04\ncaption:\n  user: 'Hi {title}.'\n")
+    with pytest.raises(cli.UserError):  # an unknown top-level key: the same line as before
+        load_config(config)
+    assert json.loads(cache.read_text())["data"]["caption"]["user"] == "Caption {title}."

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jq
-import yaml
 
 from br.anthropic_api import check_step as check_anthropic_step
 from br.cli import UserError
@@ -197,12 +199,8 @@ def load_config(path: Path) -> Config:
     if not path.exists():
         raise UserError(f"config file {path} does not exist; set CONFIG=path/to/config.yaml")
     raw = path.read_bytes()
-    try:
-        data = yaml.safe_load(decode_utf8(path, raw))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
+    sha = hashlib.sha256(raw).hexdigest()
+    data = parsed(path, raw, sha)
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a YAML mapping with 'model' and one mapping per step")
     check_top_level_keys(path, data)
@@ -229,7 +227,51 @@ def load_config(path: Path) -> Config:
     pipeline = data.get("pipeline")
     for entry in pipeline if isinstance(pipeline, list) else []:
         check_step_name(path, "pipeline: entry", entry)
-    return Config(path, data, hashlib.sha256(raw).hexdigest())
+    return Config(path, data, sha)
+
+
+# make sets it to the step's config.json: CONFIG as parsed, kept as JSON with the sha256 of the
+# bytes it was parsed from. The first script of a run parses the YAML; the later ones read the
+# JSON, and so never import yaml (10 ms of each process).
+CACHE = "BR_CONFIG_CACHE"
+
+
+def parsed(path: Path, raw: bytes, sha: str) -> Any:
+    """The config's data: from $BR_CONFIG_CACHE when it was made from these bytes, else parsed
+    from the YAML (and kept there, when JSON holds it exactly)."""
+    cache = os.environ.get(CACHE)
+    if cache:
+        with contextlib.suppress(OSError, ValueError):
+            with open(cache, "rb") as f:
+                kept = json.loads(f.read())
+            if isinstance(kept, dict) and kept.get("sha256") == sha and "data" in kept:
+                return kept["data"]
+    import yaml
+
+    try:
+        data = yaml.safe_load(decode_utf8(path, raw))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
+    if cache:
+        keep(Path(cache), sha, data)
+    return data
+
+
+def keep(cache: Path, sha: str, data: Any) -> None:
+    """Write the cache of `data`, unless JSON would give back something else (a date, a key
+    that is not a string, NaN): then the YAML is parsed each time. Best effort: a cache that
+    cannot be written only costs the parse."""
+    from br.files import write_text
+
+    try:
+        text = json.dumps({"sha256": sha, "data": data}, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return
+    if json.loads(text)["data"] == data:
+        with contextlib.suppress(OSError):
+            write_text(cache, text + "\n")
 
 
 def near_miss(key: Any, known: set[str]) -> str:

@@ -9,7 +9,7 @@
         seen.contains(["a", "b"])          # many at once: [True, False]
 
 Keys are str or bytes (a str is taken as its UTF-8 bytes, so "a" and b"a" are the same key).
-Each is stored as the first 8 bytes of its blake2b digest: the first `memory` (100,000: about
+Each is stored as its 64-bit digest (`digest`): the first `memory` (100,000: about
 7 MB) in a Python set, then all of them in a temporary SQLite file, the table's INTEGER
 PRIMARY KEY, so a million keys take about 20 MB of disk and a few MB of memory (SQLite's page
 cache). Two different keys share a digest with probability about n^2 / 2^65: 3e-8 for a
@@ -18,7 +18,6 @@ million keys. The file is unlinked as soon as it is opened, so a crash leaves no
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import tempfile
@@ -33,8 +32,9 @@ QUERY_CHUNK = 500  # host parameters per SELECT ... IN (...)
 
 
 def digest(key: Key) -> int:
-    raw = key.encode() if isinstance(key, str) else key
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+    """Python's own 64-bit hash of the key's bytes (SipHash, keyed afresh in every process):
+    a set lives in one process, so its digests need not agree with another's."""
+    return hash(key.encode() if isinstance(key, str) else key)
 
 
 class DigestSet:

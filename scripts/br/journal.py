@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from br.cli import UserError
 from br.records import _DECODER, dumps
 
@@ -35,15 +37,24 @@ SENT = "sent"
 BLOCK = 65536  # bytes read at a time when looking back for the last newline
 
 
-def text_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def text_lines(path: Path, fast: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """The whole lines of a JSONL file, each with its text: a last line without its newline
-    (a write a kill cut short) is left out; any other line that is not JSON is an error."""
+    (a write a kill cut short) is left out; any other line that is not JSON is an error.
+    `fast`: decoded by orjson where it can (2.5 times the speed), for a reader of a row's
+    strings, booleans and small integers only (orjson reads an integer past 64 bits as a
+    float); what it refuses is read as before."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 return  # torn: the last line of a journal whose writer was killed
             if not raw.strip():
                 continue
+            if fast:
+                try:
+                    yield raw.decode("utf-8"), orjson.loads(raw)
+                    continue
+                except (orjson.JSONDecodeError, UnicodeDecodeError):
+                    pass
             try:
                 text = raw.decode("utf-8")
                 yield text, _DECODER.decode(text)
@@ -59,16 +70,18 @@ def lines(path: Path) -> Iterator[dict[str, Any]]:
 
 def row_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """The answers/ rows of one answers/ file with their text (a journal's sent marks left
-    out): the merge keeps a row as the text it read."""
-    for text, value in text_lines(path):
+    out), for the merge's index: it keeps a row as the text it read, and reads of the row
+    only its hash, outcome, attempts and text answer (`fast`)."""
+    for text, value in text_lines(path, fast=True):
         if "outcome" in value:
             yield text, value
 
 
 def rows(path: Path) -> Iterator[dict[str, Any]]:
     """The answers/ rows of one answers/ file (a journal's sent marks left out)."""
-    for _, row in row_lines(path):
-        yield row
+    for _, row in text_lines(path):
+        if "outcome" in row:
+            yield row
 
 
 def sent_marks(path: Path) -> Iterator[str]:

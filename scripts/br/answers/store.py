@@ -21,7 +21,6 @@ else the latest attempt's failure.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from br import journal
 from br.cli import UserError
 from br.files import write_jsonl
 from br.layout import StepDir
-from br.records import dumps, fast_dumps
+from br.records import _DECODER, dumps, fast_dumps
 
 Row = dict[str, Any]
 
@@ -156,7 +155,7 @@ class Memory:
             if standing is None:
                 continue
             _, n, line, text, cut = standing
-            found[h] = json.loads(line) if text is None else answer_row(text, n, cut)
+            found[h] = _DECODER.decode(line) if text is None else answer_row(text, n, cut)
         return found
 
 
@@ -206,7 +205,7 @@ class Index:
         query = f"SELECT hash, row, text, n, cut FROM ans WHERE hash IN ({marks})"
         found: dict[bytes, Row] = {}
         for h, row, text, n, cut in self.db.execute(query, hashes):
-            found[h] = json.loads(row) if text is None else answer_row(text, n, bool(cut))
+            found[h] = _DECODER.decode(row) if text is None else answer_row(text, n, bool(cut))
         return found
 
     def get(self, hashes: list[bytes]) -> dict[bytes, Row]:
@@ -215,4 +214,4 @@ class Index:
             return {}
         marks = ",".join("?" * len(hashes))
         query = f"SELECT hash, row FROM ans WHERE hash IN ({marks})"
-        return {h: json.loads(row) for h, row in self.db.execute(query, hashes)}
+        return {h: _DECODER.decode(row) for h, row in self.db.execute(query, hashes)}

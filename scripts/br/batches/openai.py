@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from br.batches.client import make_client
 from br.batches.provider import (
     TERMINAL,
@@ -313,6 +315,15 @@ def parse_line(raw: bytes, n: int) -> dict[str, Any] | None:
     """One output or error line as a dict; a damaged line as {custom_id?, error} (never raises)."""
     if not raw.strip():
         return None
+    # orjson first, 2.5 times json's speed. What it refuses (NaN, a lone surrogate, bytes that
+    # are not UTF-8) json reads below, as before. It reads an integer past 64 bits as a float:
+    # no field kept from a line (texts, token counts, codes) holds one.
+    try:
+        line = orjson.loads(raw)
+        if isinstance(line, dict):
+            return line
+    except orjson.JSONDecodeError:
+        pass
     text = raw.decode("utf-8", errors="replace")
     try:
         line = json.loads(text)
