@@ -180,10 +180,11 @@ def stamp_lines(args: argparse.Namespace, caches: dict[Path, dict[str, list[obje
 
 @functools.cache
 def config_of(path: str) -> Config:
-    """The config, read once (the split's stamp and the run's read it: no other stamp)."""
+    """The config, read once (the split's stamp and the run's read it: no other stamp), and
+    kept parsed for the run's later scripts beside the stamps ($BR_CONFIG_CACHE)."""
     from br.config import load_config
 
-    return load_config(Path(path))
+    return load_config(Path(path), keep=True)
 
 
 def check_stamp(target: Path, lines: list[str]) -> None:

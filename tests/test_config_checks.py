@@ -506,7 +506,9 @@ def test_make_s_scripts_read_the_config_parsed_once(tmp_path: Path, monkeypatch:
     step = "caption:\n  user: 'Describe {title}.'\n  temperature: 1.5e-07\n"
     config.write_text("model: gpt-4o-mini\n" + step)
     monkeypatch.setenv("BR_CONFIG_CACHE", str(cache))
-    first = load_config(config)
+    load_config(config)
+    assert not cache.parent.exists()  # only the stamps' process writes it (make plan: nothing)
+    first = load_config(config, keep=True)
     kept = json.loads(cache.read_text())
     assert kept == {"sha256": first.sha256, "data": first.data}
     probe = (
@@ -524,14 +526,16 @@ def test_make_s_scripts_read_the_config_parsed_once(tmp_path: Path, monkeypatch:
 
     assert fresh() == "True False"  # read from config.json: no YAML parser loaded
     mtime = cache.stat().st_mtime_ns
-    load_config(config)
+    load_config(config, keep=True)
     assert cache.stat().st_mtime_ns == mtime  # unchanged bytes: not rewritten
     config.write_text(config.read_text().replace("Describe", "Caption"))
-    assert load_config(config).step("caption").user == "Caption {title}."
+    assert load_config(config).step("caption").user == "Caption {title}."  # stale: parsed
+    assert load_config(config, keep=True).step("caption").user == "Caption {title}."
     assert json.loads(cache.read_text())["data"]["caption"]["user"] == "Caption {title}."
     cache.write_text('{"sha256": "' + load_config(config).sha256 + '", "data": ')  # damaged
     assert load_config(config).step("caption").user == "Caption {title}."
+    load_config(config, keep=True)
     config.write_text("model: gpt-4o-mini\nwhen: 2026-12-04\ncaption:\n  user: 'Hi {title}.'\n")
     with pytest.raises(cli.UserError):  # an unknown top-level key: the same line as before
-        load_config(config)
+        load_config(config, keep=True)
     assert json.loads(cache.read_text())["data"]["caption"]["user"] == "Caption {title}."

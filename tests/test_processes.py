@@ -90,6 +90,10 @@ def test_a_first_run_and_a_rerun_start_only_the_processes_they_need(
     ], first
     merged = (job.step / "merged.json").read_bytes()
     assert [r["id"] for r in json.loads(merged)] == ["a", "b", "c"]
+    # CONFIG parsed by the stamps' process, kept for the later scripts (br/config.py).
+    kept = json.loads((job.step / "config.json").read_text())
+    assert kept["sha256"] == hashlib.sha256(CONFIG.encode()).hexdigest()
+    assert kept["data"]["caption"]["response_key"] == "text"
     stamps = {p.name: p.stat().st_mtime_ns for p in job.step.glob("*.params")}
     again = job.make()
     assert again == [

@@ -136,6 +136,17 @@ def test_the_writer_keeps_the_input_format(tmp_path: Path) -> None:
     empty = io.StringIO()
     RecordWriter(empty, False).close()
     assert empty.getvalue() == "[]\n"
+    many = [{"i": i} for i in range(2500)]  # past the writer's thousand-record writes
+    for jsonl, text in (
+        (False, "[\n" + ",\n".join(map(dumps, many)) + "\n]\n"),
+        (True, "".join(dumps(r) + "\n" for r in many)),
+    ):
+        buffer = io.StringIO()
+        writer = RecordWriter(buffer, jsonl)
+        for record in many:
+            writer.write(record)
+        writer.close()
+        assert buffer.getvalue() == text
 
 
 def test_fast_dumps_writes_the_bytes_dumps_writes() -> None:

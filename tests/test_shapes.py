@@ -17,7 +17,13 @@ from br.records import dumps, iter_records
 
 # Values that escape differently in a line (UTF-8) and in the canonical form (ASCII), and
 # values that empty a text or the image (a shape of their own).
-TEXTS = ["plain", "", 'quote " and \\ back', "é ø 北京 \u2028 \U0001f600", "tab\t nl\n nul \x00"]
+TEXTS = [
+    "plain",
+    "",
+    'quote " and \\ back',
+    "é ø 北京 \u2028 \U0001f600",
+    "tab\t nl\n nul \x00 del \x7f",
+]
 IMAGES: list[Any] = [
     "https://example.org/a.jpg",
     "",

@@ -194,13 +194,15 @@ class Config:
         return budget
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, keep: bool = False) -> Config:
+    """CONFIG, checked. `keep`: the stamps' process (write_if_changed.py) writes the parse
+    to $BR_CONFIG_CACHE for the run's later scripts, which only read it (`parsed`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} does not exist; set CONFIG=path/to/config.yaml")
     raw = path.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
-    data = parsed(path, raw, sha)
+    data = parsed(path, raw, sha, keep)
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a YAML mapping with 'model' and one mapping per step")
     check_top_level_keys(path, data)
@@ -231,14 +233,14 @@ def load_config(path: Path) -> Config:
 
 
 # make sets it to the step's config.json: CONFIG as parsed, kept as JSON with the sha256 of the
-# bytes it was parsed from. The first script of a run parses the YAML; the later ones read the
-# JSON, and so never import yaml (10 ms of each process).
+# bytes it was parsed from. The stamps' process, first in a run, writes it; the later scripts
+# read the JSON, and so never import yaml (10 ms of each process).
 CACHE = "BR_CONFIG_CACHE"
 
 
-def parsed(path: Path, raw: bytes, sha: str) -> Any:
+def parsed(path: Path, raw: bytes, sha: str, keep: bool = False) -> Any:
     """The config's data: from $BR_CONFIG_CACHE when it was made from these bytes, else parsed
-    from the YAML (and kept there, when JSON holds it exactly)."""
+    from the YAML (and, with `keep`, kept there when JSON holds it exactly)."""
     cache = os.environ.get(CACHE)
     if cache:
         with contextlib.suppress(OSError, ValueError):
@@ -254,12 +256,12 @@ def parsed(path: Path, raw: bytes, sha: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
-    if cache:
-        keep(Path(cache), sha, data)
+    if cache and keep:
+        save(Path(cache), sha, data)
     return data
 
 
-def keep(cache: Path, sha: str, data: Any) -> None:
+def save(cache: Path, sha: str, data: Any) -> None:
     """Write the cache of `data`, unless JSON would give back something else (a date, a key
     that is not a string, NaN): then the YAML is parsed each time. Best effort: a cache that
     cannot be written only costs the parse."""

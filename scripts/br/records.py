@@ -378,20 +378,30 @@ def iter_records(path: Path, digest: Digest | None = None) -> Iterator[dict[str,
 
 
 class RecordWriter:
-    """Writes records in the input's own format: a JSON list (one record a line) or JSONL."""
+    """Writes records in the input's own format: a JSON list (one record a line) or JSONL,
+    a thousand records a write."""
 
     def __init__(self, f: IO[str], jsonl: bool) -> None:
         self.f, self.jsonl, self.n = f, jsonl, 0
+        self.held: list[str] = []
         if not jsonl:
             f.write("[")
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.jsonl:
-            self.f.write(fast_dumps(record) + "\n")
-        else:
-            self.f.write(("\n" if self.n == 0 else ",\n") + fast_dumps(record))
+        self.held.append(fast_dumps(record))
         self.n += 1
+        if len(self.held) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            if self.jsonl:
+                self.f.write("\n".join(self.held) + "\n")
+            else:
+                self.f.write(("\n" if self.n == len(self.held) else ",\n") + ",\n".join(self.held))
+            self.held = []
 
     def close(self) -> None:
+        self.flush()
         if not self.jsonl:
             self.f.write("\n]\n" if self.n else "]\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable
 from json.encoder import encode_basestring, encode_basestring_ascii
 
 from br.config import Step
@@ -37,10 +36,11 @@ class Encoding:
         parts = pattern.split(text)
         self.pieces, self.slots = parts[0::2], [int(s) for s in parts[1::2]]
 
-    def fill(self, values: list[str], escape: Callable[[str], str]) -> str:
+    def fill(self, escaped: list[str]) -> str:
+        """The text with each value, escaped, in its places."""
         out = [self.pieces[0]]
         for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
-            out += (escape(values[slot]), piece)
+            out += (escaped[slot], piece)
         return "".join(out)
 
 
@@ -63,11 +63,14 @@ class Shapes:
             return None
         line, canonical = shape
         values = [custom_id, *texts, image or ""]
-        identity = values
+        escaped = [encode_basestring(v) for v in values]
+        # The canonical form escapes every character past ~: a value without one is escaped
+        # the same both ways.
+        pairs = zip(values, escaped, strict=True)
+        ascii_escaped = [e if plain(v) else encode_basestring_ascii(v) for v, e in pairs]
         if image and image.startswith((MARKER, "data:")):  # its bytes' digest (identity.py)
-            identity = [*values[:-1], canonical_url(image)]
-        text = canonical.fill(identity, encode_basestring_ascii)
-        return line.fill(values, encode_basestring) + "\n", sha256(text)
+            ascii_escaped[-1] = encode_basestring_ascii(canonical_url(image))
+        return line.fill(escaped) + "\n", sha256(canonical.fill(ascii_escaped))
 
     def learn(self, key: Key) -> tuple[Encoding, Encoding] | None:
         stand_ins = [self.stand_in(i) for i in range(len(key[0]) + 2)]
@@ -84,6 +87,11 @@ class Shapes:
         shape = None if any(self.token in piece for piece in pieces) else (line, canonical)
         self.shapes[key] = shape
         return shape
+
+
+def plain(value: str) -> bool:
+    """Only characters from space to ~ (and controls): json's two escapes agree on it."""
+    return value.isascii() and "\x7f" not in value
 
 
 def sha256(text: str) -> str:
