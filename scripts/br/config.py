@@ -268,7 +268,7 @@ def save(cache: Path, sha: str, data: Any) -> None:
     from br.files import write_text
 
     try:
-        text = json.dumps({"sha256": sha, "data": data}, ensure_ascii=False)
+        text = json.dumps({"sha256": sha, "data": data})
     except (TypeError, ValueError):
         return
     if json.loads(text)["data"] == data:

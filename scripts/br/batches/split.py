@@ -108,12 +108,7 @@ def write_chunk(path: Path, lines: list[bytes], known: Known, own: bool) -> Path
     """Write one chunk (fsynced), and beside it its info file (chunk.py) when `known` has every
     line's hash and tokens and the lines are the pipeline's own (`own`): that file, or None."""
     sha = hashlib.sha256()
-    with open(path, "wb") as f:
-        for line in lines:
-            f.write(line)
-            sha.update(line)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(path, lines, sha.update)
     found = known.take(len(lines))
     if not (own and found and None not in found) or known.model is None or not known.endpoint:
         return None
@@ -125,11 +120,21 @@ def write_chunk(path: Path, lines: list[bytes], known: Known, own: bool) -> Path
     pairs = [pair for pair in found if pair is not None]
     info = path.with_suffix(".info")
     text = info_text(sha.hexdigest(), known.model, known.endpoint, ids, pairs)
-    with open(info, "w", encoding="utf-8") as f:  # on disk, not held: a million requests
-        f.write(text)  # make 1,000 of them
+    write_synced(info, [text.encode()])  # on disk, not held: a million requests make 1,000
+    return info
+
+
+def write_synced(
+    path: Path, lines: list[bytes], seen: Callable[[bytes], None] | None = None
+) -> None:
+    """Write `lines` to `path` and fsync it; `seen` is given each line as it is written."""
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line)
+            if seen is not None:
+                seen(line)
         f.flush()
         os.fsync(f.fileno())
-    return info
 
 
 def shaped(lines: Iterator[bytes], shape: Callable[[dict], dict] | None) -> Iterator[bytes]:
