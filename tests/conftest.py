@@ -116,6 +116,16 @@ class Emulator:
         return env
 
 
+@pytest.fixture(autouse=True)
+def fresh_number_latches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a fresh process does: no ExactFloat and no NaN read yet (records.py
+    latches both for the rest of a process, and tests share one)."""
+    from br import records
+
+    monkeypatch.setattr(records, "_exact_read", False)
+    monkeypatch.setattr(records, "_nonfinite_read", False)
+
+
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[Emulator]:
     """A fast emulator: batches take about half a second."""

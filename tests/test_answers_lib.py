@@ -302,6 +302,19 @@ def test_answers_orjson_refuses_are_read_as_before(tmp_path: Path) -> None:
     assert '"out":[1e400,0.5]' in step.files.merged().read_text()
 
 
+def test_a_stored_row_holding_nan_reads_back() -> None:
+    """A row holding NaN (a live embedding that held one) is stored as json writes it and
+    read back as it was, not refused with a traceback after the call was paid."""
+    import math
+
+    index = store.Index(sqlite3.connect(":memory:"))
+    row = {"hash": "ab" * 32, "outcome": "succeeded", "response": [float("nan")], "attempts": 1}
+    index.add([row])
+    h = bytes.fromhex("ab" * 32)
+    assert math.isnan(index.get([h])[h]["response"][0])
+    assert math.isnan(index.answers([h])[h]["response"][0])
+
+
 def test_a_record_changed_since_the_requests_were_built_merges_nothing(tmp_path: Path) -> None:
     step = Step(tmp_path, "caption", stories(2))
     step.answer(

@@ -514,18 +514,21 @@ def test_a_damaged_output_line_is_an_error_row_not_a_crash() -> None:
 def test_an_output_line_reads_as_json_reads_it() -> None:
     """Output lines go through orjson, and fall back to json for what orjson refuses: NaN, a
     lone surrogate, bytes that are not UTF-8 (replaced, as before). Each reads as json reads
-    it, and a line that is not an object is damaged."""
+    it (a number past a double's range kept as written), and a line that is not an object is
+    damaged."""
     from br.batches.openai import parse_line
+    from br.records import dumps
 
     texts = [
         '{"custom_id": "r1", "response": {"status_code": 200, "body": {"n": 0.1, "m": -0}}}',
         '{"custom_id": "r2", "x": 1, "x": 2, "s": "\\u00e9\\ud83d\\ude00\\n"}',
-        '{"custom_id": "r3", "usage": {"t": NaN, "u": 1e400}}',
         '{"custom_id": "r4", "text": "\\ud800 alone"}',
         '{"custom_id": "r5", "n": 18446744073709551615}',
     ]
     for n, text in enumerate(texts, 1):
         assert parse_line(text.encode(), n) == json.loads(text)
+    odd = parse_line(b'{"custom_id": "r3", "usage": {"t": NaN, "u": 1e400}}', 3)
+    assert dumps(odd) == '{"custom_id":"r3","usage":{"t":NaN,"u":1e400}}'  # 1e400 as written
     raw = b'{"custom_id": "r6", "text": "\xff\xfe"}'
     assert parse_line(raw, 6) == {"custom_id": "r6", "text": "\ufffd\ufffd"}
     assert parse_line(b'["r7"]', 7)["error"]["code"] == "unparseable_line"

@@ -175,3 +175,28 @@ def test_fast_dumps_writes_the_bytes_dumps_writes() -> None:
     values += [{"custom_id": "e-1", "n": "0.00001", "x": [1e-5], "y": 3}, 1e-5, 0.00001]
     for value in values:
         assert fast_dumps(value) == dumps(value)
+
+
+def test_after_a_nan_is_read_fast_dumps_writes_it_as_dumps_does() -> None:
+    """orjson writes NaN and Infinity as null; once a provider's line or float32 bytes gave one
+    (records.saw_nonfinite), rows are written as json writes them, as before."""
+    from br.batches.openai import parse_line
+    from br.records import fast_dumps
+
+    assert fast_dumps({"a": [0.5, 1]}) == '{"a":[0.5,1]}'
+    assert fast_dumps([float("nan")]) == "[null]"  # orjson's; never given one unnoted
+    line = parse_line(b'{"custom_id": "r1", "usage": {"t": NaN}}', 1)
+    assert fast_dumps(line) == dumps(line) == '{"custom_id":"r1","usage":{"t":NaN}}'
+
+
+def test_float32_bytes_that_hold_a_nan_are_noted() -> None:
+    import base64
+    import struct
+
+    from br.batches.openai import vector
+    from br.records import fast_dumps
+
+    finite = vector(base64.b64encode(struct.pack("<2f", 0.5, 2.0)).decode())
+    assert fast_dumps(finite) == "[0.5,2.0]" and fast_dumps([float("inf")]) == "[null]"
+    odd = vector(base64.b64encode(struct.pack("<2f", 0.5, float("nan"))).decode())
+    assert fast_dumps(odd) == dumps(odd) == "[0.5,NaN]"

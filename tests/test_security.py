@@ -301,32 +301,39 @@ if __name__ == "__main__":
 def test_the_key_in_dot_env_above_scripts_is_loaded_and_the_environment_wins(
     tmp_path: Path,
 ) -> None:
-    """.env is found upwards from scripts/ (where python-dotenv's find_dotenv looks), loaded
-    without overriding the environment; with none, nothing is loaded and dotenv is not
-    imported."""
+    """.env is found where python-dotenv's find_dotenv looks: upwards from scripts/ for a
+    script (dotenv not imported when there is none), upwards from the working directory for
+    `python -c` or a notebook; loaded without overriding the environment."""
     import shutil
 
     shutil.copytree(ROOT / "scripts" / "br", tmp_path / "project" / "scripts" / "br")
     probe = (
         "import os, sys; from br.batches.client import load_env; where = load_env(); "
-        "print(where, os.environ.get('OPENAI_API_KEY'), os.environ.get('BR_PROBE'), "
-        "'dotenv' in sys.modules)"
+        "print(where or '-', os.environ.get('OPENAI_API_KEY'), os.environ.get('BR_PROBE'), "
+        "'dotenv' in sys.modules)\n"
     )
+    (tmp_path / "probe.py").write_text(probe)
+    scripts = tmp_path / "project" / "scripts"
 
-    def run(**env: str) -> list[str]:
+    def run(*how: str, cwd: Path = scripts, **env: str) -> list[str]:
         clean = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "BR_PROBE")}
         out = subprocess.run(
-            [sys.executable, "-c", probe],
-            cwd=tmp_path / "project" / "scripts",
-            env={**clean, **env},
+            [sys.executable, *how],
+            cwd=cwd,
+            env={**clean, "PYTHONPATH": str(scripts), **env},
             capture_output=True,
             text=True,
             check=True,
         )
         return out.stdout.split()
 
-    assert run() == ["None", "None", "False"]  # no .env anywhere above tmp_path's copy
+    script = str(tmp_path / "probe.py")
+    assert run(script) == ["-", "None", "None", "False"]  # none above scripts/: no dotenv
     dot_env = tmp_path / "project" / ".env"
     dot_env.write_text("OPENAI_API_KEY=sk-from-dot-env\nBR_PROBE=seen\n")
-    assert run() == [str(dot_env), "sk-from-dot-env", "seen", "True"]
-    assert run(OPENAI_API_KEY="sk-env") == [str(dot_env), "sk-env", "seen", "True"]
+    assert run(script) == [str(dot_env), "sk-from-dot-env", "seen", "True"]
+    assert run(script, OPENAI_API_KEY="sk-env") == [str(dot_env), "sk-env", "seen", "True"]
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    (notebook / ".env").write_text("BR_PROBE=notebook\n")
+    assert run("-c", probe, cwd=notebook)[2] == "notebook"  # dotenv's own search, from here

@@ -56,6 +56,25 @@ def _parse_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
+
+_nonfinite_read = False  # set once a NaN or an infinity was read: fast_dumps then leaves orjson
+
+
+def saw_nonfinite() -> None:
+    """A NaN or an infinity came in (a provider's line, float32 bytes): from now on
+    `fast_dumps` writes as `dumps` does (NaN, Infinity), not as orjson would (null)."""
+    global _nonfinite_read
+    _nonfinite_read = True
+
+
+def _lenient_constant(name: str) -> float:
+    saw_nonfinite()
+    return float(name)
+
+
+# The files the pipeline itself wrote (answers/) and a provider's line json alone can read:
+# NaN and Infinity read as floats (and noted), a number past a double's range kept as written.
+LENIENT = json.JSONDecoder(parse_float=_parse_float, parse_constant=_lenient_constant)
 # A \u escape of a UTF-16 surrogate: paired, it is one character; alone, it is not text.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -72,20 +91,20 @@ def dumps(obj: Any) -> str:
 
 # orjson writes what `dumps` writes, several times faster, but for three things: a float under
 # 1e-4 (0.00001 and 1e-7 where json writes 1e-05 and 1e-07), NaN and the infinities (null where
-# json writes NaN, which is not JSON), and what it refuses (a key that is not a string, an
-# integer past 64 bits, a lone surrogate, a subclass: TypeError). `fast_dumps` finds the first
-# in its bytes and falls back to `dumps` for it and for the last. Values read as JSON hold no
-# NaN (the decoders of datasets and answers refuse it), so it serves for those and for rows
-# made of them: merged records and answers/ rows.
+# json writes NaN and Infinity), and what it refuses (a key that is not a string, an integer
+# past 64 bits, a lone surrogate, a subclass: TypeError). `fast_dumps` finds the first in its
+# bytes and falls back to `dumps` for it and for the last; and once a NaN or an infinity was
+# read in the process (saw_nonfinite: the strict decoder refuses them, the others note them),
+# it leaves orjson altogether, as it does once an ExactFloat was read.
 _ORJSON: Callable[..., bytes] | None = None
 _DIGITS = frozenset(b"0123456789")
 
 
 def fast_dumps(obj: Any) -> str:
-    """`dumps`, byte for byte, of a value read as JSON (NaN comes out null), through orjson."""
+    """`dumps`, byte for byte, through orjson where it writes the same."""
     global _ORJSON
-    if _exact_read:
-        return _exact(obj)
+    if _exact_read or _nonfinite_read:
+        return dumps(obj)
     if _ORJSON is None:
         import orjson
 

@@ -30,7 +30,7 @@ from br import journal
 from br.cli import UserError
 from br.files import write_jsonl
 from br.layout import StepDir
-from br.records import _DECODER, dumps, fast_dumps
+from br.records import LENIENT, dumps, fast_dumps
 
 Row = dict[str, Any]
 
@@ -155,7 +155,7 @@ class Memory:
             if standing is None:
                 continue
             _, n, line, text, cut = standing
-            found[h] = _DECODER.decode(line) if text is None else answer_row(text, n, cut)
+            found[h] = LENIENT.decode(line) if text is None else answer_row(text, n, cut)
         return found
 
 
@@ -205,7 +205,7 @@ class Index:
         query = f"SELECT hash, row, text, n, cut FROM ans WHERE hash IN ({marks})"
         found: dict[bytes, Row] = {}
         for h, row, text, n, cut in self.db.execute(query, hashes):
-            found[h] = _DECODER.decode(row) if text is None else answer_row(text, n, bool(cut))
+            found[h] = LENIENT.decode(row) if text is None else answer_row(text, n, bool(cut))
         return found
 
     def get(self, hashes: list[bytes]) -> dict[bytes, Row]:
@@ -214,4 +214,4 @@ class Index:
             return {}
         marks = ",".join("?" * len(hashes))
         query = f"SELECT hash, row FROM ans WHERE hash IN ({marks})"
-        return {h: _DECODER.decode(row) for h, row in self.db.execute(query, hashes)}
+        return {h: LENIENT.decode(row) for h, row in self.db.execute(query, hashes)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 from urllib.parse import urlparse
 
@@ -14,9 +15,18 @@ PROVIDER_HOST = "api.openai.com"  # where OpenAI's own key belongs
 
 
 def load_env() -> str:
-    """Load .env, found upwards from scripts/ as python-dotenv's find_dotenv() finds it, without
-    overriding the environment: its path, or "" when there is none (then dotenv, 8 ms of
-    imports, is not loaded)."""
+    """Load .env, found as python-dotenv's find_dotenv() finds it, without overriding the
+    environment: its path, or "" when there is none. For a script, that is upwards from
+    scripts/, looked for here, and dotenv (8 ms of imports) is loaded only if there is one;
+    in a notebook, `python -c`, a debugger or a frozen app dotenv searches from the working
+    directory, and it does so itself."""
+    main = sys.modules.get("__main__")
+    if not hasattr(main, "__file__") or sys.gettrace() is not None or hasattr(sys, "frozen"):
+        from dotenv import find_dotenv, load_dotenv
+
+        found = find_dotenv()
+        load_dotenv(found, override=False)
+        return found
     folder = os.path.dirname(os.path.abspath(__file__))
     while True:
         path = os.path.join(folder, ".env")
