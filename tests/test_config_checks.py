@@ -535,6 +535,9 @@ def test_make_s_scripts_read_the_config_parsed_once(tmp_path: Path, monkeypatch:
     cache.write_text('{"sha256": "' + load_config(config).sha256 + '", "data": ')  # damaged
     assert load_config(config).step("caption").user == "Caption {title}."
     load_config(config, keep=True)
+    config.write_text("model: gpt-4o-mini\napi_key: sk-in-the-config\n" + step)
+    load_config(config, keep=True)  # a key in the config is never copied into build/
+    assert "sk-in-the-config" not in cache.read_text()
     config.write_text("model: gpt-4o-mini\nwhen: 2026-12-04\ncaption:\n  user: 'Hi {title}.'\n")
     with pytest.raises(cli.UserError):  # an unknown top-level key: the same line as before
         load_config(config, keep=True)

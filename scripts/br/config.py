@@ -262,11 +262,14 @@ def parsed(path: Path, raw: bytes, sha: str, keep: bool = False) -> Any:
 
 
 def save(cache: Path, sha: str, data: Any) -> None:
-    """Write the cache of `data`, unless JSON would give back something else (a date, a key
-    that is not a string, NaN): then the YAML is parsed each time. Best effort: a cache that
-    cannot be written only costs the parse."""
+    """Write the cache of `data`, unless it holds an api_key (never copied into build/) or
+    JSON would give back something else (a date, a key that is not a string, NaN): then the
+    YAML is parsed each time. Best effort: a cache that cannot be written only costs the
+    parse."""
     from br.files import write_text
 
+    if holds_key(data):
+        return
     try:
         text = json.dumps({"sha256": sha, "data": data})
     except (TypeError, ValueError):
@@ -274,6 +277,13 @@ def save(cache: Path, sha: str, data: Any) -> None:
     if json.loads(text)["data"] == data:
         with contextlib.suppress(OSError):
             write_text(cache, text + "\n")
+
+
+def holds_key(value: Any) -> bool:
+    """An `api_key` anywhere in the config (a mapping's key)."""
+    if isinstance(value, dict):
+        return "api_key" in value or any(holds_key(v) for v in value.values())
+    return isinstance(value, list) and any(holds_key(v) for v in value)
 
 
 def near_miss(key: Any, known: set[str]) -> str:
