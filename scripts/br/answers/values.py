@@ -26,6 +26,8 @@ class Merger:
         self.extract = (
             compile_jq(step.extract, f"step '{step.name}' extract:") if step.extract else None
         )
+        fmt = (step.response_format or {}).get("type")
+        self.json = fmt in {"json_schema", "json_object"} or step.kind == "question"
         self.validator = None
         if step.schema is not None:  # jsonschema is loaded only by a step with a schema
             import jsonschema
@@ -35,8 +37,7 @@ class Merger:
     def value(self, text: str) -> Any:
         """The stored value of a response text; raises ValueError with a code for bad ones."""
         value: Any = text
-        fmt = (self.step.response_format or {}).get("type")
-        if fmt in {"json_schema", "json_object"} or self.step.kind == "question":
+        if self.json:  # structured output, or a question step's round
             try:  # as a dataset is read: no NaN or Infinity, 1e400 kept as written
                 value = _DECODER.decode(text)
             except (ValueError, RecursionError) as e:

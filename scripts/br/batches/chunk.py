@@ -22,7 +22,6 @@ poll; ended.py: what an ended batch means):
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import tempfile
 from array import array
@@ -161,8 +160,10 @@ def info_text(
 
 def saved_info(path: Path, sha: str) -> ChunkInfo | None:
     """The chunk's identities from its info file, if it has one for these bytes."""
+    import orjson  # run_batches has it loaded already; the split, which imports this, not
+
     try:
-        info = json.loads(info_file(path).read_text(encoding="utf-8"))
+        info = orjson.loads(info_file(path).read_bytes())  # ids, counts, hex: read as json would
         if info["sha256"] != sha:
             return None
         ids, costs = tuple(info["ids"]), array("Q", info["tokens"])
