@@ -131,3 +131,12 @@ def test_a_body_that_holds_a_value_inside_a_longer_string_is_encoded_whole(
     step = Config(Path("t.yaml"), {"model": "gpt-4o-mini", **STEPS}).step("plain")
     maker = shapes.Shapes(step)
     assert maker.encode("r1", ["a text"], None) is None
+
+
+def test_a_value_is_escaped_as_json_escapes_it_through_orjson_or_not() -> None:
+    from json.encoder import encode_basestring
+
+    from br.prompts.shapes import escape
+
+    for value in [*TEXTS, "lone \ud800 surrogate", "".join(map(chr, range(0x800)))]:
+        assert escape(value) == encode_basestring(value)
