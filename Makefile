@@ -139,7 +139,7 @@ export BR_INPUT := $(value INPUT)
 export BR_CONFIG := $(value CONFIG)
 export BR_OUTPUT := $(value OUTPUT)
 export BR_IMAGE_ROOT := $(value IMAGE_ROOT)
-# CONFIG as parsed, kept by the first script of a run for the later ones (br/config.py).
+# CONFIG as parsed, kept by the stamps' process for the run's later scripts (br/config_cache.py).
 export BR_CONFIG_CACHE = $(B)/config.json
 # make_requests and plan: where local images are (and resized ones kept), and the preflight.
 IMAGE_ARGS = $(if $(IMAGE_ROOT),--image-root "$$BR_IMAGE_ROOT") --images $(call q,$(B)/images) \
