@@ -90,7 +90,7 @@ def test_a_first_run_and_a_rerun_start_only_the_processes_they_need(
     ], first
     merged = (job.step / "merged.json").read_bytes()
     assert [r["id"] for r in json.loads(merged)] == ["a", "b", "c"]
-    # CONFIG parsed by the stamps' process, kept for the later scripts (br/config.py).
+    # CONFIG parsed by the stamps' process, kept for the later scripts (br/config_cache.py).
     kept = json.loads((job.step / "config.json").read_text())
     assert kept["sha256"] == hashlib.sha256(CONFIG.encode()).hexdigest()
     assert kept["data"]["caption"]["response_key"] == "text"
